@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import random
+
+import pytest
+import trio
+
+from gotask.runtime.world import World, decode_id, encode_id, sim_world
+
+
+def fixed_world(now: list[float], seed: int = 1) -> World:
+    return World(wall=lambda: now[0], monotonic=lambda: now[0], rng=random.Random(seed))
+
+
+def test_ids_are_strictly_increasing_within_one_millisecond() -> None:
+    now = [1000.0]
+    world = fixed_world(now)
+    ids = [world.new_id() for _ in range(1000)]
+    assert ids == sorted(ids)
+    assert len(set(ids)) == 1000
+
+
+def test_ids_sort_by_time() -> None:
+    now = [1000.0]
+    world = fixed_world(now)
+    first = world.new_id()
+    now[0] = 1000.002
+    assert world.new_id() > first
+    assert decode_id(first) >> 80 == 1_000_000
+
+
+def test_id_string_round_trip_and_rejects() -> None:
+    for value in (0, 1, (1 << 128) - 1, 123456789 << 70):
+        assert decode_id(encode_id(value)) == value
+        assert len(encode_id(value)) == 26
+    with pytest.raises(ValueError, match="26 characters"):
+        decode_id("ABC")
+    with pytest.raises(ValueError, match="invalid character"):
+        decode_id("U" * 26)
+    with pytest.raises(ValueError, match="out of range"):
+        encode_id(1 << 128)
+
+
+def test_same_seed_same_ids() -> None:
+    assert [fixed_world([5.0], 7).new_id() for _ in range(3)] == [
+        fixed_world([5.0], 7).new_id() for _ in range(3)
+    ]
+    assert fixed_world([5.0], 7).new_id() != fixed_world([5.0], 8).new_id()
+
+
+async def test_sim_world_follows_trio_clock(autojump_clock: object) -> None:
+    world = sim_world(3, skew_s=2.0)
+    before = world.wall()
+    await trio.sleep(10)
+    assert world.wall() - before == pytest.approx(10)
+    assert sim_world(3).wall() == pytest.approx(world.wall() - 2.0)

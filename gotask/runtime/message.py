@@ -52,7 +52,8 @@ def message(tag: str) -> Any:
             raise ValueError(f"message tag must be 1-16 characters: {tag!r}")
         if tag in REGISTRY:
             raise ValueError(f"message tag {tag!r} already used by {REGISTRY[tag].__name__}")
-        if not attrs.has(cls):
+        is_attrs_class = attrs.has(cls)
+        if not is_attrs_class:
             raise TypeError(f"{cls.__name__} must be an attrs class to be a message")
         REGISTRY[tag] = cls
         _TAGS[cls] = tag

@@ -3,7 +3,8 @@
 Rules of this module:
 - A child that raises `Exception` is restarted with the same inbox, so messages still
   queued survive the crash. The batch it was handling is lost: a caller waiting on one
-  of those messages gets `CallTimeout`, as with a lost message on the network. `Cancelled` and other `BaseException`s are never caught.
+  of those messages gets `CallTimeout`, as with a lost message on the network.
+  `Cancelled` and other `BaseException`s are never caught.
 - More than `intensity` crashes within `period_s` seconds (trio's clock) and the
   supervisor raises `SupervisorGaveUp` naming the child and its last error: the node
   fails loudly rather than limping on.

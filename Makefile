@@ -18,7 +18,7 @@ run: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/mypy
+	bash .ci/typecheck
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -1,0 +1,49 @@
+"""GoTask: a distributed task queue for Python, built as an actor runtime on trio.
+
+Define tasks on an `App`, start `gotask node` processes, and enqueue jobs with a
+`Client` (sync) or `AsyncClient` (trio or asyncio).
+"""
+
+from __future__ import annotations
+
+from gotask._app import App as App
+from gotask._app import JobContext as JobContext
+from gotask._app import Task as Task
+from gotask._app import current_job as current_job
+from gotask._errors import ConfigError as ConfigError
+from gotask._errors import GoTaskError as GoTaskError
+from gotask._errors import InvalidArguments as InvalidArguments
+from gotask._errors import JobCancelled as JobCancelled
+from gotask._errors import JobError as JobError
+from gotask._errors import JobNotFound as JobNotFound
+from gotask._errors import JobTimeout as JobTimeout
+from gotask._errors import Retry as Retry
+from gotask._errors import StorageError as StorageError
+from gotask._errors import TaskNotFound as TaskNotFound
+from gotask._job import JobRecord as JobRecord
+from gotask._job import JobState as JobState
+from gotask._retry import RetryPolicy as RetryPolicy
+from gotask._retry import RetryRule as RetryRule
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "App",
+    "ConfigError",
+    "GoTaskError",
+    "InvalidArguments",
+    "JobCancelled",
+    "JobContext",
+    "JobError",
+    "JobNotFound",
+    "JobRecord",
+    "JobState",
+    "JobTimeout",
+    "Retry",
+    "RetryPolicy",
+    "RetryRule",
+    "StorageError",
+    "Task",
+    "TaskNotFound",
+    "current_job",
+]

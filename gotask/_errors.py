@@ -29,6 +29,8 @@ __all__ = [
     "AuthenticationError",
     "TaskNotFound",
     "InvalidArguments",
+    "FramingError",
+    "InvalidMessage",
 ]
 
 
@@ -149,3 +151,98 @@ class Retry(Exception):
         super().__init__(reason or (f"retry after {after_s}s" if after_s is not None else "retry"))
         self.after_s = after_s
         self.reason = reason
+
+
+# -- wire protocol ----------------------------------------------------------------
+
+
+class FramingError(RemoteProtocolError):
+    """The byte stream cannot be split into frames any more: a zero or oversized length
+    prefix, or EOF in the middle of a frame. Fatal for the connection."""
+
+
+class InvalidMessage(RemoteProtocolError):
+    """A well-framed body is not a valid message; the frame was skipped and the
+    connection stays usable.
+
+    Attributes:
+        field: dotted path of the offending field (``"Envelope.msg.Enqueue.priority"``),
+            or None when the body as a whole is wrong (not msgpack, unknown tag).
+        corr: correlation id of the `Envelope` that carried the invalid message, 0 unless
+            known. With `reply_node` set, the receiver can answer the caller with an error.
+        reply_node: node of the envelope's sender, or None when unknown.
+    """
+
+    def __init__(
+        self, message: str, *, field: str | None = None, corr: int = 0, reply_node: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.field = field
+        self.corr = corr
+        self.reply_node = reply_node
+
+
+# -- job states and storage capacity ----------------------------------------------
+
+
+class IllegalTransition(StorageError, RuntimeError):
+    """Storage tried to move a job along an edge missing from `TRANSITIONS` (a bug)."""
+
+
+class StorageFull(StorageError):
+    """A bounded storage collection (jobs, nodes) is at its `*_max` limit."""
+
+
+__all__ += ["IllegalTransition", "StorageFull"]
+
+
+class JobCancelled(JobError):
+    """Raised inside a job (by `check_cancelled()`) once its cancellation was requested."""
+
+
+class JobTimeout(JobError, TimeoutError):
+    """A job ran longer than its task's `timeout_s`."""
+
+
+__all__ += ["JobCancelled", "JobTimeout"]
+
+
+# -- the client library -------------------------------------------------------------
+
+
+class NodeUnavailable(ActorError, ConnectionError):
+    """No node in the client's list could be reached (refused, timed out, not GoTask)."""
+
+
+class ConnectionLost(NodeUnavailable):
+    """The connection to the node dropped while a request was in flight.
+
+    The request may or may not have been applied: only reads, cancels and enqueues
+    with an idempotency key are retried for you.
+    """
+
+
+class WaitTimeout(JobError, TimeoutError):
+    """`wait()` gave up after its `timeout_s`; the job itself goes on."""
+
+
+class JobFailed(JobError):
+    """The job a client waited for ended `dead` or `cancelled`, not `succeeded`.
+
+    Attributes:
+        job: the job's final `JobRecord`.
+        job_id, state: its id and terminal state ("dead" or "cancelled").
+        error_type, error, traceback: the last failed attempt (None when it never ran).
+    """
+
+    def __init__(self, message: str, job: object = None) -> None:
+        super().__init__(message)
+        self.job = job
+        self.job_id: str | None = getattr(job, "id", None)
+        self.state: str | None = getattr(job, "state", None)
+        self.error_type: str | None = getattr(job, "error_type", None)
+        self.error: str | None = getattr(job, "error", None)
+        self.traceback: str | None = getattr(job, "traceback", None)
+
+
+__all__ += ["ConnectionLost", "JobFailed", "NodeUnavailable", "WaitTimeout"]

@@ -1,0 +1,383 @@
+"""The WorkerSupervisor: runs leased jobs and settles them with storage.
+
+Rules of this module:
+- `concurrency` long-lived worker tasks take jobs from one ready deque: no task is
+  spawned per job, and a worker that finishes a job takes the next one without a
+  context switch (it checkpoints every few jobs so others get to run).
+- Async tasks run in the worker's trio task; sync tasks in threads under a capacity
+  limit. A timeout or a cancellation of a sync task abandons its thread (Python cannot
+  kill one): the job is settled at once, the thread's eventual result is ignored.
+- Outcomes are buffered in `WorkerCore` and flushed in batches (one `AckJobs`, one
+  `NackJobs`, one `ReportProgress` per flush); a flush that fails is retried, never
+  dropped. Freed slots go back to the Dispatcher after their outcomes are stored.
+- Heartbeats extend every lease this node holds, in one command. A "stale" answer
+  means another worker may own the job now: it is cancelled here and never settled.
+  A "cancel" answer cancels the job cooperatively (trio cancel scope, or the flag
+  that `current_job().cancelled` reads in a thread).
+- `Drain` stops leasing, lets running jobs finish within the grace period, then
+  cancels the rest and releases every unfinished lease so it is leased again at once.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import traceback
+from collections import deque
+from typing import Any
+
+import attrs
+import msgpack
+import trio
+
+from gotask._app import App, JobContext, set_current_job, unpack_args
+from gotask._errors import ActorError, JobCancelled, JobTimeout
+from gotask._job import JobRecord, LeaseToken
+from gotask._messages import Drain, PauseWorkers, RunJobs, SlotsFreed
+from gotask._retry import decide
+from gotask.runtime import ActorContext, Address, World
+
+from .storage.base import (
+    BATCH_MAX,
+    AckItem,
+    AckJobs,
+    Heartbeat,
+    HeartbeatReply,
+    NackItem,
+    NackJobs,
+    Outcome,
+    ProgressItem,
+    ReleaseJobs,
+    ReportProgress,
+    Status,
+)
+
+__all__ = ["WorkerConfig", "WorkerCore", "run_workers"]
+
+log = logging.getLogger("gotask.workers")
+CHECKPOINT_EVERY = 16
+
+
+@attrs.frozen
+class WorkerConfig:
+    """Settings of one node's worker pool (durations in seconds)."""
+
+    concurrency: int = 64
+    threads: int = 16
+    lease_timeout_s: float = 30.0
+    heartbeat_s: float = 10.0
+    retry_backoff_s: float = 0.5
+
+
+@attrs.define(eq=False)
+class _Running:
+    record: JobRecord
+    scope: trio.CancelScope | None = None
+    cancel_requested: bool = False
+    stale: bool = False
+    released: bool = False
+
+
+_Taken = tuple[list[AckItem], list[NackItem], list[LeaseToken], list[ProgressItem], int]
+
+
+@attrs.define
+class WorkerCore:
+    """Bookkeeping of leased jobs and buffered outcomes; pure and synchronous."""
+
+    ready: deque[JobRecord] = attrs.Factory(deque)
+    running: dict[str, _Running] = attrs.Factory(dict)
+    acks: list[AckItem] = attrs.Factory(list)
+    nacks: list[NackItem] = attrs.Factory(list)
+    releases: list[LeaseToken] = attrs.Factory(list)
+    progress: dict[str, ProgressItem] = attrs.Factory(dict)
+    dropped: int = 0
+
+    def add(self, jobs: tuple[JobRecord, ...]) -> None:
+        """Leased jobs arrived."""
+        self.ready.extend(jobs)
+        for job in jobs:
+            self.running[job.id] = _Running(job)
+
+    def tokens(self) -> list[LeaseToken]:
+        """Every lease this node holds and has not settled."""
+        return [r.record.token for r in self.running.values()]
+
+    def settle(self, job_id: str, item: AckItem | NackItem | None) -> None:
+        """A job finished; `item` is its outcome, None when it must not be settled."""
+        run = self.running.pop(job_id, None)
+        self.progress.pop(job_id, None)
+        if run is not None and run.released:
+            self.releases.append(run.record.token)
+        elif isinstance(item, AckItem):
+            self.acks.append(item)
+        elif isinstance(item, NackItem):
+            self.nacks.append(item)
+        else:
+            self.dropped += 1
+
+    def take(self) -> _Taken:
+        """Take every buffered outcome, and how many slots they free."""
+        acks, nacks, rel = self.acks, self.nacks, self.releases
+        prog = list(self.progress.values())
+        self.acks, self.nacks, self.releases, self.progress = [], [], [], {}
+        freed = len(acks) + len(nacks) + len(rel) + self.dropped
+        self.dropped = 0
+        return acks, nacks, rel, prog, freed
+
+    def heartbeat_answers(self, tokens: list[LeaseToken], statuses: tuple[str, ...]) -> None:
+        """Apply a heartbeat's answers: stop stale jobs, cancel the ones asked to."""
+        for token, status in zip(tokens, statuses, strict=True):
+            run = self.running.get(token.job_id)
+            if run is None or run.record.attempt != token.attempt:
+                continue
+            if status in (Status.STALE, Status.MISSING):
+                run.stale = True
+                _cancel(run)
+            elif status == Status.CANCEL:
+                run.cancel_requested = True
+                _cancel(run)
+
+
+def _cancel(run: _Running) -> None:
+    if run.scope is not None:
+        run.scope.cancel()
+
+
+@attrs.define(eq=False)
+class _Pool:
+    """The shell's shared state: the core plus what only trio code touches."""
+
+    ctx: ActorContext
+    app: App
+    storage: Address
+    dispatcher: Address
+    config: WorkerConfig
+    core: WorkerCore = attrs.Factory(WorkerCore)
+    idle: trio.lowlevel.ParkingLot = attrs.Factory(trio.lowlevel.ParkingLot)
+    flush_needed: trio.Event = attrs.Factory(trio.Event)
+    limiter: trio.CapacityLimiter = attrs.field(default=None)
+
+    @property
+    def world(self) -> World:
+        return self.ctx.node.world
+
+    def wake_flusher(self) -> None:
+        self.flush_needed.set()
+
+
+async def run_workers(
+    ctx: ActorContext,
+    *,
+    app: App,
+    storage: Address,
+    dispatcher: Address,
+    config: WorkerConfig,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the worker pool of this node until cancelled or drained."""
+    pool = _Pool(ctx, app, storage, dispatcher, config)
+    pool.limiter = trio.CapacityLimiter(config.threads)
+    async with trio.open_nursery() as nursery:
+        for _ in range(config.concurrency):
+            nursery.start_soon(_worker, pool)
+        nursery.start_soon(_flusher, pool)
+        nursery.start_soon(_heartbeater, pool)
+        task_status.started()
+        await _inbox_loop(pool)
+        nursery.cancel_scope.cancel()
+
+
+async def _inbox_loop(pool: _Pool) -> None:
+    while True:
+        for env in await pool.ctx.receive_batch():
+            match env.msg:
+                case RunJobs(jobs=jobs):
+                    pool.core.add(jobs)
+                    pool.idle.unpark(count=len(jobs))
+                case Drain(grace_s=grace_s):
+                    await _drain(pool, grace_s)
+                    await pool.ctx.reply(env, None)
+                    return
+                case other:
+                    log.warning("worker supervisor ignored unexpected %s", type(other).__name__)
+
+
+# -- running jobs ----------------------------------------------------------------------
+
+
+async def _worker(pool: _Pool) -> None:
+    done = 0
+    while True:
+        if not pool.core.ready:
+            await pool.idle.park()
+            continue
+        record = pool.core.ready.popleft()
+        item = await _run_one(pool, record)
+        pool.core.settle(record.id, item)
+        pool.wake_flusher()
+        done += 1
+        if done % CHECKPOINT_EVERY == 0:
+            await trio.lowlevel.checkpoint()
+
+
+async def _run_one(pool: _Pool, record: JobRecord) -> AckItem | NackItem | None:
+    run = pool.core.running.get(record.id)
+    if run is None or run.stale or run.released:
+        return None
+    try:
+        task = pool.app.get(record.task)
+        args, kwargs = unpack_args(record.args)
+    except Exception as exc:
+        return _nack(record, exc, None, Outcome.DEAD)
+    jctx = JobContext(record.id, record.attempt, record.task,
+                      functools.partial(_report, pool, record), lambda: run.cancel_requested)
+    token = set_current_job(jctx)
+    try:
+        result = await _call(pool, run, task, args, kwargs)
+    except JobCancelled as exc:
+        return None if run.stale else _nack(record, exc, None, Outcome.CANCELLED)
+    except Exception as exc:
+        return _failed(pool, record, task, exc)
+    finally:
+        _reset(token)
+    return _ack(record, result)
+
+
+def _reset(token: Any) -> None:
+    from gotask._app import _CURRENT
+
+    _CURRENT.reset(token)
+
+
+async def _call(
+    pool: _Pool, run: _Running, task: Any, args: list[Any], kwargs: dict[str, Any]
+) -> Any:
+    timeout = run.record.timeout_s if run.record.timeout_s is not None else task.timeout_s
+    with trio.CancelScope() as scope:
+        run.scope = scope
+        if run.cancel_requested or run.stale:
+            scope.cancel()
+        with trio.fail_after(timeout) if timeout else _nullscope():
+            if task.is_async:
+                return await task.fn(*args, **kwargs)
+            fn = functools.partial(task.fn, *args, **kwargs)
+            return await trio.to_thread.run_sync(fn, limiter=pool.limiter, abandon_on_cancel=True)
+    raise JobCancelled(f"job {run.record.id} was cancelled")
+
+
+class _nullscope:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _failed(pool: _Pool, record: JobRecord, task: Any, exc: Exception) -> NackItem:
+    if isinstance(exc, trio.TooSlowError):
+        limit = record.timeout_s or task.timeout_s
+        exc = JobTimeout(f"job ran longer than its timeout of {limit}s")
+    delay = decide(exc, record.attempt, pool.world.rng, task.retry, task.retry_rules)
+    outcome = Outcome.DEAD if delay is None else Outcome.RETRY
+    return _nack(record, exc, delay, outcome)
+
+
+def _ack(record: JobRecord, result: Any) -> AckItem | NackItem:
+    try:
+        packed = msgpack.packb(result)
+    except (TypeError, ValueError, OverflowError) as exc:
+        err = TypeError(f"the task returned a value that is not msgpack: {exc}")
+        return _nack(record, err, None, Outcome.DEAD)
+    return AckItem(record.id, record.attempt, packed)
+
+
+def _nack(
+    record: JobRecord, exc: BaseException, delay: float | None, outcome: Outcome
+) -> NackItem:
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-8000:]
+    return NackItem(record.id, record.attempt, type(exc).__name__, str(exc)[:2000], tb,
+                    delay, outcome.value)
+
+
+def _report(pool: _Pool, record: JobRecord, fraction: float, message: str) -> None:
+    # Called from the job: from trio directly, or from its thread through trio's token.
+    item = ProgressItem(record.id, record.attempt, fraction, message)
+    try:
+        trio.lowlevel.current_task()
+    except RuntimeError:
+        trio.from_thread.run_sync(_store_progress, pool, item)
+        return
+    _store_progress(pool, item)
+
+
+def _store_progress(pool: _Pool, item: ProgressItem) -> None:
+    if item.job_id in pool.core.running:
+        pool.core.progress[item.job_id] = item
+        pool.wake_flusher()
+
+
+# -- talking to storage -----------------------------------------------------------------
+
+
+async def _flusher(pool: _Pool) -> None:
+    while True:
+        await pool.flush_needed.wait()
+        pool.flush_needed = trio.Event()
+        acks, nacks, rel, prog, freed = pool.core.take()
+        if prog:
+            await _store(pool, ReportProgress(tuple(prog)))
+        for cmd in _chunks(acks, AckJobs) + _chunks(nacks, NackJobs) + _chunks(rel, ReleaseJobs):
+            await _store(pool, cmd)
+        if freed:
+            await pool.ctx.send(pool.dispatcher, SlotsFreed(freed))
+
+
+def _chunks(items: list[Any], cls: Any) -> list[Any]:
+    return [cls(tuple(items[i:i + BATCH_MAX])) for i in range(0, len(items), BATCH_MAX)]
+
+
+async def _store(pool: _Pool, cmd: Any) -> Any:
+    """Call storage until it answers: an outcome is never dropped."""
+    while True:
+        try:
+            return await pool.ctx.call(pool.storage, cmd, timeout_s=30)
+        except (ActorError, trio.BrokenResourceError) as exc:
+            log.warning("storage %s failed on %s (%s); retrying", pool.storage,
+                        type(cmd).__name__, exc)
+            await trio.sleep(pool.config.retry_backoff_s * pool.world.jitter(0.5, 1.5))
+
+
+async def _heartbeater(pool: _Pool) -> None:
+    while True:
+        await trio.sleep(pool.config.heartbeat_s)
+        tokens = pool.core.tokens()
+        for i in range(0, len(tokens), BATCH_MAX):
+            chunk = tokens[i:i + BATCH_MAX]
+            cmd = Heartbeat(pool.ctx.node.name, tuple(chunk), pool.config.lease_timeout_s)
+            try:
+                reply = await pool.ctx.call(pool.storage, cmd, timeout_s=pool.config.heartbeat_s)
+            except (ActorError, trio.BrokenResourceError) as exc:
+                log.warning("heartbeat to %s failed: %s", pool.storage, exc)
+                continue
+            assert isinstance(reply, HeartbeatReply)
+            pool.core.heartbeat_answers(chunk, reply.statuses)
+
+
+async def _drain(pool: _Pool, grace_s: float) -> None:
+    await pool.ctx.call(pool.dispatcher, PauseWorkers(True))
+    while pool.core.ready:
+        record = pool.core.ready.popleft()
+        pool.core.running[record.id].released = True
+        pool.core.settle(record.id, None)
+    with trio.move_on_after(grace_s):
+        while pool.core.running:
+            await trio.sleep(0.05)
+    for run in pool.core.running.values():
+        run.released = True
+        _cancel(run)
+    while pool.core.running:
+        await trio.sleep(0.01)
+    acks, nacks, rel, _, _ = pool.core.take()
+    for cmd in _chunks(acks, AckJobs) + _chunks(nacks, NackJobs) + _chunks(rel, ReleaseJobs):
+        await _store(pool, cmd)

@@ -1,0 +1,252 @@
+"""Tasks and the App that registers them.
+
+Rules of this module:
+- A job names its task by registered name only. Nothing is imported by a path that a
+  job or a client supplies; the operator chooses the app module when starting a node.
+- Arguments are msgpack values (nil, bool, int, float, str, bytes, lists, string-keyed
+  maps). `pack_args` refuses anything else with `InvalidArguments`, before enqueue.
+- Task functions are sync (run in a thread) or `async def` (run in trio). Inside either,
+  `current_job()` gives the job's id, attempt, progress reporting and cancellation.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import inspect
+import re
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar, overload
+
+import attrs
+import msgpack
+
+from gotask._errors import InvalidArguments, TaskNotFound
+from gotask._retry import RetryPolicy, RetryRule
+
+__all__ = ["App", "JobContext", "Task", "current_job", "pack_args", "unpack_args"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:-]{0,127}$")
+ARGS_BYTES_MAX = 512 * 1024
+DEFAULT_RETRY = RetryPolicy()
+
+
+@attrs.frozen
+class Task:
+    """A registered task and its defaults (each may be overridden per enqueue)."""
+
+    name: str
+    fn: Callable[..., Any]
+    is_async: bool
+    queue: str = "default"
+    priority: int = 0
+    max_attempts: int = 3
+    retry: RetryPolicy | None = DEFAULT_RETRY
+    retry_rules: tuple[RetryRule, ...] = ()
+    timeout_s: float | None = None
+    result_ttl_s: float = 86_400.0
+
+    def bind_check(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
+        """Check that the arguments fit the function's signature.
+
+        Raises:
+            InvalidArguments: they do not (the message says why).
+        """
+        try:
+            inspect.signature(self.fn).bind(*args, **kwargs)
+        except TypeError as exc:
+            raise InvalidArguments(f"task {self.name!r}: {exc}") from None
+
+
+class App:
+    """A registry of tasks: what a node may run.
+
+    Example:
+        app = gotask.App("shop")
+
+        @app.task(queue="emails", max_attempts=5)
+        def send_receipt(order_id: int) -> None: ...
+    """
+
+    def __init__(self, name: str = "gotask") -> None:
+        self.name = name
+        self._tasks: dict[str, Task] = {}
+
+    @overload
+    def task(self, fn: F, /) -> F: ...
+
+    @overload
+    def task(self, fn: None = None, /, **options: Any) -> Callable[[F], F]: ...
+
+    def task(self, fn: F | None = None, /, **options: Any) -> F | Callable[[F], F]:
+        """Register a function as a task, with or without options.
+
+        Options: name, queue, priority, max_attempts, retry (a RetryPolicy or None for
+        no retry), retry_rules (tuple of RetryRule), timeout_s, result_ttl_s.
+
+        Raises:
+            ValueError: a bad option value or a name registered twice.
+            TypeError: an unknown option.
+        """
+
+        def register(func: F) -> F:
+            self._register(func, options)
+            return func
+
+        return register(fn) if fn is not None else register
+
+    def _register(self, fn: Callable[..., Any], options: dict[str, Any]) -> Task:
+        name = options.pop("name", None) or f"{fn.__module__}.{fn.__qualname__}"
+        if not _NAME.match(name):
+            raise ValueError(f"invalid task name {name!r}")
+        if name in self._tasks:
+            raise ValueError(f"task {name!r} is already registered")
+        allowed = {f.name for f in attrs.fields(Task)} - {"name", "fn", "is_async"}
+        unknown = set(options) - allowed
+        if unknown:
+            raise TypeError(f"unknown task option(s): {', '.join(sorted(unknown))}")
+        _check_options(options)
+        task = Task(name=name, fn=fn, is_async=inspect.iscoroutinefunction(fn), **options)
+        self._tasks[name] = task
+        return task
+
+    def get(self, name: str) -> Task:
+        """Return the task registered under `name`.
+
+        Raises:
+            TaskNotFound: no such task.
+        """
+        try:
+            return self._tasks[name]
+        except KeyError:
+            raise TaskNotFound(f"unknown task {name!r} (not registered in app {self.name!r})")
+
+    def names(self) -> list[str]:
+        """Registered task names, sorted."""
+        return sorted(self._tasks)
+
+
+def _check_options(options: Mapping[str, Any]) -> None:
+    if "max_attempts" in options and not (
+        isinstance(options["max_attempts"], int) and options["max_attempts"] >= 1
+    ):
+        raise ValueError(f"max_attempts must be an int >= 1, got {options['max_attempts']!r}")
+    timeout = options.get("timeout_s")
+    if timeout is not None and not (isinstance(timeout, int | float) and timeout > 0):
+        raise ValueError(f"timeout_s must be a number > 0 or None, got {timeout!r}")
+    retry = options.get("retry", DEFAULT_RETRY)
+    if retry is not None and not isinstance(retry, RetryPolicy):
+        raise ValueError(f"retry must be a RetryPolicy or None, got {retry!r}")
+    queue = options.get("queue", "default")
+    if not (isinstance(queue, str) and _NAME.match(queue)):
+        raise ValueError(f"invalid queue name {queue!r}")
+
+
+# -- arguments -----------------------------------------------------------------------
+
+
+def pack_args(args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None) -> bytes:
+    """Encode job arguments as msgpack `[args, kwargs]`.
+
+    Raises:
+        InvalidArguments: a value is not a msgpack value (the message names its type), a
+            kwargs key is not a string, or the encoding exceeds 512 KiB.
+    """
+    if not isinstance(args, list | tuple):
+        raise InvalidArguments(f"args must be a list or tuple, got {type(args).__name__}")
+    kwargs = dict(kwargs or {})
+    if not all(isinstance(k, str) for k in kwargs):
+        raise InvalidArguments("kwargs keys must be strings")
+    try:
+        data: bytes = msgpack.packb([list(args), kwargs], default=_refuse, strict_types=False)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise InvalidArguments(f"arguments must be msgpack values: {exc}") from None
+    if len(data) > ARGS_BYTES_MAX:
+        raise InvalidArguments(
+            f"arguments encode to {len(data)} bytes; the limit is {ARGS_BYTES_MAX}"
+        )
+    return data
+
+
+def _refuse(value: object) -> Any:
+    raise TypeError(
+        f"{type(value).__name__} is not a msgpack value "
+        "(use None, bool, int, float, str, bytes, lists and dicts with str keys)"
+    )
+
+
+def unpack_args(data: bytes) -> tuple[list[Any], dict[str, Any]]:
+    """Decode what `pack_args` produced.
+
+    Raises:
+        InvalidArguments: not `[list, map]` msgpack.
+    """
+    try:
+        value = msgpack.unpackb(data, strict_map_key=True, max_ext_len=0)
+    except Exception as exc:
+        raise InvalidArguments(f"arguments are not valid msgpack: {exc}") from None
+    if not (isinstance(value, list) and len(value) == 2 and isinstance(value[0], list)
+            and isinstance(value[1], dict)):
+        raise InvalidArguments("arguments must encode [args_list, kwargs_map]")
+    return value[0], value[1]
+
+
+# -- the job context -------------------------------------------------------------------
+
+
+@attrs.define(eq=False)
+class JobContext:
+    """What a running job knows of itself. Get it with `current_job()`.
+
+    Attributes:
+        job_id: the job's id. attempt: 1 for the first attempt. task: the task name.
+    """
+
+    job_id: str
+    attempt: int
+    task: str
+    _report: Callable[[float, str], None]
+    _cancelled: Callable[[], bool]
+
+    def progress(self, fraction: float, message: str = "") -> None:
+        """Report progress, 0.0-1.0, with an optional message; subscribers see it live.
+
+        Raises:
+            ValueError: fraction outside [0, 1].
+        """
+        if not 0.0 <= fraction <= 1.0:
+            raise ValueError(f"fraction must be between 0 and 1, got {fraction}")
+        self._report(float(fraction), str(message)[:1000])
+
+    @property
+    def cancelled(self) -> bool:
+        """True once cancellation was requested (sync tasks should poll this)."""
+        return self._cancelled()
+
+    def check_cancelled(self) -> None:
+        """Raise `JobCancelled` if cancellation was requested (for sync tasks)."""
+        from gotask._errors import JobCancelled
+
+        if self._cancelled():
+            raise JobCancelled(f"job {self.job_id} was cancelled")
+
+
+_CURRENT: contextvars.ContextVar[JobContext] = contextvars.ContextVar("gotask_job")
+
+
+def current_job() -> JobContext:
+    """Return the context of the job running in this task or thread.
+
+    Raises:
+        LookupError: called outside a job.
+    """
+    try:
+        return _CURRENT.get()
+    except LookupError:
+        raise LookupError("current_job() called outside a running job") from None
+
+
+def set_current_job(ctx: JobContext) -> contextvars.Token[JobContext]:
+    """Bind `ctx` as the current job (used by the worker supervisor)."""
+    return _CURRENT.set(ctx)
+

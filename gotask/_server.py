@@ -1,0 +1,147 @@
+"""A GoTask node: the actors of the job lifecycle on one runtime node.
+
+Rules of this module:
+- `open_server(config)` starts, in order: storage (memory, unless the node joins
+  another node's storage), Broker, WorkerSupervisor, Dispatcher, Scheduler, Reaper, and
+  the TCP listener. It is ready when every actor is.
+- A node that `--join`s another keeps a link to it (reconnecting with backoff) and uses
+  the actor named "storage" there. Its own Broker, Scheduler and Reaper use it too.
+- `Server.drain()` is the graceful shutdown: stop leasing, finish or release running
+  jobs within the grace period. The CLI calls it on SIGINT/SIGTERM.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import attrs
+import trio
+
+from gotask._messages import BROKER, DISPATCHER, REAPER, SCHEDULER, STORAGE, WORKERS, Drain
+from gotask.actors.broker import run_broker
+from gotask.actors.dispatcher import DispatcherConfig, run_dispatcher
+from gotask.actors.reaper import run_reaper
+from gotask.actors.scheduler import run_scheduler
+from gotask.actors.storage.actor import run_storage
+from gotask.actors.storage.base import QueueWeight
+from gotask.actors.storage.memory import MemoryStorageCore
+from gotask.actors.worker_supervisor import WorkerConfig, run_workers
+from gotask.config import NodeConfig
+from gotask.runtime import Address, Node, World, open_node, real_world
+
+__all__ = ["Server", "open_server"]
+
+
+@attrs.define(eq=False)
+class Server:
+    """A running GoTask node."""
+
+    node: Node
+    config: NodeConfig
+    storage: Address
+    port: int | None = None
+
+    @property
+    def broker(self) -> Address:
+        """The address clients talk to."""
+        return self.node.address(BROKER)
+
+    async def drain(self) -> None:
+        """Stop leasing; let running jobs finish within the grace period; release the rest."""
+        await self.node.call(self.node.address(WORKERS), Drain(self.config.grace_s),
+                             timeout_s=self.config.grace_s + 30)
+
+
+@asynccontextmanager
+async def open_server(
+    config: NodeConfig, *, world: World | None = None, listen: bool = True
+) -> AsyncIterator[Server]:
+    """Start a GoTask node; it stops when the block exits.
+
+    Args:
+        config: what to run.
+        world: clock, randomness and ids (simulations pass a seeded one).
+        listen: serve TCP on `config.listen` (tests may talk to the node in-process).
+    """
+    world = world or real_world()
+    name = config.name or f"node-{world.new_id()[-10:].lower()}"
+    async with open_node(name, world) as node:
+        storage = await _open_storage(node, config)
+        server = Server(node, config, storage)
+        await _start_actors(server)
+        if listen and config.listen is not None:
+            server.port = await _listen(node, config)
+        yield server
+
+
+async def _open_storage(node: Node, config: NodeConfig) -> Address:
+    if config.join is not None:
+        from gotask.transports.tcp import maintain_link
+
+        host, port = config.join
+        peer = await node.nursery.start(
+            functools.partial(maintain_link, node, host, port, secret=config.secret))
+        return Address(_peer_name(peer), STORAGE)
+    core = MemoryStorageCore()
+    await node.start_actor(STORAGE, functools.partial(run_storage, core=core), inbox_max=4096)
+    return node.address(STORAGE)
+
+
+def _peer_name(peer: Any) -> str:
+    return peer if isinstance(peer, str) else str(peer.peer)
+
+
+async def _start_actors(server: Server) -> None:
+    node, config, storage = server.node, server.config, server.storage
+    workers, dispatcher = node.address(WORKERS), node.address(DISPATCHER)
+    await node.start_actor(BROKER, functools.partial(
+        run_broker, app=config.app, storage=storage, dispatcher=dispatcher), inbox_max=4096)
+    await node.start_actor(WORKERS, functools.partial(
+        run_workers, app=config.app, storage=storage, dispatcher=dispatcher,
+        config=WorkerConfig(concurrency=config.concurrency, threads=config.threads,
+                            lease_timeout_s=config.lease_timeout_s,
+                            heartbeat_s=config.heartbeat_s)))
+    await node.start_actor(DISPATCHER, functools.partial(
+        run_dispatcher, storage=storage, workers=workers,
+        config=DispatcherConfig(
+            queues=tuple(QueueWeight(q, w) for q, w in config.queues),
+            concurrency=config.concurrency, prefetch=config.concurrency,
+            lease_timeout_s=config.lease_timeout_s)))
+    await node.start_actor(SCHEDULER, functools.partial(run_scheduler, storage=storage))
+    await node.start_actor(REAPER, functools.partial(
+        run_reaper, storage=storage, node_info=functools.partial(_node_info, server)))
+
+
+def _node_info(server: Server) -> dict[str, Any]:
+    config = server.config
+    return {
+        "pid": os.getpid(),
+        "queues": [f"{q}:{w}" for q, w in config.queues],
+        "concurrency": config.concurrency,
+        "tasks": config.app.names(),
+        "listen": f"{config.listen[0]}:{server.port}" if config.listen else None,
+        "storage": "joined" if config.join else config.storage,
+    }
+
+
+async def _listen(node: Node, config: NodeConfig) -> int:
+    from gotask.transports.tcp import serve_tcp
+
+    assert config.listen is not None
+    host, port = config.listen
+    bound: int = await node.nursery.start(functools.partial(
+        serve_tcp, node, host, port, secret=config.secret, insecure=config.insecure))
+    return bound
+
+
+async def wait_for_signal() -> None:
+    """Return on the first SIGINT or SIGTERM."""
+    import signal
+
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for _ in signals:
+            return

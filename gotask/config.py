@@ -1,0 +1,142 @@
+"""Node configuration: parsing and checking what an operator asks for.
+
+Rules of this module:
+- Every setting has a safe default; a malformed or unsafe one raises `ConfigError`
+  with a message naming the setting.
+- The app module is chosen by the operator (`--app MODULE[:ATTR]`); jobs never name
+  code by path, only registered task names.
+- Secrets are read from a file and never appear in a repr, a log line or an error.
+"""
+
+from __future__ import annotations
+
+import importlib
+import ipaddress
+from pathlib import Path
+
+import attrs
+
+from gotask._app import App
+from gotask._errors import ConfigError
+
+__all__ = [
+    "DEFAULT_PORT",
+    "NodeConfig",
+    "load_app",
+    "parse_hostport",
+    "parse_queues",
+    "read_secret",
+]
+
+DEFAULT_PORT = 7450
+
+
+@attrs.frozen
+class NodeConfig:
+    """What one `gotask node` process runs (durations in seconds)."""
+
+    app: App
+    name: str | None = None
+    listen: tuple[str, int] | None = ("127.0.0.1", DEFAULT_PORT)
+    storage: str = "memory://"
+    join: tuple[str, int] | None = None
+    concurrency: int = 64
+    queues: tuple[tuple[str, int], ...] = (("default", 1),)
+    secret: bytes | None = attrs.field(default=None, repr=False)
+    insecure: bool = False
+    lease_timeout_s: float = 30.0
+    heartbeat_s: float = 10.0
+    grace_s: float = 30.0
+    threads: int = 16
+    console: tuple[str, int] | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if not 1 <= self.concurrency <= 10_000:
+            raise ConfigError(f"--concurrency must be 1-10000, got {self.concurrency}")
+        if not self.storage.startswith("memory://"):
+            raise ConfigError(
+                f"storage {self.storage!r} is not supported yet; use memory://"
+            )
+        if self.join is not None and self.listen is not None and self.listen == self.join:
+            raise ConfigError("--join must name another node, not this node's --listen")
+        if self.listen is not None and self.secret is None and not self.insecure \
+                and not is_loopback(self.listen[0]):
+            raise ConfigError(
+                f"refusing to listen on {self.listen[0]} without a secret: pass "
+                "--secret-file, or --insecure to accept unauthenticated peers"
+            )
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost and loopback addresses."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def parse_hostport(text: str, what: str = "address") -> tuple[str, int]:
+    """Parse `HOST:PORT` (`[::1]:7450` for IPv6).
+
+    Raises:
+        ConfigError: not HOST:PORT with a port 0-65535.
+    """
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{what} must be HOST:PORT, got {text!r}")
+    return host, int(port)
+
+
+def parse_queues(text: str) -> tuple[tuple[str, int], ...]:
+    """Parse `q1:3,q2:1` (a weight defaults to 1).
+
+    Raises:
+        ConfigError: an empty name, a weight that is not a positive integer, a repeat.
+    """
+    out: dict[str, int] = {}
+    for part in text.split(","):
+        name, _, weight = part.strip().partition(":")
+        if not name or (weight and not weight.isdigit()) or (weight and int(weight) < 1):
+            raise ConfigError(f"--queues must look like q1:3,q2:1, got {text!r}")
+        if name in out:
+            raise ConfigError(f"queue {name!r} is named twice in --queues")
+        out[name] = int(weight or 1)
+    return tuple(out.items())
+
+
+def read_secret(path: str | None) -> bytes | None:
+    """Read a shared secret from a file (one trailing newline stripped).
+
+    Raises:
+        ConfigError: unreadable, or shorter than 16 bytes.
+    """
+    if path is None:
+        return None
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the secret file {path}: {exc.strerror}") from None
+    data = data[:-1] if data.endswith(b"\n") else data
+    if len(data) < 16:
+        raise ConfigError(f"the secret in {path} is shorter than 16 bytes")
+    return data
+
+
+def load_app(spec: str) -> App:
+    """Import the operator's app: `package.module` or `package.module:attribute`.
+
+    Raises:
+        ConfigError: the module cannot be imported or the attribute is not an App.
+    """
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"cannot import app module {module_name!r}: {exc}") from None
+    app = getattr(module, attr or "app", None)
+    if not isinstance(app, App):
+        raise ConfigError(f"{spec!r} is not a gotask.App (expected MODULE or MODULE:ATTR)")
+    return app

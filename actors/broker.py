@@ -34,7 +34,7 @@ from gotask._messages import (
     WaitJobs,
     WatchJobs,
 )
-from gotask.runtime import ActorContext, Address, Envelope, World
+from gotask.runtime import ActorContext, Address, Envelope, Ok, World
 
 from .storage.base import (
     CancelJobs,
@@ -206,7 +206,7 @@ async def _handle(ctx: ActorContext, core: BrokerCore, storage: Address,
                 await ctx.reply(env, await _watch(ctx, storage, ids))
             case UnwatchJobs(ids=ids, watcher=watcher):
                 await _unwatch(ctx, core, storage, ids, watcher)
-                await ctx.reply(env, None)
+                await ctx.reply(env, Ok())
             case WaitJobs():
                 await _wait(ctx, core, storage, env, msg)
             case PauseWorkers() if dispatcher is not None:

@@ -22,7 +22,7 @@ import trio
 from gotask._errors import ActorError
 from gotask._job import JobRecord
 from gotask._messages import LeaseWait, PauseWorkers, RunJobs, SlotsFreed, Unpark
-from gotask.runtime import ActorContext, Address
+from gotask.runtime import ActorContext, Address, Ok
 
 from .storage.base import LeaseJobs, LeaseReply, QueueWeight
 
@@ -125,7 +125,7 @@ async def _inbox_loop(
                     core.paused = paused
                     if paused:
                         await ctx.call(storage, Unpark(ctx.node.name))
-                    await ctx.reply(env, None)
+                    await ctx.reply(env, Ok())
                 case other:
                     log.warning("dispatcher ignored unexpected %s", type(other).__name__)
             notify()

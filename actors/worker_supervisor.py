@@ -35,7 +35,7 @@ from gotask._errors import ActorError, JobCancelled, JobTimeout
 from gotask._job import JobRecord, LeaseToken
 from gotask._messages import Drain, PauseWorkers, RunJobs, SlotsFreed
 from gotask._retry import decide
-from gotask.runtime import ActorContext, Address, World
+from gotask.runtime import ActorContext, Address, Ok, World
 
 from .storage.base import (
     BATCH_MAX,
@@ -197,7 +197,7 @@ async def _inbox_loop(pool: _Pool) -> None:
                     pool.idle.unpark(count=len(jobs))
                 case Drain(grace_s=grace_s):
                     await _drain(pool, grace_s)
-                    await pool.ctx.reply(env, None)
+                    await pool.ctx.reply(env, Ok())
                     return
                 case other:
                     log.warning("worker supervisor ignored unexpected %s", type(other).__name__)

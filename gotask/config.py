@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import importlib
 import ipaddress
+import os
+import sys
 from pathlib import Path
 
 import attrs
@@ -132,6 +134,9 @@ def load_app(spec: str) -> App:
         ConfigError: the module cannot be imported or the attribute is not an App.
     """
     module_name, _, attr = spec.partition(":")
+    # Like uvicorn's --app-dir default: the operator's working directory is importable.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:

@@ -25,7 +25,7 @@ import trio
 from gotask._errors import StorageError
 from gotask._job import TERMINAL, JobRecord
 from gotask._messages import JobChanged, LeaseWait, Unpark, UnwatchJobs, WatchJobs
-from gotask.runtime import ActorContext, Address, Envelope
+from gotask.runtime import ActorContext, Address, Envelope, Ok
 
 from .base import (
     AckJobs,
@@ -115,10 +115,10 @@ async def _handle(ctx: ActorContext, state: _State, env: Envelope, now: float) -
             await ctx.reply(env, _watch(state, msg))
         elif isinstance(msg, Unpark):
             await _unpark(ctx, state, msg.node, now)
-            await ctx.reply(env, None)
+            await ctx.reply(env, Ok())
         elif isinstance(msg, UnwatchJobs):
             _unwatch(state, msg.ids, msg.watcher)
-            await ctx.reply(env, None)
+            await ctx.reply(env, Ok())
         else:
             reply = state.core.handle(msg, now)
             _note(state, msg, reply)

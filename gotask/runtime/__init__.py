@@ -14,6 +14,7 @@ from gotask.runtime.message import Address as Address
 from gotask.runtime.message import Envelope as Envelope
 from gotask.runtime.message import ErrorReply as ErrorReply
 from gotask.runtime.message import Message as Message
+from gotask.runtime.message import Ok as Ok
 from gotask.runtime.message import Reply as Reply
 from gotask.runtime.message import message as message
 from gotask.runtime.node import Link as Link
@@ -35,6 +36,7 @@ __all__ = [
     "Link",
     "Message",
     "Node",
+    "Ok",
     "Outgoing",
     "Reply",
     "Respond",

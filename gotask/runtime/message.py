@@ -23,6 +23,7 @@ __all__ = [
     "Envelope",
     "ErrorReply",
     "Message",
+    "Ok",
     "Reply",
     "message",
     "tag_of",
@@ -116,3 +117,9 @@ class ErrorReply:
     type_name: str
     message: str
     traceback: str
+
+
+@message("ok")
+@attrs.frozen
+class Ok:
+    """An answer that carries nothing but success."""

@@ -168,8 +168,9 @@ class Node:
         pending = _Pending(dst.node)
         self._pending[corr] = pending
         try:
-            await self._route(Envelope(dst, Address(self.name, CALLER_NAME), corr, msg))
+            # The timeout covers sending too: a full inbox or link is a slow peer.
             with trio.move_on_after(timeout_s):
+                await self._route(Envelope(dst, Address(self.name, CALLER_NAME), corr, msg))
                 await pending.done.wait()
         finally:
             del self._pending[corr]

@@ -1,0 +1,79 @@
+"""`gotask node`: run one node until SIGINT/SIGTERM, then drain gracefully.
+
+Rules of this module:
+- Everything the operator passes is checked before anything starts; a bad setting or an
+  unreachable `--join` target prints one clear line and exits non-zero.
+- Logs go to stderr; secrets never appear in them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+import trio
+
+from gotask._errors import ConfigError, GoTaskError
+from gotask._server import Server, open_server, wait_for_signal
+from gotask.config import (
+    NodeConfig,
+    load_app,
+    parse_hostport,
+    parse_queues,
+    read_secret,
+)
+
+__all__ = ["config_from_args", "main"]
+
+log = logging.getLogger("gotask.node")
+
+
+def config_from_args(args: argparse.Namespace) -> NodeConfig:
+    """Build a NodeConfig from parsed `gotask node` arguments.
+
+    Raises:
+        ConfigError: a setting is malformed or unsafe.
+    """
+    return NodeConfig(
+        app=load_app(args.app),
+        name=getattr(args, "name", None),
+        listen=parse_hostport(args.listen, "--listen") if args.listen else None,
+        storage=args.storage,
+        join=parse_hostport(args.join, "--join") if args.join else None,
+        concurrency=args.concurrency,
+        queues=parse_queues(args.queues),
+        secret=read_secret(args.secret_file),
+        insecure=args.insecure,
+        console=parse_hostport(args.console, "--console") if args.console else None,
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run `gotask node`; returns the process exit code."""
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = config_from_args(args)
+        trio.run(_serve, config)
+    except (ConfigError, GoTaskError, OSError) as exc:
+        print(f"gotask node: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+async def _serve(config: NodeConfig) -> None:
+    async with open_server(config) as server:
+        _announce(server)
+        await wait_for_signal()
+        log.info("draining: running jobs get %gs to finish", config.grace_s)
+        await server.drain()
+
+
+def _announce(server: Server) -> None:
+    config = server.config
+    where = f"{config.listen[0]}:{server.port}" if config.listen else "no listener"
+    log.info("node %s ready on %s; storage %s; tasks: %s", server.node.name, where,
+             server.storage, ", ".join(config.app.names()) or "(none)")

@@ -1,0 +1,161 @@
+"""`gotask bench runtime`: what the actor runtime costs, measured.
+
+Rules of this module:
+- Three figures, each the median of `--runs` runs: messages/s between two actors on one
+  node; messages/s streamed from an actor on one node process to an actor on another
+  over loopback TCP; one-at-a-time `call` round trips/s between the two processes.
+- The peer is a real child process (`python -m gotask.bench_runtime PORTFILE`), talking
+  through the production transport, handshake and codec.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import attrs
+import trio
+
+from gotask.runtime import ActorContext, Address, message, open_node
+
+__all__ = ["main", "run_benchmarks"]
+
+
+@message("bench.msg")
+@attrs.frozen
+class BenchMsg:
+    n: int
+
+
+@message("bench.count")
+@attrs.frozen
+class BenchCount:
+    pass
+
+
+async def _sink(ctx: ActorContext, *, task_status: Any) -> None:
+    """Counts messages; answers `BenchCount` with the count, `BenchMsg` calls with echo."""
+    count = 0
+    task_status.started()
+    while True:
+        for env in await ctx.receive_batch(1024):
+            if env.corr:
+                await ctx.reply(env, env.msg if isinstance(env.msg, BenchMsg) else BenchMsg(count))
+            else:
+                count += 1
+
+
+async def _stream(node: Any, dst: Address, messages: int) -> float:
+    start = time.perf_counter()
+    send = node.send
+    msg = BenchMsg(1)
+    for _ in range(messages):
+        await send(dst, msg)
+    total = (await node.call(dst, BenchCount(), timeout_s=120)).n
+    elapsed = time.perf_counter() - start
+    assert total >= messages, (total, messages)
+    return messages / elapsed
+
+
+async def _calls(node: Any, dst: Address, calls: int) -> float:
+    start = time.perf_counter()
+    for i in range(calls):
+        await node.call(dst, BenchMsg(i))
+    return calls / (time.perf_counter() - start)
+
+
+async def _local(messages: int) -> float:
+    async with open_node("bench-local") as node:
+        dst = await node.start_actor("sink", _sink, inbox_max=4096)
+        return await _stream(node, dst, messages)
+
+
+async def _remote(messages: int, calls: int, port: int) -> tuple[float, float]:
+    from gotask.transports.tcp import connect_tcp
+
+    async with open_node(f"bench-client-{os.getpid()}") as node:
+        link = await connect_tcp(node, "127.0.0.1", port, secret=None)
+        dst = Address(link.peer, "sink")
+        streamed = await _stream(node, dst, messages)
+        called = await _calls(node, dst, calls)
+        return streamed, called
+
+
+async def _serve_peer(port_file: str) -> None:
+    from gotask.transports.tcp import serve_tcp
+
+    async with open_node("bench-peer") as node:
+        await node.start_actor("sink", _sink, inbox_max=4096)
+        port = await node.nursery.start(functools.partial(serve_tcp, node, "127.0.0.1", 0,
+                                                          secret=None))
+        Path(port_file).write_text(str(port))
+        await trio.sleep_forever()
+
+
+def _start_peer() -> tuple[subprocess.Popen[bytes], int]:
+    fd, port_file = tempfile.mkstemp(prefix="gotask-bench-")
+    os.close(fd)
+    os.unlink(port_file)
+    proc = subprocess.Popen([sys.executable, "-m", "gotask.bench_runtime", port_file])
+    deadline = time.monotonic() + 30
+    while not os.path.exists(port_file) or not Path(port_file).read_text():
+        if time.monotonic() > deadline or proc.poll() is not None:
+            proc.kill()
+            raise RuntimeError("the benchmark peer process did not start")
+        time.sleep(0.05)
+    port = int(Path(port_file).read_text())
+    os.unlink(port_file)
+    return proc, port
+
+
+def run_benchmarks(runs: int = 5, messages: int = 200_000, calls: int = 10_000) -> dict[str, Any]:
+    """Run every runtime benchmark `runs` times; return medians and every sample."""
+    local = [trio.run(_local, messages) for _ in range(runs)]
+    proc, port = _start_peer()
+    try:
+        remote = [trio.run(_remote, messages, calls, port) for _ in range(runs)]
+    finally:
+        proc.kill()
+        proc.wait()
+    return {
+        "mode": "runtime",
+        "runs": runs,
+        "cpus": os.cpu_count(),
+        "local_msgs_per_s": round(statistics.median(local)),
+        "tcp_stream_msgs_per_s": round(statistics.median(r[0] for r in remote)),
+        "tcp_call_round_trips_per_s": round(statistics.median(r[1] for r in remote)),
+        "samples": {"local": [round(x) for x in local],
+                    "tcp_stream": [round(r[0]) for r in remote],
+                    "tcp_call": [round(r[1]) for r in remote]},
+    }
+
+
+def main(argv: list[str]) -> int:
+    """`gotask bench runtime [--runs N] [--messages N] [--calls N] [--json]`."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="gotask bench runtime")
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--messages", type=int, default=200_000)
+    parser.add_argument("--calls", type=int, default=10_000)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    result = run_benchmarks(args.runs, args.messages, args.calls)
+    if args.json:
+        sys.stdout.write(json.dumps(result) + "\n")
+    else:
+        for key in ("local_msgs_per_s", "tcp_stream_msgs_per_s", "tcp_call_round_trips_per_s"):
+            sys.stdout.write(f"{key:32} {result[key]:>12,}  (median of {args.runs})\n")
+    return 0
+
+
+if __name__ == "__main__":
+    trio.run(_serve_peer, sys.argv[1])

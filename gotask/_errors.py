@@ -12,9 +12,13 @@ from __future__ import annotations
 __all__ = [
     "ActorError",
     "ActorNotFound",
+    "AuthenticationError",
     "CallTimeout",
     "ConfigError",
+    "FramingError",
     "GoTaskError",
+    "InvalidArguments",
+    "InvalidMessage",
     "JobError",
     "JobNotFound",
     "LocalProtocolError",
@@ -26,11 +30,7 @@ __all__ = [
     "StorageError",
     "StorageUnavailable",
     "SupervisorGaveUp",
-    "AuthenticationError",
     "TaskNotFound",
-    "InvalidArguments",
-    "FramingError",
-    "InvalidMessage",
 ]
 
 
@@ -174,7 +174,12 @@ class InvalidMessage(RemoteProtocolError):
     """
 
     def __init__(
-        self, message: str, *, field: str | None = None, corr: int = 0, reply_node: str | None = None
+        self,
+        message: str,
+        *,
+        field: str | None = None,
+        corr: int = 0,
+        reply_node: str | None = None,
     ) -> None:
         super().__init__(message)
         self.field = field

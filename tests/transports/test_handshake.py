@@ -6,6 +6,13 @@ import hashlib
 import hmac
 
 import pytest
+
+from gotask._errors import (
+    AuthenticationError,
+    FramingError,
+    InvalidMessage,
+    LocalProtocolError,
+)
 from gotask.transports._handshake import (
     Auth,
     AuthOk,
@@ -18,13 +25,6 @@ from gotask.transports._handshake import (
     wire_error,
 )
 from gotask.transports._wire import NEED_DATA, Connection
-
-from gotask._errors import (
-    AuthenticationError,
-    FramingError,
-    InvalidMessage,
-    LocalProtocolError,
-)
 
 SECRET = b"correct horse battery staple"
 OTHER = b"wrong secret entirely"

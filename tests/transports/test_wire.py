@@ -13,18 +13,6 @@ from typing import Any
 import attrs
 import msgpack
 import pytest
-from gotask.transports._handshake import Ping, WireError
-from gotask.transports._wire import (
-    CLOSED,
-    CONTAINER_LEN_MAX,
-    DEPTH_MAX,
-    NEED_DATA,
-    Connection,
-    compile_registry,
-    decode,
-    encode,
-    frame,
-)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -43,6 +31,18 @@ from gotask.runtime.message import (
     ErrorReply,
     Message,
     message,
+)
+from gotask.transports._handshake import Ping, WireError
+from gotask.transports._wire import (
+    CLOSED,
+    CONTAINER_LEN_MAX,
+    DEPTH_MAX,
+    NEED_DATA,
+    Connection,
+    compile_registry,
+    decode,
+    encode,
+    frame,
 )
 
 # Messages defined elsewhere register at import; pull in the modules that exist so far.

@@ -10,8 +10,6 @@ import attrs
 import pytest
 import trio
 import trio.testing
-from gotask.transports import LinkOptions
-from gotask.transports.sim import SimConfig, SimNetwork
 
 from gotask._errors import ActorNotFound, CallTimeout, LocalProtocolError
 from gotask.runtime import (
@@ -24,6 +22,8 @@ from gotask.runtime import (
     sim_world,
 )
 from gotask.testing.sim import run_deterministic
+from gotask.transports import LinkOptions
+from gotask.transports.sim import SimConfig, SimNetwork
 
 from .conformance import OpenPair, Pair, TransportContract
 

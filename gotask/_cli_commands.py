@@ -1,0 +1,148 @@
+"""The client commands of the `gotask` CLI, each an async function of (client, args).
+
+Rules of this module:
+- A command prints its output to stdout and returns the exit code: 0, or 1 when the job
+  it waited for did not succeed. Expected errors are raised for `cli.main` to report.
+- With `--json` a command prints JSON only; otherwise short human text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from gotask import _cli_output as out
+from gotask._errors import JobFailed
+from gotask._job import JobRecord
+from gotask.client import AsyncClient
+
+__all__ = ["run"]
+
+
+async def run(client: AsyncClient, args: argparse.Namespace) -> int:
+    """Run the client command named by `args.command`; return the exit code.
+
+    Raises:
+        GoTaskError, OSError: the request failed.
+    """
+    if args.command == "dlq":
+        return await _dlq(client, args)
+    command = {"enqueue": _enqueue, "job": _job, "queues": _queues, "cancel": _cancel,
+               "nodes": _nodes}[args.command]
+    return await command(client, args)
+
+
+def _print(text: str) -> None:
+    print(text, flush=True)
+
+
+async def _enqueue(client: AsyncClient, args: argparse.Namespace) -> int:
+    job_id = await client.enqueue_with(
+        args.task, args.args, args.kwargs, queue=args.queue, priority=args.priority,
+        delay_s=args.delay, max_attempts=args.max_attempts,
+        idempotency_key=args.idempotency_key,
+    )
+    if not args.wait:
+        _print(out.to_json({"id": job_id}) if args.json else job_id)
+        return 0
+    try:
+        result = await client.wait(job_id, timeout_s=args.wait_timeout)
+    except JobFailed as exc:
+        return _failed(exc, args.json)
+    _print(out.to_json({"id": job_id, "state": "succeeded", "result": result})
+           if args.json else out.to_json(result))
+    return 0
+
+
+def _failed(exc: JobFailed, as_json: bool) -> int:
+    """Report a job that ended dead or cancelled; exit code 1."""
+    job = exc.job
+    if as_json and isinstance(job, JobRecord):
+        _print(out.to_json(out.job_json(job)))
+    else:
+        print(f"gotask: error: {exc}", file=sys.stderr)
+    return 1
+
+
+async def _job(client: AsyncClient, args: argparse.Namespace) -> int:
+    if not args.wait:
+        job = await client.get(args.id)
+        _print(out.to_json(out.job_json(job)) if args.json else out.format_job(job))
+        return 0
+    last = await _follow(client, args.id, args.json)
+    if args.json:
+        return 0 if last.state == "succeeded" else 1
+    if last.state == "succeeded":
+        _print(out.outcome_line(last))
+        return 0
+    print(f"gotask: error: {out.outcome_line(last)}", file=sys.stderr)
+    return 1
+
+
+async def _follow(client: AsyncClient, job_id: str, as_json: bool) -> JobRecord:
+    """Show every change of the job until it is terminal; return the terminal record."""
+    progress = out.Progress(sys.stdout, tty=sys.stdout.isatty())
+    last: JobRecord | None = None
+    try:
+        async for job in client.watch(job_id):
+            last = job
+            if as_json:
+                _print(out.to_json(out.job_json(job)))
+            else:
+                progress.show(job)
+    finally:
+        progress.finish()
+    assert last is not None
+    return last
+
+
+async def _queues(client: AsyncClient, args: argparse.Namespace) -> int:
+    counts = await client.queues()
+    if args.json:
+        _print(out.to_json(counts))
+    else:
+        _print(out.queues_table(counts) if counts else "no jobs")
+    return 0
+
+
+async def _cancel(client: AsyncClient, args: argparse.Namespace) -> int:
+    state = await client.cancel(args.id)
+    if args.json:
+        _print(out.to_json({"id": args.id, "state": state}))
+    elif state == "active":
+        _print(f"{args.id}: cancellation requested (the job is running; it stops at its "
+               "next heartbeat)")
+    elif state == "cancelled":
+        _print(f"{args.id}: cancelled")
+    else:
+        _print(f"{args.id}: not cancelled, already {state}")
+    return 0
+
+
+async def _nodes(client: AsyncClient, args: argparse.Namespace) -> int:
+    nodes = await client.nodes()
+    if args.json:
+        _print(out.to_json([out.node_json(n) for n in nodes]))
+    else:
+        _print(out.nodes_table(nodes) if nodes else "no live nodes")
+    return 0
+
+
+async def _dlq(client: AsyncClient, args: argparse.Namespace) -> int:
+    if args.action == "list":
+        jobs = await client.dlq_list(queue=args.queue, limit=args.limit)
+        if args.json:
+            _print(out.to_json([out.job_json(j) for j in jobs]))
+        else:
+            _print(out.dead_table(jobs) if jobs else "the dead-letter queue is empty")
+        return 0
+    ids: Any = args.ids or None  # cli.main checked: IDs or --all, not both
+    if args.action == "retry":
+        count = await client.dlq_retry(ids, all_jobs=args.all)
+        verb = "requeued"
+    else:
+        count = await client.dlq_purge(ids, all_jobs=args.all)
+        verb = "purged"
+    _print(out.to_json({verb: count}) if args.json else f"{verb} {count} dead job(s)")
+    return 0

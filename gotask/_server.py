@@ -21,6 +21,7 @@ from typing import Any
 import attrs
 import trio
 
+from gotask._errors import StorageUnavailable
 from gotask._messages import BROKER, DISPATCHER, REAPER, SCHEDULER, STORAGE, WORKERS, Drain
 from gotask.actors.broker import run_broker
 from gotask.actors.dispatcher import DispatcherConfig, run_dispatcher
@@ -34,6 +35,8 @@ from gotask.config import NodeConfig
 from gotask.runtime import Address, Node, World, open_node, real_world
 
 __all__ = ["Server", "open_server"]
+
+JOIN_TIMEOUT_S = 15.0
 
 
 @attrs.define(eq=False)
@@ -83,9 +86,12 @@ async def _open_storage(node: Node, config: NodeConfig) -> Address:
         from gotask.transports.tcp import maintain_link
 
         host, port = config.join
-        peer = await node.nursery.start(
-            functools.partial(maintain_link, node, host, port, secret=config.secret))
-        return Address(_peer_name(peer), STORAGE)
+        with trio.move_on_after(JOIN_TIMEOUT_S):
+            peer = await node.nursery.start(
+                functools.partial(maintain_link, node, host, port, secret=config.secret))
+            return Address(_peer_name(peer), STORAGE)
+        raise StorageUnavailable(f"cannot reach the node to join at {host}:{port} "
+                                 f"within {JOIN_TIMEOUT_S:g}s")
     core = MemoryStorageCore()
     await node.start_actor(STORAGE, functools.partial(run_storage, core=core), inbox_max=4096)
     return node.address(STORAGE)

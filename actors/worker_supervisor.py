@@ -33,7 +33,7 @@ import trio
 from gotask._app import App, JobContext, set_current_job, unpack_args
 from gotask._errors import ActorError, JobCancelled, JobTimeout
 from gotask._job import JobRecord, LeaseToken
-from gotask._messages import Drain, PauseWorkers, RunJobs, SlotsFreed
+from gotask._messages import CancelRunning, Drain, PauseWorkers, RunJobs, SlotsFreed
 from gotask._retry import decide
 from gotask.runtime import ActorContext, Address, Ok, World
 
@@ -106,7 +106,6 @@ class WorkerCore:
     def settle(self, job_id: str, item: AckItem | NackItem | None) -> None:
         """A job finished; `item` is its outcome, None when it must not be settled."""
         run = self.running.pop(job_id, None)
-        self.progress.pop(job_id, None)
         if run is not None and run.released:
             self.releases.append(run.record.token)
         elif isinstance(item, AckItem):
@@ -195,6 +194,8 @@ async def _inbox_loop(pool: _Pool) -> None:
                 case RunJobs(jobs=jobs):
                     pool.core.add(jobs)
                     pool.idle.unpark(count=len(jobs))
+                case CancelRunning(tokens=tokens):
+                    pool.core.heartbeat_answers(list(tokens), (Status.CANCEL,) * len(tokens))
                 case Drain(grace_s=grace_s):
                     await _drain(pool, grace_s)
                     await pool.ctx.reply(env, Ok())
@@ -312,7 +313,8 @@ def _report(pool: _Pool, record: JobRecord, fraction: float, message: str) -> No
 
 
 def _store_progress(pool: _Pool, item: ProgressItem) -> None:
-    if item.job_id in pool.core.running:
+    run = pool.core.running.get(item.job_id)
+    if run is not None and not run.stale:
         pool.core.progress[item.job_id] = item
         pool.wake_flusher()
 

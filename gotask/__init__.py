@@ -10,16 +10,22 @@ from gotask._app import App as App
 from gotask._app import JobContext as JobContext
 from gotask._app import Task as Task
 from gotask._app import current_job as current_job
+from gotask._client_async import AsyncClient as AsyncClient
+from gotask._client_sync import Client as Client
 from gotask._errors import ConfigError as ConfigError
+from gotask._errors import ConnectionLost as ConnectionLost
 from gotask._errors import GoTaskError as GoTaskError
 from gotask._errors import InvalidArguments as InvalidArguments
 from gotask._errors import JobCancelled as JobCancelled
 from gotask._errors import JobError as JobError
+from gotask._errors import JobFailed as JobFailed
 from gotask._errors import JobNotFound as JobNotFound
 from gotask._errors import JobTimeout as JobTimeout
+from gotask._errors import NodeUnavailable as NodeUnavailable
 from gotask._errors import Retry as Retry
 from gotask._errors import StorageError as StorageError
 from gotask._errors import TaskNotFound as TaskNotFound
+from gotask._errors import WaitTimeout as WaitTimeout
 from gotask._job import JobRecord as JobRecord
 from gotask._job import JobState as JobState
 from gotask._retry import RetryPolicy as RetryPolicy
@@ -29,21 +35,27 @@ __version__ = "0.1.0"
 
 __all__ = [
     "App",
+    "AsyncClient",
+    "Client",
     "ConfigError",
+    "ConnectionLost",
     "GoTaskError",
     "InvalidArguments",
     "JobCancelled",
     "JobContext",
     "JobError",
+    "JobFailed",
     "JobNotFound",
     "JobRecord",
     "JobState",
     "JobTimeout",
+    "NodeUnavailable",
     "Retry",
     "RetryPolicy",
     "RetryRule",
     "StorageError",
     "Task",
     "TaskNotFound",
+    "WaitTimeout",
     "current_job",
 ]

@@ -62,7 +62,14 @@ from gotask._errors import (
     WaitTimeout,
 )
 from gotask._job import JobRecord
-from gotask._messages import Enqueue, EnqueueItem, UnwatchJobs, WaitJobs, WatchJobs
+from gotask._messages import (
+    Enqueue,
+    EnqueueItem,
+    PauseWorkers,
+    UnwatchJobs,
+    WaitJobs,
+    WatchJobs,
+)
 from gotask.actors.storage.base import (
     CancelJobs,
     CancelReply,
@@ -72,6 +79,8 @@ from gotask.actors.storage.base import (
     GetJobs,
     ListDead,
     ListDeadReply,
+    ListJobs,
+    ListJobsReply,
     ListNodes,
     ListNodesReply,
     NodeInfo,
@@ -490,6 +499,22 @@ class AsyncClient:
         """
         msg = ListDead(queue=queue, limit=limit, after_id=after_id)
         return list(expect(await self._request(msg, retry=True), ListDeadReply).jobs)
+
+    async def list_jobs(self, queue: str | None = None, state: str | None = None,
+                        limit: int = 100, after_id: str | None = None) -> list[JobRecord]:
+        """Jobs ordered by id (oldest first), filtered by queue and state, at most `limit`
+        (1-10000), after `after_id` to page.
+
+        Raises:
+            ValueError: `limit` out of range.
+        """
+        msg = ListJobs(queue=queue, state=state, limit=limit, after_id=after_id)
+        return list(expect(await self._request(msg, retry=True), ListJobsReply).jobs)
+
+    async def pause(self, paused: bool = True) -> None:
+        """Stop (or with `paused=False` resume) leasing on the connected node; running
+        jobs go on."""
+        await self._request(PauseWorkers(paused), retry=True)
 
     async def dlq_retry(self, ids: Sequence[str] | None = None, *, all_jobs: bool = False) -> int:
         """Queue dead jobs again with fresh attempts: the ones in `ids`, or every dead

@@ -187,6 +187,15 @@ class Client:
         """Dead jobs. See `AsyncClient.dlq_list`."""
         return self._run(AsyncClient.dlq_list, queue, limit, after_id)
 
+    def list_jobs(self, queue: str | None = None, state: str | None = None,
+                  limit: int = 100, after_id: str | None = None) -> list[JobRecord]:
+        """Jobs ordered by id. See `AsyncClient.list_jobs`."""
+        return self._run(AsyncClient.list_jobs, queue, state, limit, after_id)
+
+    def pause(self, paused: bool = True) -> None:
+        """Stop or resume leasing on the connected node. See `AsyncClient.pause`."""
+        self._run(AsyncClient.pause, paused)
+
     def dlq_retry(self, ids: Sequence[str] | None = None, *, all_jobs: bool = False) -> int:
         """Requeue dead jobs. See `AsyncClient.dlq_retry`."""
         return self._run(AsyncClient.dlq_retry, ids, all_jobs=all_jobs)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import attrs
 
-from gotask._job import JobRecord
+from gotask._job import JobRecord, LeaseToken
 from gotask.runtime.message import Address, Message, message
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "SCHEDULER",
     "STORAGE",
     "WORKERS",
+    "CancelRunning",
     "Drain",
     "Enqueue",
     "EnqueueItem",
@@ -173,3 +174,14 @@ class Unpark:
     without waiting for the parked lease to time out."""
 
     node: str
+
+
+@message("w.cancel")
+@attrs.frozen
+class CancelRunning:
+    """Storage -> the WorkerSupervisor holding these leases: cancellation was requested.
+
+    A fast path only: the heartbeat answer carries the same news if this is lost.
+    """
+
+    tokens: tuple[LeaseToken, ...]

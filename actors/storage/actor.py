@@ -24,7 +24,15 @@ import trio
 
 from gotask._errors import StorageError
 from gotask._job import TERMINAL, JobRecord
-from gotask._messages import JobChanged, LeaseWait, Unpark, UnwatchJobs, WatchJobs
+from gotask._messages import (
+    WORKERS,
+    CancelRunning,
+    JobChanged,
+    LeaseWait,
+    Unpark,
+    UnwatchJobs,
+    WatchJobs,
+)
 from gotask.runtime import ActorContext, Address, Envelope, Ok
 
 from .base import (
@@ -123,6 +131,8 @@ async def _handle(ctx: ActorContext, state: _State, env: Envelope, now: float) -
             reply = state.core.handle(msg, now)
             _note(state, msg, reply)
             await ctx.reply(env, reply)
+            if isinstance(msg, CancelJobs):
+                _push_cancel(ctx, state, msg.ids, now)
     except (ValueError, TypeError, StorageError) as exc:
         await ctx.node.reply_error(env, exc)
 
@@ -157,6 +167,17 @@ async def _serve_parked(ctx: ActorContext, state: _State, now: float) -> None:
             still.append(parked)
     state.parked = still
     state.woke = False
+
+
+def _push_cancel(ctx: ActorContext, state: _State, ids: tuple[str, ...], now: float) -> None:
+    records = state.core.handle(GetJobs(ids), now).jobs
+    for record in records:
+        if record is not None and record.cancel_requested and record.lease_node:
+            try:
+                ctx.send_nowait(Address(record.lease_node, WORKERS),
+                                CancelRunning((record.token,)))
+            except (trio.WouldBlock, trio.BrokenResourceError, LookupError):
+                pass  # the next heartbeat answer carries the same request
 
 
 async def _unpark(ctx: ActorContext, state: _State, node: str, now: float) -> None:

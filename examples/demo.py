@@ -1,0 +1,88 @@
+"""What `make run` runs: a node with the example tasks, and a few demo jobs.
+
+It starts `gotask node --app examples.tasks` on 127.0.0.1:7450 (memory storage),
+enqueues a job that reports progress, one that fails twice then succeeds, and one that
+ends in the dead-letter queue, prints how to look at them, and keeps the node running
+until Ctrl-C (which drains it gracefully).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import gotask
+
+ADDRESS = os.environ.get("GOTASK_DEMO_LISTEN", "127.0.0.1:7450")
+
+
+def start_node() -> subprocess.Popen[bytes]:
+    cmd = [sys.executable, "-m", "gotask.cli", "node", "--app", "examples.tasks",
+           "--listen", ADDRESS, "--concurrency", "16"]
+    return subprocess.Popen(cmd)
+
+
+def connect(node: subprocess.Popen[bytes]) -> gotask.Client:
+    deadline = time.monotonic() + 30
+    while True:
+        client = gotask.Client([ADDRESS], connect_rounds=1)
+        try:
+            client.queues()
+            return client
+        except gotask.GoTaskError:
+            client.close()
+            if node.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"the node did not start (exit code {node.poll()})") from None
+            time.sleep(0.2)
+
+
+def enqueue_demo_jobs(client: gotask.Client) -> dict[str, str]:
+    return {
+        "progress": client.enqueue("resize_image", "cat.png", steps=10),
+        "retries then succeeds": client.enqueue("flaky_fetch", "https://example.com"),
+        "ends in the DLQ": client.enqueue("charge_card", 42),
+    }
+
+
+def explain(jobs: dict[str, str]) -> None:
+    gt = ".venv/bin/gotask"
+    lines = ["", f"GoTask node running on {ADDRESS} with the tasks in examples/tasks.py.", ""]
+    lines += [f"  {what:24} {job_id}" for what, job_id in jobs.items()]
+    first = next(iter(jobs.values()))
+    dead = jobs["ends in the DLQ"]
+    lines += [
+        "",
+        "Look at them from another terminal:",
+        f"  {gt} job {first} --wait        # live progress bar",
+        f"  {gt} job {jobs['retries then succeeds']} --json  # attempts and backoff timestamps",
+        f"  {gt} queues",
+        f"  {gt} dlq list",
+        f"  {gt} dlq retry {dead}",
+        f"  {gt} enqueue add --args '[2, 3]' --wait",
+        "",
+        "Ctrl-C stops the node (running jobs get a grace period to finish).",
+        "",
+    ]
+    print("\n".join(lines), flush=True)
+
+
+def main() -> int:
+    node = start_node()
+    try:
+        with connect(node) as client:
+            explain(enqueue_demo_jobs(client))
+        return node.wait()
+    except KeyboardInterrupt:
+        node.send_signal(signal.SIGINT)
+        return node.wait()
+    finally:
+        if node.poll() is None:
+            node.terminate()
+            node.wait()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

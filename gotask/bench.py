@@ -1,0 +1,183 @@
+"""`gotask bench`: throughput and latency of a real node, measured as users run it.
+
+Rules of this module:
+- The node is a child process (`gotask node --app examples.tasks`), the client this
+  process, talking TCP on loopback: nothing is measured in-process.
+- Phase 1 enqueues N no-op jobs, one call per job from `--enqueue-concurrency` callers
+  of one client, with the node's workers paused: enqueue jobs/s.
+- Phase 2 resumes the workers: drain jobs/s from the first lease to the last ack, both
+  read from the jobs' own timestamps (the storage clock), not from polling.
+- Phase 3 measures pickup latency on the idle node, one no-op job at a time: from the
+  job's creation to its acknowledgement, as storage recorded them. That bounds pickup
+  from above: it includes the hand-off to a worker, the run and the ack round trip.
+- `gotask bench runtime` measures the actor runtime itself (gotask.bench_runtime).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+import trio
+
+from gotask._client_async import AsyncClient
+from gotask._errors import GoTaskError
+
+__all__ = ["main", "run_job_bench"]
+
+LIST_PAGE = 2_000
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _start_node(storage: str, concurrency: int, port: int) -> subprocess.Popen[bytes]:
+    cmd = [sys.executable, "-m", "gotask.cli", "node", "--app", "examples.tasks",
+           "--listen", f"127.0.0.1:{port}", "--storage", storage,
+           "--concurrency", str(concurrency)]
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _rss_mb(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return 0.0
+
+
+async def _connect(port: int) -> AsyncClient:
+    deadline = trio.current_time() + 30
+    while True:
+        client = AsyncClient([f"127.0.0.1:{port}"], connect_rounds=1)
+        try:
+            await client.__aenter__()
+            await client.queues()
+            return client
+        except (GoTaskError, OSError):
+            await client.__aexit__(None, None, None)
+            if trio.current_time() > deadline:
+                raise
+            await trio.sleep(0.2)
+
+
+async def _enqueue_phase(client: AsyncClient, jobs: int, callers: int) -> tuple[float, list[str]]:
+    ids: list[str] = []
+    per_caller, extra = divmod(jobs, callers)
+
+    async def caller(count: int) -> None:
+        for _ in range(count):
+            ids.append(await client.enqueue("noop"))
+
+    start = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        for i in range(callers):
+            nursery.start_soon(caller, per_caller + (1 if i < extra else 0))
+    return jobs / (time.perf_counter() - start), ids
+
+
+async def _drain_phase(client: AsyncClient, jobs: int) -> float:
+    await client.pause(False)
+    while (await client.queues()).get("default", {}).get("succeeded", 0) < jobs:
+        await trio.sleep(0.05)
+    first_lease, last_ack, after = float("inf"), 0.0, None
+    while True:
+        page = await client.list_jobs(queue="default", state="succeeded", limit=LIST_PAGE,
+                                      after_id=after)
+        for job in page:
+            first_lease = min(first_lease, job.leased_at or first_lease)
+            last_ack = max(last_ack, job.finished_at or 0.0)
+        if len(page) < LIST_PAGE:
+            break
+        after = page[-1].id
+    return jobs / max(last_ack - first_lease, 1e-9)
+
+
+async def _pickup_phase(client: AsyncClient, samples: int) -> list[float]:
+    latencies = []
+    for _ in range(samples):
+        job_id = await client.enqueue("noop")
+        await client.wait(job_id, timeout_s=30)
+        job = await client.get(job_id)
+        assert job.finished_at is not None
+        latencies.append((job.finished_at - job.created_at) * 1000)
+        await trio.sleep(0.01)
+    return latencies
+
+
+async def _one_run(args: argparse.Namespace, port: int, pid: int) -> dict[str, Any]:
+    client = await _connect(port)
+    try:
+        await client.pause(True)
+        enqueue_rate, _ = await _enqueue_phase(client, args.jobs, args.enqueue_concurrency)
+        drain_rate = await _drain_phase(client, args.jobs)
+        pickup = sorted(await _pickup_phase(client, args.pickup_samples))
+    finally:
+        await client.__aexit__(None, None, None)
+    return {
+        "enqueue_jobs_per_s": enqueue_rate,
+        "drain_jobs_per_s": drain_rate,
+        "pickup_p50_ms": statistics.median(pickup),
+        "pickup_p99_ms": pickup[min(len(pickup) - 1, int(len(pickup) * 0.99))],
+        "rss_mb": _rss_mb(pid),
+    }
+
+
+def run_job_bench(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the job benchmark `args.runs` times, a fresh node each time; return medians."""
+    samples = []
+    for _ in range(args.runs):
+        port = _free_port()
+        node = _start_node(args.storage, args.concurrency, port)
+        try:
+            samples.append(trio.run(_one_run, args, port, node.pid))
+        finally:
+            node.terminate()
+            node.wait(timeout=60)
+    result: dict[str, Any] = {"storage": args.storage, "jobs": args.jobs,
+                              "concurrency": args.concurrency}
+    for key in ("enqueue_jobs_per_s", "drain_jobs_per_s", "pickup_p50_ms", "pickup_p99_ms",
+                "rss_mb"):
+        value = statistics.median(s[key] for s in samples)
+        result[key] = round(value, 2) if key.endswith("_ms") else round(value, 1)
+    result["runs"] = args.runs
+    result["cpus"] = os.cpu_count()
+    return result
+
+
+def main(argv: list[str]) -> int:
+    """`gotask bench [runtime] ...`; returns the exit code."""
+    if argv[:1] == ["runtime"]:
+        from gotask.bench_runtime import main as runtime_main
+
+        return runtime_main(argv[1:])
+    parser = argparse.ArgumentParser(prog="gotask bench")
+    parser.add_argument("--storage", default="memory://")
+    parser.add_argument("--jobs", type=int, default=100_000)
+    parser.add_argument("--concurrency", type=int, default=256)
+    parser.add_argument("--enqueue-concurrency", type=int, default=64)
+    parser.add_argument("--pickup-samples", type=int, default=200)
+    parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    result = run_job_bench(args)
+    if args.json:
+        sys.stdout.write(json.dumps(result) + "\n")
+    else:
+        for key, value in result.items():
+            sys.stdout.write(f"{key:22} {value}\n")
+    return 0

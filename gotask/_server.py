@@ -61,7 +61,11 @@ class Server:
 
 @asynccontextmanager
 async def open_server(
-    config: NodeConfig, *, world: World | None = None, listen: bool = True
+    config: NodeConfig,
+    *,
+    world: World | None = None,
+    listen: bool = True,
+    storage: Address | None = None,
 ) -> AsyncIterator[Server]:
     """Start a GoTask node; it stops when the block exits.
 
@@ -69,11 +73,14 @@ async def open_server(
         config: what to run.
         world: clock, randomness and ids (simulations pass a seeded one).
         listen: serve TCP on `config.listen` (tests may talk to the node in-process).
+        storage: use the storage actor at this address (on a node the caller links,
+            e.g. over a simulated network) instead of a local one or `config.join`.
     """
     world = world or real_world()
     name = config.name or f"node-{world.new_id()[-10:].lower()}"
     async with open_node(name, world) as node:
-        storage = await _open_storage(node, config)
+        if storage is None:
+            storage = await _open_storage(node, config)
         server = Server(node, config, storage)
         await _start_actors(server)
         if listen and config.listen is not None:

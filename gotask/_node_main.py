@@ -46,6 +46,10 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         secret=read_secret(args.secret_file),
         insecure=args.insecure,
         console=parse_hostport(args.console, "--console") if args.console else None,
+        threads=args.threads,
+        lease_timeout_s=args.lease_timeout,
+        heartbeat_s=args.heartbeat,
+        grace_s=args.grace,
     )
 
 

@@ -94,18 +94,14 @@ async def _open_storage(node: Node, config: NodeConfig) -> Address:
 
         host, port = config.join
         with trio.move_on_after(JOIN_TIMEOUT_S):
-            peer = await node.nursery.start(
+            peer: str = await node.nursery.start(
                 functools.partial(maintain_link, node, host, port, secret=config.secret))
-            return Address(_peer_name(peer), STORAGE)
+            return Address(peer, STORAGE)
         raise StorageUnavailable(f"cannot reach the node to join at {host}:{port} "
                                  f"within {JOIN_TIMEOUT_S:g}s")
     core = MemoryStorageCore()
     await node.start_actor(STORAGE, functools.partial(run_storage, core=core), inbox_max=4096)
     return node.address(STORAGE)
-
-
-def _peer_name(peer: Any) -> str:
-    return peer if isinstance(peer, str) else str(peer.peer)
 
 
 async def _start_actors(server: Server) -> None:

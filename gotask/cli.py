@@ -185,6 +185,14 @@ def _add_node(sub: Any) -> None:
     p.add_argument("--insecure", action="store_true",
                    help="allow a non-loopback --listen without a secret")
     p.add_argument("--console", metavar="HOST:PORT", help="serve the web console here")
+    p.add_argument("--threads", type=int, default=16, metavar="N",
+                   help="threads for sync tasks (default 16)")
+    p.add_argument("--lease-timeout", type=float, default=30.0, metavar="S",
+                   help="seconds a lease lasts without a heartbeat (default 30)")
+    p.add_argument("--heartbeat", type=float, default=10.0, metavar="S",
+                   help="seconds between lease heartbeats (default 10)")
+    p.add_argument("--grace", type=float, default=30.0, metavar="S",
+                   help="seconds running jobs get to finish on SIGTERM (default 30)")
 
 
 def _json_list(text: str) -> list[Any]:

@@ -55,6 +55,13 @@ class NodeConfig:
     def __attrs_post_init__(self) -> None:
         if not 1 <= self.concurrency <= 10_000:
             raise ConfigError(f"--concurrency must be 1-10000, got {self.concurrency}")
+        if not 0 < self.heartbeat_s < self.lease_timeout_s:
+            raise ConfigError(
+                f"--heartbeat ({self.heartbeat_s}s) must be shorter than --lease-timeout "
+                f"({self.lease_timeout_s}s)"
+            )
+        if not 1 <= self.threads <= 1000:
+            raise ConfigError(f"--threads must be 1-1000, got {self.threads}")
         if not self.storage.startswith("memory://"):
             raise ConfigError(
                 f"storage {self.storage!r} is not supported yet; use memory://"

@@ -1,0 +1,17 @@
+"""Tasks for the real-process fault tests: each returns the pid of the node that ran it."""
+
+from __future__ import annotations
+
+import os
+
+import trio
+
+import gotask
+
+app = gotask.App("killapp")
+
+
+@app.task(name="slow", max_attempts=5)
+async def slow(seconds: float) -> int:
+    await trio.sleep(seconds)
+    return os.getpid()

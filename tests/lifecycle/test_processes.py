@@ -1,0 +1,122 @@
+"""Real processes: a node that joins another and dies (kill -9) or freezes (SIGSTOP)."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+import gotask
+
+ROOT = Path(__file__).resolve().parents[2]
+JOBS = 12
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def start_node(port: int, *extra: str) -> subprocess.Popen[bytes]:
+    cmd = [sys.executable, "-m", "gotask.cli", "node", "--app", "tests.lifecycle.killapp",
+           "--listen", f"127.0.0.1:{port}", "--concurrency", "8", "--lease-timeout", "2",
+           "--heartbeat", "0.5", "--grace", "1", *extra]
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def connect(port: int, node: subprocess.Popen[bytes]) -> gotask.Client:
+    deadline = time.monotonic() + 20
+    while True:
+        client = gotask.Client([f"127.0.0.1:{port}"], connect_rounds=1)
+        try:
+            client.queues()
+            return client
+        except gotask.GoTaskError:
+            client.close()
+            assert node.poll() is None, node.stderr.read() if node.stderr else b""
+            assert time.monotonic() < deadline, "node did not start"
+            time.sleep(0.1)
+
+
+Cluster = tuple[gotask.Client, subprocess.Popen[bytes], subprocess.Popen[bytes]]
+
+
+@pytest.fixture
+def cluster() -> Iterator[Cluster]:
+    owner_port, worker_port = free_port(), free_port()
+    owner = start_node(owner_port, "--name", "owner")
+    procs = [owner]
+    try:
+        client = connect(owner_port, owner)
+        client.pause()  # the owner leases nothing until the worker node is gone
+        worker = start_node(worker_port, "--name", "worker", "--join", f"127.0.0.1:{owner_port}")
+        procs.append(worker)
+        connect(worker_port, worker).close()
+        yield client, owner, worker
+        client.close()
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+
+
+def leased_by_worker(client: gotask.Client, ids: list[str]) -> list[str]:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        jobs = [client.get(i) for i in ids]
+        held = [j.id for j in jobs if j.state == "active" and j.lease_node == "worker"]
+        if len(held) >= 8:
+            return held
+        time.sleep(0.1)
+    raise AssertionError("the worker node never leased the jobs")
+
+
+def all_done(client: gotask.Client, ids: list[str]) -> list[gotask.JobRecord]:
+    for job_id in ids:
+        client.wait(job_id, timeout_s=60)
+    return [client.get(i) for i in ids]
+
+
+def run_jobs_on_worker_then(client: gotask.Client, fault: Callable[[], None]) -> tuple[
+        list[str], list[str]]:
+    ids = [client.enqueue("slow", 3) for _ in range(JOBS)]
+    held = leased_by_worker(client, ids)
+    fault()
+    client.pause(False)  # the owner takes over once the worker's leases expire
+    return ids, held
+
+
+@pytest.mark.slow
+def test_kill_9_of_a_joined_worker_loses_nothing(cluster: Cluster) -> None:
+    client, owner, worker = cluster
+    ids, held = run_jobs_on_worker_then(client, worker.kill)
+    jobs = all_done(client, ids)
+    assert [j.state for j in jobs] == ["succeeded"] * JOBS
+    for job in jobs:
+        assert (job.lease_node, client.wait(job.id)) == ("owner", owner.pid)
+        if job.id in held:
+            assert job.attempt >= 2, job
+
+
+@pytest.mark.slow
+def test_a_frozen_worker_s_late_completions_are_rejected(cluster: Cluster) -> None:
+    client, owner, worker = cluster
+    ids, held = run_jobs_on_worker_then(client, lambda: worker.send_signal(signal.SIGSTOP))
+    jobs = all_done(client, ids)
+    worker.send_signal(signal.SIGCONT)  # wakes up believing it still holds its leases
+    time.sleep(4)  # its jobs finish and it tries to acknowledge them: stale tokens
+    assert worker.poll() is None
+    for job in [client.get(i) for i in ids]:
+        assert job.state == "succeeded"
+        assert client.wait(job.id) == owner.pid, "a stale completion was accepted"
+        assert job.settled_attempt == job.attempt
+    assert {j.id for j in jobs if j.attempt >= 2} >= set(held)

@@ -120,3 +120,38 @@ def test_a_frozen_worker_s_late_completions_are_rejected(cluster: Cluster) -> No
         assert client.wait(job.id) == owner.pid, "a stale completion was accepted"
         assert job.settled_attempt == job.attempt
     assert {j.id for j in jobs if j.attempt >= 2} >= set(held)
+
+
+@pytest.mark.slow
+def test_sigterm_drains_and_releases_running_jobs(cluster: Cluster) -> None:
+    client, owner, worker = cluster
+    quick = [client.enqueue("slow", 0.5) for _ in range(4)]
+    stuck = [client.enqueue("slow", 60) for _ in range(4)]
+    leased_by_worker(client, quick + stuck)
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=20) == 0
+    for job_id in quick:
+        assert client.get(job_id).state == "succeeded"
+    for job in [client.get(i) for i in stuck]:
+        # Given back at once: queued again, and the attempt does not count.
+        assert (job.state, job.releases, job.attempts_counted) == ("queued", 1, 0), job
+
+
+@pytest.mark.slow
+def test_cancelling_a_running_sync_task_stops_it() -> None:
+    port = free_port()
+    node = start_node(port, "--name", "solo")
+    try:
+        with connect(port, node) as client:
+            job_id = client.enqueue("spin", 60)
+            while client.get(job_id).state != "active":
+                time.sleep(0.05)
+            started = time.monotonic()
+            client.cancel(job_id)
+            with pytest.raises(gotask.JobFailed, match="cancelled"):
+                client.wait(job_id, timeout_s=20)
+            assert time.monotonic() - started < 5
+            assert client.get(job_id).state == "cancelled"
+    finally:
+        node.kill()
+        node.wait()

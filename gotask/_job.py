@@ -1,0 +1,215 @@
+"""The job model: states, the transition table, and the job messages storage speaks.
+
+Rules of this module:
+- `TRANSITIONS` is the one table of legal state changes. Storage moves a job only along
+  it (`check_transition`); tests and docs read the same table.
+- `failed` names the outcome of an attempt, not a stored state. A failed attempt is
+  recorded on the job (`error_type`, `error`, `traceback`) and the job moves straight
+  from `active` to `scheduled` (a retry), `dead` or `cancelled`. Events may report
+  `failed`; storage never holds it, so it has no edges in the table.
+- `succeeded`, `dead` and `cancelled` are terminal: nothing moves a job out of them
+  automatically. Only an operator's DLQ retry takes a job from `dead` back to `queued`.
+- All times are float seconds on the storage's clock; all durations are seconds.
+- The lease token of a job is `(id, attempt)`. Attempts that count against
+  `max_attempts` are `attempt - releases - attempt_base`.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Mapping
+from types import MappingProxyType
+
+import attrs
+
+from gotask._errors import IllegalTransition
+from gotask.runtime.message import message
+
+__all__ = [
+    "STORED_STATES",
+    "TERMINAL",
+    "TRANSITIONS",
+    "JobRecord",
+    "JobState",
+    "LeaseToken",
+    "NewJob",
+    "check_transition",
+]
+
+NAME_CHARS_MAX = 128
+_PRIORITY_MIN, _PRIORITY_MAX = -(2**31), 2**31 - 1
+
+
+class JobState(enum.StrEnum):
+    """Where a job is in its life. Values are the strings stored and sent."""
+
+    SCHEDULED = "scheduled"
+    QUEUED = "queued"
+    ACTIVE = "active"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    DEAD = "dead"
+    CANCELLED = "cancelled"
+
+
+_S = JobState
+
+#: States a job ends in; no automatic transition leaves them.
+TERMINAL: frozenset[JobState] = frozenset({_S.SUCCEEDED, _S.DEAD, _S.CANCELLED})
+
+#: States storage may hold (all but `failed`, which only names an attempt's outcome).
+STORED_STATES: frozenset[JobState] = frozenset(_S) - {_S.FAILED}
+
+#: Allowed transitions, from state to the states it may move to.
+TRANSITIONS: Mapping[JobState, frozenset[JobState]] = MappingProxyType(
+    {
+        _S.SCHEDULED: frozenset({_S.QUEUED, _S.CANCELLED}),
+        _S.QUEUED: frozenset({_S.ACTIVE, _S.CANCELLED}),
+        _S.ACTIVE: frozenset({_S.SUCCEEDED, _S.SCHEDULED, _S.QUEUED, _S.DEAD, _S.CANCELLED}),
+        _S.FAILED: frozenset(),
+        _S.SUCCEEDED: frozenset(),
+        _S.DEAD: frozenset({_S.QUEUED}),
+        _S.CANCELLED: frozenset(),
+    }
+)
+
+
+def check_transition(old: JobState, new: JobState, job_id: str | None = None) -> None:
+    """Check that a job may move from `old` to `new`.
+
+    Raises:
+        IllegalTransition: the edge is not in `TRANSITIONS`.
+    """
+    if new not in TRANSITIONS[old]:
+        where = f"job {job_id}: " if job_id is not None else ""
+        raise IllegalTransition(f"{where}illegal job state transition: {old} -> {new}")
+
+
+@message("token")
+@attrs.frozen
+class LeaseToken:
+    """Names one lease: the job and the attempt number its lease gave it."""
+
+    job_id: str
+    attempt: int
+
+
+@message("job")
+@attrs.frozen(slots=False)
+class JobRecord:
+    """A job as storage holds it, sent to workers on lease and to readers on query.
+
+    `args` is the msgpack encoding of `[args_list, kwargs_map]`, stored and delivered
+    byte-identical. `attempt` counts leases; `releases` counts leases given back by a
+    graceful shutdown; `attempt_base` is the count of attempts used before the last DLQ
+    retry; `settled_attempt` is the attempt whose ack or nack was accepted last (0: none).
+    Times (`*_at`) are seconds on the storage clock, durations (`*_s`) seconds.
+    `expires_at` is when the finished job and its result are purged (None: never).
+
+    Not slotted on purpose: attrs initialises a frozen dict-based instance by writing its
+    `__dict__`, twice as fast as slots, and storage builds one record per leased job.
+    Fields are in a fixed order so storage may pass them positionally.
+    """
+
+    id: str
+    task: str
+    queue: str
+    args: bytes
+    priority: int
+    state: str
+    created_at: float
+    due_at: float
+    max_attempts: int
+    result_ttl_s: float
+    attempt: int = 0
+    releases: int = 0
+    attempt_base: int = 0
+    settled_attempt: int = 0
+    leased_at: float | None = None
+    finished_at: float | None = None
+    lease_expires_at: float | None = None
+    lease_node: str | None = None
+    timeout_s: float | None = None
+    result: bytes | None = None
+    error_type: str | None = None
+    error: str | None = None
+    traceback: str | None = None
+    progress: float = 0.0
+    progress_message: str = ""
+    idempotency_key: str | None = None
+    cancel_requested: bool = False
+    expires_at: float | None = None
+
+    @property
+    def token(self) -> LeaseToken:
+        """The token of this job's latest lease."""
+        return LeaseToken(self.id, self.attempt)
+
+    @property
+    def attempts_counted(self) -> int:
+        """Attempts that count against `max_attempts`."""
+        return self.attempt - self.releases - self.attempt_base
+
+    @property
+    def is_terminal(self) -> bool:
+        """True when the job is succeeded, dead or cancelled."""
+        return self.state in TERMINAL
+
+
+def _positive_finite(value: float) -> bool:
+    return value > 0 and math.isfinite(value)
+
+
+def _nonneg_finite(value: float) -> bool:
+    return value >= 0 and math.isfinite(value)
+
+
+@message("newjob")
+@attrs.frozen
+class NewJob:
+    """A job to enqueue, as the Broker sends it to storage.
+
+    Args:
+        id: generated by the caller from its World; storage never makes ids (1-128 chars).
+        task: registered task name. queue: queue name (1-128 chars each).
+        args: msgpack of `[args_list, kwargs_map]`, kept byte-identical.
+        priority: higher runs first; a signed 32-bit integer.
+        delay_s: seconds from the storage's now until the job is due (>= 0).
+        max_attempts: attempts before the job goes to the DLQ (>= 1).
+        timeout_s: seconds one attempt may run, or None for no limit.
+        result_ttl_s: seconds a finished job and its result are kept (>= 0).
+        idempotency_key: a repeat enqueue with a known key returns the existing job.
+
+    Raises:
+        ValueError: a field is out of range (the message names it).
+    """
+
+    id: str
+    task: str
+    queue: str
+    args: bytes
+    priority: int = 0
+    delay_s: float = 0.0
+    max_attempts: int = 3
+    timeout_s: float | None = None
+    result_ttl_s: float = 86_400.0
+    idempotency_key: str | None = None
+
+    def __attrs_post_init__(self) -> None:
+        for name in ("id", "task", "queue"):
+            text = getattr(self, name)
+            if not 0 < len(text) <= NAME_CHARS_MAX:
+                raise ValueError(f"{name} must be 1-{NAME_CHARS_MAX} characters: {text!r}")
+        if not _PRIORITY_MIN <= self.priority <= _PRIORITY_MAX:
+            raise ValueError(f"priority must be a signed 32-bit integer, got {self.priority}")
+        if not _nonneg_finite(self.delay_s):
+            raise ValueError(f"delay_s must be a finite number >= 0, got {self.delay_s}")
+        if self.max_attempts < 1:
+            raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts}")
+        if self.timeout_s is not None and not _positive_finite(self.timeout_s):
+            raise ValueError(f"timeout_s must be a finite number > 0 or None, got {self.timeout_s}")
+        if not _nonneg_finite(self.result_ttl_s):
+            raise ValueError(f"result_ttl_s must be a finite number >= 0, got {self.result_ttl_s}")
+        if self.idempotency_key is not None and not 0 < len(self.idempotency_key) <= 256:
+            raise ValueError(f"idempotency_key must be 1-256 characters: {self.idempotency_key!r}")

@@ -1,0 +1,1 @@
+"""Storage tests: the shared conformance contract and one module per backend."""

@@ -1,0 +1,117 @@
+"""The memory backend: the storage contract, the stateful test, and its own limits."""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+import attrs
+import pytest
+
+from gotask._errors import IllegalTransition, StorageFull
+from gotask._job import JobRecord, JobState
+from gotask.actors.storage import base
+from gotask.actors.storage.base import (
+    AckItem,
+    AckJobs,
+    Command,
+    EnqueueJobs,
+    LeaseJobs,
+    PurgeExpired,
+    QueueWeight,
+    RegisterNode,
+)
+from gotask.actors.storage.memory import MemoryStorageCore, _Job
+from gotask.runtime.message import REGISTRY, tag_of
+
+from .contract import StorageContract, make_state_machine, new_job
+
+R = TypeVar("R")
+START_S = 1_700_000_000.0
+
+
+@attrs.define
+class MemoryHarness:
+    """A memory core and a fake storage clock that moves only when told."""
+
+    core: MemoryStorageCore = attrs.Factory(MemoryStorageCore)
+    clock: float = START_S
+
+    def execute(self, cmd: Command[R]) -> R:
+        return self.core.handle(cmd, self.clock)
+
+    def advance(self, seconds: float) -> None:
+        self.clock += seconds
+
+    def now(self) -> float:
+        return self.clock
+
+
+class TestMemoryStorage(StorageContract):
+    @pytest.fixture
+    def storage(self) -> MemoryHarness:
+        return MemoryHarness()
+
+
+TestMemoryStateMachine = make_state_machine(MemoryHarness)
+
+
+def test_every_command_and_reply_is_a_registered_message() -> None:
+    classes = [getattr(base, name) for name in base.__all__]
+    messages = [c for c in classes if attrs.has(c) and c.__module__ == base.__name__]
+    assert len(messages) == 46
+    for cls in messages:
+        tag = tag_of(cls)
+        assert tag.startswith("s.") and REGISTRY[tag] is cls
+
+
+def test_handle_rejects_what_is_not_a_command() -> None:
+    with pytest.raises(TypeError, match="not a storage command: str"):
+        MemoryStorageCore().handle("lease", START_S)  # type: ignore[arg-type]
+
+
+def test_enqueue_past_jobs_max_is_refused_whole() -> None:
+    core = MemoryStorageCore(jobs_max=3)
+    core.handle(EnqueueJobs((new_job(), new_job())), START_S)
+    with pytest.raises(StorageFull, match="2 more would pass jobs_max=3"):
+        core.handle(EnqueueJobs((new_job(), new_job())), START_S)
+    assert core.handle(EnqueueJobs((new_job(),)), START_S).created == (True,)
+
+
+def test_register_past_nodes_max_is_refused() -> None:
+    core = MemoryStorageCore(nodes_max=1)
+    core.handle(RegisterNode("n1", {}, 10.0), START_S)
+    core.handle(RegisterNode("n1", {}, 10.0), START_S)
+    with pytest.raises(StorageFull, match="nodes_max=1"):
+        core.handle(RegisterNode("n2", {}, 10.0), START_S)
+
+
+def test_moves_only_along_the_transition_table() -> None:
+    core = MemoryStorageCore()
+    job = new_job()
+    core.handle(EnqueueJobs((job,)), START_S)
+    with pytest.raises(IllegalTransition, match=f"job {job.id}: .*queued -> succeeded"):
+        core._move(core._jobs[job.id], JobState.SUCCEEDED)
+
+
+def test_record_maps_every_field_by_name() -> None:
+    names = [f.name for f in attrs.fields(_Job) if f.name != "seq"]
+    values = {name: f"v{i}" for i, name in enumerate(names)}
+    job = _Job(**{**values, "state": JobState.DEAD, "seq": 1})  # type: ignore[arg-type]
+    record = attrs.asdict(job.record())
+    assert record == {**values, "state": "dead"}
+    assert set(record) == {f.name for f in attrs.fields(JobRecord)}
+
+
+def test_indexes_stay_proportional_to_live_jobs() -> None:
+    core, now = MemoryStorageCore(), START_S
+    lease = LeaseJobs("n1", (QueueWeight("default"),), 64, 30.0)
+    for _ in range(200):
+        core.handle(EnqueueJobs(tuple(new_job(result_ttl_s=0.0) for _ in range(64))), now)
+        jobs = core.handle(lease, now).jobs
+        core.handle(AckJobs(tuple(AckItem(j.id, j.attempt, b"") for j in jobs)), now)
+        core.handle(PurgeExpired(limit=64), now)
+        now += 0.001
+    assert not core._jobs
+    assert len(core._leases.items) <= 2 * 1024 + 64
+    assert len(core._expiry.items) <= 2 * 1024 + 64
+    assert not core._queues

@@ -31,7 +31,7 @@ import msgpack
 import trio
 
 from gotask._app import App, JobContext, set_current_job, unpack_args
-from gotask._errors import ActorError, JobCancelled, JobTimeout
+from gotask._errors import ActorError, JobCancelled, JobTimeout, RemoteActorError
 from gotask._job import JobRecord, LeaseToken
 from gotask._messages import CancelRunning, Drain, PauseWorkers, RunJobs, SlotsFreed
 from gotask._retry import decide
@@ -56,6 +56,9 @@ __all__ = ["WorkerConfig", "WorkerCore", "run_workers"]
 
 log = logging.getLogger("gotask.workers")
 CHECKPOINT_EVERY = 16
+#: Largest result kept, so that a batch of acknowledgements fits the wire's frames.
+RESULT_BYTES_MAX = 256 * 1024
+CHUNK_BYTES_MAX = 768 * 1024
 
 
 @attrs.frozen
@@ -290,6 +293,10 @@ def _ack(record: JobRecord, result: Any) -> AckItem | NackItem:
     except (TypeError, ValueError, OverflowError) as exc:
         err = TypeError(f"the task returned a value that is not msgpack: {exc}")
         return _nack(record, err, None, Outcome.DEAD)
+    if len(packed) > RESULT_BYTES_MAX:
+        err = ValueError(f"the task's result encodes to {len(packed)} bytes; "
+                         f"the limit is {RESULT_BYTES_MAX}")
+        return _nack(record, err, None, Outcome.DEAD)
     return AckItem(record.id, record.attempt, packed)
 
 
@@ -336,14 +343,41 @@ async def _flusher(pool: _Pool) -> None:
 
 
 def _chunks(items: list[Any], cls: Any) -> list[Any]:
-    return [cls(tuple(items[i:i + BATCH_MAX])) for i in range(0, len(items), BATCH_MAX)]
+    """Commands of at most BATCH_MAX items and about CHUNK_BYTES_MAX bytes each, so
+    every one fits a wire frame when storage is on another node."""
+    out: list[Any] = []
+    chunk: list[Any] = []
+    size = 0
+    for item in items:
+        item_size = _size(item)
+        if chunk and (len(chunk) >= BATCH_MAX or size + item_size > CHUNK_BYTES_MAX):
+            out.append(cls(tuple(chunk)))
+            chunk, size = [], 0
+        chunk.append(item)
+        size += item_size
+    if chunk:
+        out.append(cls(tuple(chunk)))
+    return out
+
+
+def _size(item: Any) -> int:
+    if isinstance(item, AckItem):
+        return len(item.result) + 64
+    if isinstance(item, NackItem):
+        return len(item.error) + len(item.traceback) + len(item.error_type) + 128
+    return 64
 
 
 async def _store(pool: _Pool, cmd: Any) -> Any:
-    """Call storage until it answers: an outcome is never dropped."""
+    """Call storage until it answers: an outcome is never dropped while storage is
+    unreachable. A command storage rejects is logged; its leases expire and the jobs
+    run again, so at-least-once still holds."""
     while True:
         try:
             return await pool.ctx.call(pool.storage, cmd, timeout_s=30)
+        except RemoteActorError as exc:
+            log.error("storage rejected %s: %s", type(cmd).__name__, exc)
+            return None
         except (ActorError, trio.BrokenResourceError) as exc:
             log.warning("storage %s failed on %s (%s); retrying", pool.storage,
                         type(cmd).__name__, exc)

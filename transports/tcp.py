@@ -172,7 +172,8 @@ async def maintain_link(
     Waits `backoff(n)` seconds before retry n (0, 1, ...): uniform in [d/2, d] with
     d = min(backoff_cap_s, backoff_base_s * 2**n), drawn from `node.world.rng`. A link
     that stayed up for `backoff_cap_s` resets n. Reports ready, with the peer's node
-    name, after the first link is up; cancelling closes the current link. Arguments as for `connect_tcp`.
+    name, after the first link is up; cancelling closes the current link. Arguments as
+    for `connect_tcp`.
     """
     dial = partial(connect_tcp, node, host, port, secret=secret, ssl_context=ssl_context,
                    server_hostname=server_hostname, options=options)

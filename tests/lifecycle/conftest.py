@@ -101,3 +101,8 @@ async def wait(server: Server, job_id: str, timeout_s: float = 60) -> Any:
 async def get(server: Server, job_id: str) -> Any:
     reply = await server.node.call(server.broker, GetJobs((job_id,)))
     return reply.jobs[0]
+
+
+@app.task(name="huge_result")
+async def huge_result() -> bytes:
+    return b"x" * (600 * 1024)

@@ -147,3 +147,9 @@ async def test_many_jobs_all_finish(server: Server, autojump_clock: Any) -> None
         if done == 1000:
             break
         await trio.sleep(0.1)
+
+
+async def test_oversized_result_sends_job_to_dlq(server: Server, autojump_clock: Any) -> None:
+    job = await wait(server, await enqueue(server, "huge_result"))
+    assert job.state == "dead"
+    assert "the limit is" in job.error

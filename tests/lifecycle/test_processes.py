@@ -124,7 +124,7 @@ def test_a_frozen_worker_s_late_completions_are_rejected(cluster: Cluster) -> No
 
 @pytest.mark.slow
 def test_sigterm_drains_and_releases_running_jobs(cluster: Cluster) -> None:
-    client, owner, worker = cluster
+    client, _owner, worker = cluster
     quick = [client.enqueue("slow", 0.5) for _ in range(4)]
     stuck = [client.enqueue("slow", 60) for _ in range(4)]
     leased_by_worker(client, quick + stuck)

@@ -291,7 +291,7 @@ def _ack(record: JobRecord, result: Any) -> AckItem | NackItem:
     try:
         packed = msgpack.packb(result)
     except (TypeError, ValueError, OverflowError) as exc:
-        err = TypeError(f"the task returned a value that is not msgpack: {exc}")
+        err: Exception = TypeError(f"the task returned a value that is not msgpack: {exc}")
         return _nack(record, err, None, Outcome.DEAD)
     if len(packed) > RESULT_BYTES_MAX:
         err = ValueError(f"the task's result encodes to {len(packed)} bytes; "

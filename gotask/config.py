@@ -11,7 +11,6 @@ Rules of this module:
 from __future__ import annotations
 
 import importlib
-import ipaddress
 import os
 import sys
 from pathlib import Path
@@ -20,6 +19,7 @@ import attrs
 
 from gotask._app import App
 from gotask._errors import ConfigError
+from gotask.transports.tcp import is_loopback
 
 __all__ = [
     "DEFAULT_PORT",
@@ -74,16 +74,6 @@ class NodeConfig:
                 f"refusing to listen on {self.listen[0]} without a secret: pass "
                 "--secret-file, or --insecure to accept unauthenticated peers"
             )
-
-
-def is_loopback(host: str) -> bool:
-    """True for localhost and loopback addresses."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def parse_hostport(text: str, what: str = "address") -> tuple[str, int]:

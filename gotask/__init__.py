@@ -22,6 +22,7 @@ from gotask._errors import JobFailed as JobFailed
 from gotask._errors import JobNotFound as JobNotFound
 from gotask._errors import JobTimeout as JobTimeout
 from gotask._errors import NodeUnavailable as NodeUnavailable
+from gotask._errors import NonRetryable as NonRetryable
 from gotask._errors import Retry as Retry
 from gotask._errors import StorageError as StorageError
 from gotask._errors import TaskNotFound as TaskNotFound
@@ -50,6 +51,7 @@ __all__ = [
     "JobState",
     "JobTimeout",
     "NodeUnavailable",
+    "NonRetryable",
     "Retry",
     "RetryPolicy",
     "RetryRule",

@@ -251,3 +251,14 @@ class JobFailed(JobError):
 
 
 __all__ += ["ConnectionLost", "JobFailed", "NodeUnavailable", "WaitTimeout"]
+
+
+class NonRetryable(Exception):
+    """Raised by task code (or subclassed) for a failure no retry can fix: the job goes
+    to the dead-letter queue at once, whatever its retry policy and attempts left.
+
+    Not a GoTaskError: like `Retry`, it is control flow raised by task code.
+    """
+
+
+__all__ += ["NonRetryable"]

@@ -18,7 +18,7 @@ import random
 
 import attrs
 
-from gotask._errors import Retry
+from gotask._errors import NonRetryable, Retry
 from gotask.runtime.message import message
 
 __all__ = ["BackoffKind", "RetryPolicy", "RetryRule", "decide"]
@@ -109,10 +109,13 @@ def decide(
 ) -> float | None:
     """Return seconds before the next attempt after `exc`, or None for no retry.
 
-    `Retry(after_s=...)` raised by task code wins; `Retry()` uses the matching rule's or
+    `NonRetryable` (and subclasses) never retries; `Retry(after_s=...)` raised by task
+    code wins over policies; `Retry()` uses the matching rule's or
     the default policy (immediate when neither has one). Otherwise the first rule whose
     exceptions match decides, then `default`. Exhaustion is storage's decision.
     """
+    if isinstance(exc, NonRetryable):
+        return None
     policy = default
     for rule in rules:
         if isinstance(exc, rule.exceptions):

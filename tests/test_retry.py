@@ -109,3 +109,18 @@ class TestDecide:
         assert self.decide(Retry(after_s=-3.0)) == 0.0
         assert self.decide(Retry()) == 5.0
         assert self.decide(Retry(), default=None) == 0.0
+
+
+def test_non_retryable_never_retries_even_with_a_policy() -> None:
+    import random
+
+    from gotask._errors import NonRetryable
+    from gotask._retry import RetryPolicy, RetryRule, decide
+
+    class PaymentRefused(NonRetryable):
+        pass
+
+    rng = random.Random(1)
+    rules = (RetryRule((Exception,), RetryPolicy()),)
+    assert decide(PaymentRefused("card blocked"), 1, rng, RetryPolicy(), rules) is None
+    assert 0.8 <= decide(ValueError("x"), 1, rng, None, rules) <= 1.0  # type: ignore[operator]

@@ -106,3 +106,8 @@ async def get(server: Server, job_id: str) -> Any:
 @app.task(name="huge_result")
 async def huge_result() -> bytes:
     return b"x" * (600 * 1024)
+
+
+@app.task(name="refuses", max_attempts=5)
+async def refuses() -> None:
+    raise gotask.NonRetryable("the order no longer exists")

@@ -153,3 +153,8 @@ async def test_oversized_result_sends_job_to_dlq(server: Server, autojump_clock:
     job = await wait(server, await enqueue(server, "huge_result"))
     assert job.state == "dead"
     assert "the limit is" in job.error
+
+
+async def test_non_retryable_error_goes_to_dlq_at_once(server: Server, autojump_clock: Any) -> None:
+    job = await wait(server, await enqueue(server, "refuses"))
+    assert (job.state, job.attempt, job.error_type) == ("dead", 1, "NonRetryable")

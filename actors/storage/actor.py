@@ -8,9 +8,13 @@ Rules of this module:
   the Dispatcher's wake-up: idle nodes never busy-poll.
 - Watchers (`WatchJobs`) get `JobChanged` pushes for the jobs they watch after every
   batch that touched them; a watch ends by itself when its job is terminal.
-- A bad command (ValueError, StorageError) is answered with an error; nothing is lost
-  and the actor goes on. Any other exception crashes the actor, which its supervisor
-  restarts around the same core: queue state lives in the core, not in the task.
+- A lease reply is cut to `LEASE_REPLY_BYTES_MAX` (estimated from the jobs' arguments),
+  so it fits one wire frame when the Dispatcher is on another node; the jobs cut off are
+  released at once (they keep their place, and the attempt does not count).
+- A bad command (ValueError, StorageError), or a reply too large for the wire, is
+  answered with an error; nothing is lost and the actor goes on. Any other exception
+  crashes the actor, which its supervisor restarts around the same core: queue state
+  lives in the core, not in the task.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from typing import Any
 import attrs
 import trio
 
-from gotask._errors import StorageError
+from gotask._errors import GoTaskError, StorageError
 from gotask._job import TERMINAL, JobRecord
 from gotask._messages import (
     WORKERS,
@@ -60,6 +64,10 @@ __all__ = ["run_storage"]
 _MAKES_READY = (EnqueueJobs, NackJobs, ReleaseJobs, RequeueExpired, RetryDead, PromoteDue)
 #: How often parked leases look again for jobs that became due by time alone.
 RECHECK_S = 0.05
+#: Budget of one lease reply, well under the wire's 1 MiB frame.
+LEASE_REPLY_BYTES_MAX = 768 * 1024
+#: Estimated encoded bytes of a job beside its arguments.
+JOB_OVERHEAD_BYTES = 512
 WATCHERS_MAX = 100_000
 
 
@@ -128,12 +136,13 @@ async def _handle(ctx: ActorContext, state: _State, env: Envelope, now: float) -
             _unwatch(state, msg.ids, msg.watcher)
             await ctx.reply(env, Ok())
         else:
-            reply = state.core.handle(msg, now)
+            reply = _lease(state, msg, now) if isinstance(msg, LeaseJobs) \
+                else state.core.handle(msg, now)
             _note(state, msg, reply)
             await ctx.reply(env, reply)
             if isinstance(msg, CancelJobs):
                 _push_cancel(ctx, state, msg.ids, now)
-    except (ValueError, TypeError, StorageError) as exc:
+    except (ValueError, TypeError, GoTaskError) as exc:
         await ctx.node.reply_error(env, exc)
 
 
@@ -143,12 +152,29 @@ async def _lease_wait(
     lease = msg.lease
     if not isinstance(lease, LeaseJobs):
         raise TypeError(f"LeaseWait.lease must be a LeaseJobs, got {type(lease).__name__}")
-    reply = state.core.handle(lease, now)
+    reply = _lease(state, lease, now)
     if reply.jobs or msg.wait_s <= 0:
         _note(state, lease, reply)
         await ctx.reply(env, reply)
     else:
         state.parked.append(_Parked(env, lease, trio.current_time() + msg.wait_s))
+
+
+def _lease(state: _State, lease: LeaseJobs, now: float) -> LeaseReply:
+    """Lease, then release what does not fit one reply's byte budget."""
+    reply = state.core.handle(lease, now)
+    size, keep = 0, 0
+    for job in reply.jobs:
+        size += len(job.args) + JOB_OVERHEAD_BYTES
+        if keep and size > LEASE_REPLY_BYTES_MAX:
+            break
+        keep += 1
+    if keep == len(reply.jobs):
+        return reply
+    excess = tuple(job.token for job in reply.jobs[keep:])
+    state.core.handle(ReleaseJobs(excess), now)
+    state.woke = True
+    return LeaseReply(reply.jobs[:keep])
 
 
 async def _serve_parked(ctx: ActorContext, state: _State, now: float) -> None:
@@ -159,7 +185,7 @@ async def _serve_parked(ctx: ActorContext, state: _State, now: float) -> None:
     state.checked_at = mono
     still: list[_Parked] = []
     for parked in state.parked:
-        reply = state.core.handle(parked.lease, now)
+        reply = _lease(state, parked.lease, now)
         if reply.jobs or parked.deadline <= mono:
             _note(state, parked.lease, reply)
             await _reply_quietly(ctx, parked.request, reply)

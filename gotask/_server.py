@@ -4,6 +4,8 @@ Rules of this module:
 - `open_server(config)` starts, in order: storage (memory, unless the node joins
   another node's storage), Broker, WorkerSupervisor, Dispatcher, Scheduler, Reaper, and
   the TCP listener. It is ready when every actor is.
+- With `redis://` storage every node runs its own storage actor against the shared
+  Redis; nodes share all state through it and need no `--join`.
 - A node that `--join`s another keeps a link to it (reconnecting with backoff) and uses
   the actor named "storage" there. Its own Broker, Scheduler and Reaper use it too.
 - `Server.drain()` is the graceful shutdown: stop leasing, finish or release running
@@ -15,7 +17,7 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import attrs
@@ -78,17 +80,23 @@ async def open_server(
     """
     world = world or real_world()
     name = config.name or f"node-{world.new_id()[-10:].lower()}"
-    async with open_node(name, world) as node:
-        if storage is None:
-            storage = await _open_storage(node, config)
-        server = Server(node, config, storage)
-        await _start_actors(server)
-        if listen and config.listen is not None:
-            server.port = await _listen(node, config)
-        yield server
+    # Redis is reached before the node starts (an unreachable one is a plain error, not
+    # an error group), and closed after its actors stopped.
+    async with AsyncExitStack() as resources:
+        redis = None
+        if storage is None and config.join is None and not config.storage.startswith("memory:"):
+            redis = await _connect_redis(config, resources)
+        async with open_node(name, world) as node:
+            if storage is None:
+                storage = await _open_storage(node, config, redis)
+            server = Server(node, config, storage)
+            await _start_actors(server)
+            if listen and config.listen is not None:
+                server.port = await _listen(node, config)
+            yield server
 
 
-async def _open_storage(node: Node, config: NodeConfig) -> Address:
+async def _open_storage(node: Node, config: NodeConfig, redis: Any) -> Address:
     if config.join is not None:
         from gotask.transports.tcp import maintain_link
 
@@ -99,9 +107,24 @@ async def _open_storage(node: Node, config: NodeConfig) -> Address:
             return Address(peer, STORAGE)
         raise StorageUnavailable(f"cannot reach the node to join at {host}:{port} "
                                  f"within {JOIN_TIMEOUT_S:g}s")
+    if redis is not None:
+        # Every node runs its own Redis storage actor; they share state through Redis.
+        from gotask.actors.storage.redis import run_redis_storage
+
+        await node.start_actor(STORAGE, functools.partial(run_redis_storage, storage=redis),
+                               inbox_max=4096)
+        return node.address(STORAGE)
     core = MemoryStorageCore()
     await node.start_actor(STORAGE, functools.partial(run_storage, core=core), inbox_max=4096)
     return node.address(STORAGE)
+
+
+async def _connect_redis(config: NodeConfig, resources: AsyncExitStack) -> Any:
+    from gotask.actors.storage.redis import open_redis_storage
+
+    redis = await open_redis_storage(config.storage)
+    resources.push_async_callback(redis.aclose)
+    return redis
 
 
 async def _start_actors(server: Server) -> None:
@@ -133,8 +156,16 @@ def _node_info(server: Server) -> dict[str, Any]:
         "concurrency": config.concurrency,
         "tasks": config.app.names(),
         "listen": f"{config.listen[0]}:{server.port}" if config.listen else None,
-        "storage": "joined" if config.join else config.storage,
+        "storage": "joined" if config.join else _redact(config.storage),
     }
+
+
+def _redact(url: str) -> str:
+    if url.startswith("memory://"):
+        return url
+    from gotask.actors.storage._redis_backend import redact
+
+    return redact(url)
 
 
 async def _listen(node: Node, config: NodeConfig) -> int:

@@ -137,17 +137,37 @@ async def _one_run(args: argparse.Namespace, port: int, pid: int) -> dict[str, A
     }
 
 
+def _fresh_storage(storage: str, run: int) -> str:
+    """A shared store (Redis) gets a key prefix of its own per run, so every run starts
+    empty and nothing of the operator's is touched; memory is fresh anyway."""
+    if storage.startswith("memory://"):
+        return storage
+    from gotask.actors.storage.redis import RedisSettings, with_prefix
+
+    prefix = RedisSettings.from_url(storage).prefix
+    return with_prefix(storage, f"{prefix}-bench-{os.getpid()}-{run}")
+
+
+def _forget_storage(storage: str) -> None:
+    if not storage.startswith("memory://"):
+        from gotask.actors.storage.redis import delete_prefix
+
+        delete_prefix(storage)
+
+
 def run_job_bench(args: argparse.Namespace) -> dict[str, Any]:
     """Run the job benchmark `args.runs` times, a fresh node each time; return medians."""
     samples = []
-    for _ in range(args.runs):
+    for run in range(args.runs):
         port = _free_port()
-        node = _start_node(args.storage, args.concurrency, port)
+        storage = _fresh_storage(args.storage, run)
+        node = _start_node(storage, args.concurrency, port)
         try:
             samples.append(trio.run(_one_run, args, port, node.pid))
         finally:
             node.terminate()
             node.wait(timeout=60)
+            _forget_storage(storage)
     result: dict[str, Any] = {"storage": args.storage, "jobs": args.jobs,
                               "concurrency": args.concurrency}
     for key in ("enqueue_jobs_per_s", "drain_jobs_per_s", "pickup_p50_ms", "pickup_p99_ms",

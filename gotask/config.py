@@ -31,6 +31,8 @@ __all__ = [
 ]
 
 DEFAULT_PORT = 7450
+#: Storage URLs a node accepts: the memory backend, or a Redis shared by every node.
+STORAGE_SCHEMES = ("memory://", "redis://", "rediss://", "unix://")
 
 
 @attrs.frozen
@@ -62,9 +64,10 @@ class NodeConfig:
             )
         if not 1 <= self.threads <= 1000:
             raise ConfigError(f"--threads must be 1-1000, got {self.threads}")
-        if not self.storage.startswith("memory://"):
+        if not self.storage.startswith(STORAGE_SCHEMES):
             raise ConfigError(
-                f"storage {self.storage!r} is not supported yet; use memory://"
+                f"storage {self.storage.split('://')[0]!r} is not supported; use memory:// "
+                "or redis://host:port/db"
             )
         if self.join is not None and self.listen is not None and self.listen == self.join:
             raise ConfigError("--join must name another node, not this node's --listen")

@@ -56,6 +56,7 @@ log = logging.getLogger("gotask.broker")
 FORWARDED = (GetJobs, ListJobs, CountJobs, CancelJobs, ListDead, RetryDead, PurgeDead, ListNodes)
 WAITERS_MAX = 100_000
 WAIT_S_MAX = 3600.0
+ENQUEUES_IN_FLIGHT = 4
 
 
 @attrs.define
@@ -154,12 +155,25 @@ async def run_broker(
 ) -> None:
     """Serve client requests on this node."""
     core = BrokerCore(app, ctx.node.world)
-    task_status.started()
+    in_flight = trio.Semaphore(ENQUEUES_IN_FLIGHT)
+    async with trio.open_nursery() as nursery:
+        task_status.started()
+        await _serve(ctx, core, storage, dispatcher, nursery, in_flight)
+
+
+async def _serve(ctx: ActorContext, core: BrokerCore, storage: Address,
+                 dispatcher: Address | None, nursery: trio.Nursery,
+                 in_flight: trio.Semaphore) -> None:
     while True:
         batch: list[Envelope] = []
         with trio.move_on_at(core.next_deadline()):
             batch = await ctx.receive_batch()
-        await _enqueue_all(ctx, core, storage, [e for e in batch if isinstance(e.msg, Enqueue)])
+        accepted = await _validate(ctx, core, [e for e in batch if isinstance(e.msg, Enqueue)])
+        if accepted:
+            # Several enqueue batches may be at storage at once; the limiter is the
+            # backpressure when storage falls behind.
+            await in_flight.acquire()
+            nursery.start_soon(_store_enqueued, ctx, storage, accepted, in_flight)
         for env in batch:
             if not isinstance(env.msg, Enqueue):
                 await _handle(ctx, core, storage, dispatcher, env)
@@ -167,8 +181,8 @@ async def run_broker(
             await _answer(ctx, waiter)
 
 
-async def _enqueue_all(ctx: ActorContext, core: BrokerCore, storage: Address,
-                       requests: list[Envelope]) -> None:
+async def _validate(ctx: ActorContext, core: BrokerCore,
+                    requests: list[Envelope]) -> list[tuple[Envelope, list[NewJob]]]:
     accepted: list[tuple[Envelope, list[NewJob]]] = []
     for env in requests:
         assert isinstance(env.msg, Enqueue)
@@ -176,21 +190,28 @@ async def _enqueue_all(ctx: ActorContext, core: BrokerCore, storage: Address,
             accepted.append((env, [core.new_job(i, it) for i, it in enumerate(env.msg.items)]))
         except (GoTaskError, ValueError, TypeError) as exc:
             await ctx.node.reply_error(env, exc)
-    jobs = tuple(job for _, batch in accepted for job in batch)
-    if not jobs:
-        return
+    return accepted
+
+
+async def _store_enqueued(ctx: ActorContext, storage: Address,
+                          accepted: list[tuple[Envelope, list[NewJob]]],
+                          in_flight: trio.Semaphore) -> None:
     try:
-        reply = await ctx.call(storage, EnqueueJobs(jobs))
-    except GoTaskError as exc:
-        for env, _ in accepted:
-            await ctx.node.reply_error(env, exc)
-        return
-    assert isinstance(reply, EnqueueReply)
-    start = 0
-    for env, batch in accepted:
-        end = start + len(batch)
-        await ctx.reply(env, EnqueueReply(reply.ids[start:end], reply.created[start:end]))
-        start = end
+        jobs = tuple(job for _, batch in accepted for job in batch)
+        try:
+            reply = await ctx.call(storage, EnqueueJobs(jobs))
+        except GoTaskError as exc:
+            for env, _ in accepted:
+                await ctx.node.reply_error(env, exc)
+            return
+        assert isinstance(reply, EnqueueReply)
+        start = 0
+        for env, batch in accepted:
+            end = start + len(batch)
+            await ctx.reply(env, EnqueueReply(reply.ids[start:end], reply.created[start:end]))
+            start = end
+    finally:
+        in_flight.release()
 
 
 async def _handle(ctx: ActorContext, core: BrokerCore, storage: Address,

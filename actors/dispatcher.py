@@ -40,7 +40,8 @@ class DispatcherConfig:
     prefetch: int = 64
     lease_timeout_s: float = 30.0
     wait_s: float = 5.0
-    lease_max: int = 512
+    lease_max: int = 256
+    leases_in_flight: int = 2
     retry_backoff_s: float = 0.5
 
 
@@ -79,22 +80,46 @@ async def run_dispatcher(
     config: DispatcherConfig,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Lease jobs for free slots and hand them to the WorkerSupervisor."""
+    """Lease jobs for free slots and hand them to the WorkerSupervisor.
+
+    `config.leases_in_flight` lease requests run at once, each for at most
+    `lease_max` slots reserved up front, so storage is working on the next lease while
+    the answer to the previous one travels and is handed on.
+    """
     core = DispatcherCore(config.concurrency + config.prefetch)
-    changed = trio.Event()
+    wake = _Wake()
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_inbox_loop, ctx, core, storage, lambda: changed.set())
+        nursery.start_soon(_inbox_loop, ctx, core, storage, wake.set)
+        for _ in range(config.leases_in_flight):
+            nursery.start_soon(_lease_loop, ctx, core, wake, storage, workers, config)
         task_status.started()
-        while True:
-            want = core.want(config.lease_max)
-            if want == 0:
-                await changed.wait()
-                changed = trio.Event()
-                continue
-            jobs = await _lease(ctx, storage, config, want)
-            if jobs:
-                core.granted(len(jobs))
-                await ctx.send(workers, RunJobs(jobs))
+
+
+@attrs.define
+class _Wake:
+    """An event that can be waited on again after it fired."""
+
+    event: trio.Event = attrs.Factory(trio.Event)
+
+    def set(self) -> None:
+        self.event.set()
+        self.event = trio.Event()
+
+
+async def _lease_loop(ctx: ActorContext, core: DispatcherCore, wake: _Wake, storage: Address,
+                      workers: Address, config: DispatcherConfig) -> None:
+    while True:
+        want = core.want(config.lease_max)
+        if want == 0:
+            await wake.event.wait()
+            continue
+        core.granted(want)  # reserved: the other lease request cannot take these slots
+        jobs = await _lease(ctx, storage, config, want)
+        core.freed(want - len(jobs))
+        if jobs:
+            await ctx.send(workers, RunJobs(jobs))
+        if len(jobs) < want:
+            wake.set()
 
 
 async def _lease(

@@ -6,6 +6,10 @@ Rules of this module:
   over loopback TCP; one-at-a-time `call` round trips/s between the two processes.
 - The peer is a real child process (`python -m gotask.bench_runtime PORTFILE`), talking
   through the production transport, handshake and codec.
+- The machine's 1-minute load average before and after is part of the result: on a
+  shared 2-core machine the figures mean little without it. The two processes are not
+  pinned: where the kernel places them (one core, in turn, or two, in parallel) moves
+  the streaming figure between about the sum and the larger of the two sides' CPU costs.
 """
 
 from __future__ import annotations
@@ -118,6 +122,7 @@ def _start_peer() -> tuple[subprocess.Popen[bytes], int]:
 
 def run_benchmarks(runs: int = 5, messages: int = 200_000, calls: int = 10_000) -> dict[str, Any]:
     """Run every runtime benchmark `runs` times; return medians and every sample."""
+    load_before = os.getloadavg()[0]
     local = [trio.run(_local, messages) for _ in range(runs)]
     proc, port = _start_peer()
     try:
@@ -129,6 +134,7 @@ def run_benchmarks(runs: int = 5, messages: int = 200_000, calls: int = 10_000) 
         "mode": "runtime",
         "runs": runs,
         "cpus": os.cpu_count(),
+        "load_avg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "local_msgs_per_s": round(statistics.median(local)),
         "tcp_stream_msgs_per_s": round(statistics.median(r[0] for r in remote)),
         "tcp_call_round_trips_per_s": round(statistics.median(r[1] for r in remote)),
@@ -154,6 +160,8 @@ def main(argv: list[str]) -> int:
     else:
         for key in ("local_msgs_per_s", "tcp_stream_msgs_per_s", "tcp_call_round_trips_per_s"):
             sys.stdout.write(f"{key:32} {result[key]:>12,}  (median of {args.runs})\n")
+        before, after = result["load_avg_1m"]
+        sys.stdout.write(f"{'load average (1 min)':32} {before:>6} before, {after} after\n")
     return 0
 
 

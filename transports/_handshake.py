@@ -3,12 +3,16 @@
 Rules of this module:
 - Two pure state machines, one per side. No IO, no clock, no randomness: the caller
   supplies the 32-byte nonce (the transport draws it from `secrets`).
-- Dialer -> Hello; listener -> Welcome with its proof; the dialer checks it and sends
-  Auth with its own; the listener checks that and sends AuthOk. A proof is
-  HMAC-SHA256(secret, role label + version + both nonces + both node names), so it holds
-  for one connection only and cannot be reflected to the other role.
-- Without a secret a proof is empty, and an empty proof is accepted only by a side that
-  has no secret either.
+- Dialer -> Hello (its nonce); listener -> Welcome (its nonce, no proof); dialer -> Auth
+  with its proof; the listener checks it and only then answers AuthOk with its own proof,
+  which the dialer checks. So the listener, which anyone can reach, never says anything
+  that depends on the secret to a peer that has not proved it first: nothing to guess
+  the secret from offline. A proof is HMAC-SHA256(secret, role label + version + both
+  nonces + both node names), so it holds for one connection only and cannot be reflected
+  to the other role.
+- Without a secret a proof is empty. A listener without a secret accepts any dialer (it
+  cannot check a proof) and proves nothing; a dialer with a secret then refuses it. A
+  listener with a secret accepts only the right proof, so an empty one is refused.
 - A failure raises `AuthenticationError` and leaves `error_reply`, the `WireError` to send
   before closing. The secret never appears in an exception, a message or a repr.
 - Never imports trio.
@@ -71,12 +75,11 @@ class Hello:
 @message("w.welcome")
 @attrs.frozen
 class Welcome:
-    """The listener's answer: chosen version, its node name and nonce, and its proof."""
+    """The listener's answer: chosen version, its node name and nonce (no proof yet)."""
 
     version: int
     node: str
     nonce: bytes
-    proof: bytes
 
 
 @message("w.auth")
@@ -90,7 +93,9 @@ class Auth:
 @message("w.authok")
 @attrs.frozen
 class AuthOk:
-    """The listener accepted the dialer: the connection is authenticated."""
+    """The listener accepted the dialer; its own proof, for the dialer to check."""
+
+    proof: bytes
 
 
 @message("w.ping")
@@ -237,6 +242,8 @@ class _Handshake:
 class ListenerHandshake(_Handshake):
     """The accepting side: waits for Hello, answers Welcome, checks Auth, answers AuthOk.
 
+    The listener proves nothing until the dialer has proved it knows the secret.
+
     Args:
         secret: the shared secret, or None to run without authentication.
         node: this node's name, 1-200 characters.
@@ -267,15 +274,18 @@ class ListenerHandshake(_Handshake):
             raise self._fail("version", text)
         self.version = max(common)
         self._state = "auth"
-        proof = self._expected(_LISTENER_LABEL)
-        return Welcome(self.version, self._node, self._nonce, proof)
+        return Welcome(self.version, self._node, self._nonce)
 
     def _verify(self, auth: Auth) -> AuthOk:
-        if not hmac.compare_digest(auth.proof, self._expected(_DIALER_LABEL)):
+        # Without a secret there is nothing to check: this listener accepts anyone, and a
+        # dialer with a secret refuses our empty proof in AuthOk.
+        if self._secret is not None and not hmac.compare_digest(
+            auth.proof, self._expected(_DIALER_LABEL)
+        ):
             detail = f"dialer {self.peer_node!r} did not prove the shared secret"
             raise self._fail("auth", "authentication failed", detail)
         self._state = "done"
-        return AuthOk()
+        return AuthOk(self._expected(_LISTENER_LABEL))
 
     def _expected(self, label: bytes) -> bytes:
         assert self.version is not None and self.peer_node is not None
@@ -284,7 +294,7 @@ class ListenerHandshake(_Handshake):
 
 
 class DialerHandshake(_Handshake):
-    """The connecting side: sends Hello, checks Welcome, sends Auth, waits for AuthOk.
+    """The connecting side: sends Hello, answers Welcome with Auth, checks AuthOk's proof.
 
     Args:
         secret: the shared secret, or None to run without authentication.
@@ -304,8 +314,7 @@ class DialerHandshake(_Handshake):
         if isinstance(msg, Welcome) and self._state == "welcome":
             return [self._auth(msg)]
         if isinstance(msg, AuthOk) and self._state == "authok":
-            self._state = "done"
-            return []
+            return self._verify(msg)
         raise self._unexpected(msg)
 
     def _auth(self, welcome: Welcome) -> Auth:
@@ -313,15 +322,19 @@ class DialerHandshake(_Handshake):
         if welcome.version not in self._versions:
             raise self._fail("version", f"listener chose version {welcome.version}, not offered")
         self.version = welcome.version
-        # Without a secret the dialer cannot check a proof; a listener that has one will
-        # refuse our empty proof and say so.
-        if self._secret is not None and not hmac.compare_digest(
-            welcome.proof, self._expected(_LISTENER_LABEL)
-        ):
-            detail = f"listener {welcome.node!r} did not prove the shared secret"
-            raise self._fail("auth", "authentication failed", detail)
         self._state = "authok"
+        # Without a secret the proof is empty; a listener that has one refuses it.
         return Auth(self._expected(_DIALER_LABEL))
+
+    def _verify(self, ok: AuthOk) -> list[object]:
+        # Without a secret the dialer cannot check a proof: it trusts any listener.
+        if self._secret is not None and not hmac.compare_digest(
+            ok.proof, self._expected(_LISTENER_LABEL)
+        ):
+            detail = f"listener {self.peer_node!r} did not prove the shared secret"
+            raise self._fail("auth", "authentication failed", detail)
+        self._state = "done"
+        return []
 
     def _expected(self, label: bytes) -> bytes:
         assert self.version is not None and self.peer_node is not None

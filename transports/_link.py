@@ -10,9 +10,13 @@ Rules of this module:
   written at once by its sender when the stream can write without blocking (as asyncio's
   transports do), sparing a task switch per request. A write that makes no progress for
   `write_timeout_s` closes the link, so a peer that stops reading costs only its own link.
-- The reader hands `Envelope`/`Reply` to the node: plain sends through `send_nowait`
-  while inboxes have room, everything else (and a full inbox) through `node.deliver`,
-  which waits: backpressure flows back into the stream's flow control, by design.
+- The reader hands `Envelope`/`Reply` to the node through `node.deliver_nowait`, with no
+  await per message, and only when that raises `trio.WouldBlock` (a full inbox or link)
+  through `node.deliver`, which waits: backpressure flows back into the stream's flow
+  control, by design.
+- On a plain TCP socket the reader reads the socket directly (`os.read` after
+  `wait_readable`), skipping a read bound to fail when the last one emptied it; see
+  `_receive_from_socket`. TLS and other streams go through `receive_some`.
 - From the peer, an `InvalidMessage` gets a non-fatal `WireError` (and an `ErrorReply` to
   the caller when known) and the link stays up; broken framing gets a fatal `WireError`,
   then close. Before authentication every error is fatal.
@@ -79,8 +83,6 @@ _DELIVERY_ERRORS: Final = (
     trio.BrokenResourceError,
     trio.ClosedResourceError,
 )
-#: What the fast path hands over to `node.deliver`, which waits or reports as due.
-_FAST_PATH_MISSES: Final = (trio.WouldBlock, *_DELIVERY_ERRORS)
 
 
 def _positive(instance: Any, attribute: Any, value: float) -> None:
@@ -157,6 +159,13 @@ def nonblocking_writer(stream: trio.abc.Stream) -> Callable[[bytes], int] | None
     return None
 
 
+def _socket_fd(stream: trio.abc.Stream) -> int | None:
+    """The file descriptor of a plain TCP stream (not TLS) on POSIX, else None."""
+    if isinstance(stream, trio.SocketStream) and os.name == "posix":
+        return stream.socket.fileno()
+    return None
+
+
 class _Closed(Exception):
     """Internal: the link must close; the message is the reason."""
 
@@ -197,9 +206,12 @@ class StreamLink:
         self._scope = trio.CancelScope()
         self._closed = trio.Event()
         self._close_reason: str | None = None
-        self._last_sent_s = trio.current_time()
+        # trio's clock, bound once: `trio.current_time()` costs three calls per look.
+        self._now: Callable[[], float] = trio.lowlevel.current_clock().current_time
+        self._last_sent_s = self._now()
         self._read_deadline_s = self._write_deadline_s = math.inf
         self._read_partial = False
+        self._socket_empty = True  # see `_receive_from_socket`
         self._ping_seq = 0
 
     def __repr__(self) -> str:
@@ -228,17 +240,24 @@ class StreamLink:
         """
         if self._close_reason is not None:
             raise trio.BrokenResourceError(f"link to {self._peer!r} closed: {self._close_reason}")
-        if len(self._out) >= self._outbound_max:
+        out = self._out
+        if len(out) >= self._outbound_max:
             raise trio.WouldBlock
         data = self._conn.send(item)
-        if self._out and self._out_bytes + len(data) > self._outbound_bytes_max:
-            raise trio.WouldBlock
-        if self._inline_ok:
-            now_s = trio.current_time()
+        if out:
+            if self._out_bytes + len(data) > self._outbound_bytes_max:
+                raise trio.WouldBlock
+        elif self._inline_ok:
+            now_s = self._now()
             if now_s - self._last_inline_s >= INLINE_WRITE_GAP_S:
                 self._write_inline(data, now_s)
                 return
-        self._push(data)
+        # `_push`, inline: this is the streaming hot path.
+        out.append(data)
+        self._out_bytes += len(data)
+        self._inline_ok = False
+        if len(out) == 1:
+            self._wake.unpark()  # the writer, if it is parked (nothing else parks there)
 
     async def send(self, item: Envelope | Reply) -> None:
         """Encode `item` and queue its frame, waiting while the outbound buffer is full.
@@ -374,15 +393,15 @@ class StreamLink:
         """Write in slices; the watchdog closes the link when one stalls."""
         timeout_s, send_all = self._options.write_timeout_s, self._stream.send_all
         if len(data) <= WRITE_SLICE_BYTES:
-            self._write_deadline_s = trio.current_time() + timeout_s
+            self._write_deadline_s = self._now() + timeout_s
             await send_all(data)
         else:
             view = memoryview(data)
             for start in range(0, len(data), WRITE_SLICE_BYTES):
-                self._write_deadline_s = trio.current_time() + timeout_s
+                self._write_deadline_s = self._now() + timeout_s
                 await send_all(view[start : start + WRITE_SLICE_BYTES])
         self._write_deadline_s = math.inf
-        self._last_sent_s = trio.current_time()
+        self._last_sent_s = self._now()
 
     async def _send_fatal(self, error: WireError) -> None:
         """Queue `error` ahead of the limits and wait (briefly) until it is written."""
@@ -427,6 +446,9 @@ class StreamLink:
         conn, receive_some = self._conn, self._stream.receive_some
         idle_s, frame_s = self._options.idle_timeout_s, self._options.frame_timeout_s
         receive_bytes_max = self._options.receive_bytes_max
+        fd = _socket_fd(self._stream)
+        if fd is not None:
+            receive_some = partial(self._receive_from_socket, fd)
         partial_since_s: float | None = None
         while True:
             try:
@@ -437,7 +459,7 @@ class StreamLink:
                 raise _Closed(f"framing error: {exc}") from None
             if handled < 0:
                 raise _Closed("the peer closed the connection")
-            now_s = trio.current_time()
+            now_s = self._now()
             if not conn.buffered_bytes:
                 partial_since_s = None
             elif handled or partial_since_s is None:
@@ -452,10 +474,34 @@ class StreamLink:
             # bytearray from some streams: the codec takes either, and a cast copies nothing
             conn.receive_data(cast(bytes, data))
 
+    async def _receive_from_socket(self, fd: int, max_bytes: int) -> bytes:
+        """`receive_some` for a TCP socket, minus trio's wrappers and a failing read.
+
+        When the last read took less than it asked for, the socket was empty then, so
+        this waits for readability first instead of trying a read bound to fail (a
+        syscall per message on a request/response link). A read that filled the buffer
+        is followed by a checkpoint, so a peer that floods cannot starve other tasks.
+        Errors are the socket's `OSError`s (the link closes on them).
+        """
+        if self._socket_empty:
+            await trio.lowlevel.wait_readable(fd)
+        while True:
+            try:
+                data = os.read(fd, max_bytes)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(fd)
+                continue
+            if len(data) < max_bytes:
+                self._socket_empty = True
+            else:
+                self._socket_empty = False
+                await trio.lowlevel.checkpoint()
+            return data
+
     async def _drain(self) -> int:
         """Handle every complete frame; return how many, or -1 after a clean EOF."""
         next_event, deliver = self._conn.next_event, self._deliver
-        send_nowait = self._node.send_nowait
+        deliver_nowait = self._node.deliver_nowait
         handled = 0
         while True:
             try:
@@ -464,14 +510,15 @@ class StreamLink:
                 await self._on_invalid(exc)
                 handled += 1
                 continue
-            if isinstance(event, Envelope) and not event.corr:
-                # Fast path for plain sends: no await per message while inboxes have room.
+            kind = type(event)
+            if kind is Envelope or kind is Reply:
+                # No await per message while the way on has room.
                 try:
-                    send_nowait(event.dst, event.msg, src=event.src)
-                except _FAST_PATH_MISSES:
-                    await deliver(event)
-            elif isinstance(event, (Envelope, Reply)):
-                await deliver(event)
+                    deliver_nowait(event)  # type: ignore[arg-type]
+                except trio.WouldBlock:
+                    await deliver(event)  # type: ignore[arg-type]
+                except _DELIVERY_ERRORS as exc:
+                    log.warning("link %r: dropped %s: %s", self._peer, kind.__name__, exc)
             elif event is NEED_DATA:
                 return handled
             elif event is CLOSED:

@@ -16,7 +16,15 @@ Rules of this module:
   reaches the wire (`LocalProtocolError`).
 - Each message class compiles once, lazily at first use (so classes registered after
   this module loads work), into per-field encoder and decoder closures driven by two
-  generated functions; encode and decode do no reflection per call.
+  generated functions; encode and decode do no reflection per call. A decoded instance
+  of a slotted attrs class whose generated `__init__` only stores its arguments is built
+  by setting its slots; any other class is called, so its validators and hooks run.
+- `Address` values are interned by the decoder: a bounded cache (entries and their
+  length) maps the exact decoded array (``("addr", node, name)``, all str) to one
+  immutable `Address`, so the envelopes of a busy link do not rebuild the same two
+  addresses each time. Only an array that decoded strictly once is ever cached, and a hit
+  needs an equal array (str compares equal to str only) at an allowed depth, so nothing
+  is accepted that a full decode would refuse.
 """
 
 from __future__ import annotations
@@ -32,7 +40,7 @@ import attrs
 import msgpack
 
 from gotask._errors import FramingError, InvalidMessage, LocalProtocolError
-from gotask.runtime.message import MESSAGE_MARK, REGISTRY, Envelope, tag_of
+from gotask.runtime.message import MESSAGE_MARK, REGISTRY, Address, Envelope, tag_of
 
 from . import _handshake as _handshake  # registers the control messages
 
@@ -57,8 +65,15 @@ DEPTH_MAX: Final = 32
 CONTAINER_LEN_MAX: Final = 1_000_000
 FRAME_BYTES_MAX: Final = 1 << 20
 PREAUTH_FRAME_BYTES_MAX: Final = 16 << 10
+#: Most distinct addresses the decoder keeps interned; past that the cache starts over.
+ADDRESS_CACHE_MAX: Final = 4096
+#: Longest address (node and actor name together, in characters) the decoder interns, so
+#: the cache holds a few MiB at most whatever a peer sends.
+ADDRESS_INTERN_CHARS_MAX: Final = 512
 
 _LEN = struct.Struct(">I")
+_LEN_PACK = _LEN.pack
+_LEN_UNPACK_FROM = _LEN.unpack_from
 # One packer for all: after our checks it only ever sees exact builtin types, so it runs
 # entirely in C under the GIL and cannot be re-entered; it resets itself after each pack.
 _PACKER = msgpack.Packer()
@@ -319,7 +334,36 @@ def _nested(cls: type | None, seg: str | None, decoding: bool, optional: bool = 
             err.add(seg)
             raise
 
+    if decoding and cls is Address:
+        return _interned(decode_one)
     return decode_one if decoding else encode_one
+
+
+#: Decoded address array -> the one `Address` it decoded to (see the module rules).
+_ADDRESSES: dict[Any, Any] = {}
+
+
+def _interned(decode_one: _Code) -> _Code:
+    """Wrap the decoder of an `Address` field with the interning cache."""
+    cache = _ADDRESSES
+
+    def decode_address(value: Any, depth: int) -> Any:
+        # The address array sits at depth + 1; deeper than DEPTH_MAX it must be refused.
+        if depth < DEPTH_MAX:
+            try:
+                hit = cache.get(value)
+            except TypeError:  # unhashable: a map inside, which decode_one refuses
+                hit = None
+            if hit is not None:
+                return hit
+        obj = decode_one(value, depth)
+        if obj is not None and len(obj.node) + len(obj.name) <= ADDRESS_INTERN_CHARS_MAX:
+            if len(cache) >= ADDRESS_CACHE_MAX:
+                cache.clear()
+            cache[value] = obj
+        return obj
+
+    return decode_address
 
 
 def _message_class(tp: Any) -> tuple[bool, type | None]:
@@ -370,9 +414,13 @@ def _field_codec(tp: Any, seg: str | None, decoding: bool) -> _Code:
 #
 # A message class compiles into two small functions generated from source, the way attrs
 # builds __init__: they unpack the fields into locals, check each scalar field with one
-# `type(v) is T` test and call the field's closure only for other fields (messages,
-# containers, unions, Any) or when that test fails, so the closure converts (int to float)
-# or raises naming the field. The source holds indices and attribute names, never data.
+# `type(v) is T` test and call the field's closure only for other fields (containers,
+# unions, Any) or when that test fails, so the closure converts (int to float) or raises
+# naming the field. A field holding a message (`C`, `C | None`, `Message`) calls the
+# nested message's own generated function directly when the value's type (encoding) or
+# tag (decoding) has one compiled, and its closure otherwise, which compiles, or refuses
+# naming the field. The source holds indices, attribute names and the tags of registered
+# classes, never data.
 
 _ENCODERS: dict[type, _Code] = {}
 _DECODERS: dict[str, _Code] = {}
@@ -395,12 +443,108 @@ def _fast_kind(tp: Any) -> type | None:
     return _NONE if tp is None else None
 
 
-def _field_lines(codes: list[_Code], kinds: list[type | None], env: dict[str, Any]) -> list[str]:
+#: A field holding a message: (its class, or None for any message; whether None is allowed).
+_NestedSpec = tuple[type | None, bool]
+
+
+def _nested_spec(tp: Any) -> _NestedSpec | None:
+    """How `tp` holds a nested message, or None if it does not (see `_field_codec`)."""
+    is_message, cls = _message_class(tp)
+    if is_message:
+        return cls, False
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Annotated:
+        return _nested_spec(args[0])
+    if origin in (Union, types.UnionType) and len(args) == 2 and _NONE in args:
+        (other,) = [arg for arg in args if arg is not _NONE]
+        is_message, cls = _message_class(other)
+        if is_message:
+            return cls, True
+    return None
+
+
+def _field_lines(
+    codes: list[_Code],
+    kinds: list[type | None],
+    env: dict[str, Any],
+    nested: list[_NestedSpec | None],
+    segs: list[str],
+    decoding: bool,
+) -> list[str]:
     lines = []
-    for i, (code, kind) in enumerate(zip(codes, kinds, strict=True)):
-        env[f"c{i}"], env[f"k{i}"] = code, kind
-        check = "" if kind is None else f"if type(v{i}) is not k{i}: "
-        lines.append(f"    {check}v{i} = c{i}(v{i}, depth)")
+    env["Invalid"], env["enc_get"], env["dec_get"] = _Invalid, _ENCODERS.get, _DECODERS.get
+    for i, (code, kind, spec) in enumerate(zip(codes, kinds, nested, strict=True)):
+        env[f"c{i}"], env[f"k{i}"], env[f"s{i}"] = code, kind, segs[i]
+        v = f"v{i}"
+        if spec is None:
+            check = "" if kind is None else f"if type({v}) is not k{i}: "
+            lines.append(f"    {check}{v} = c{i}({v}, depth)")
+            continue
+        if decoding and spec[0] is Address:
+            # Interned: look the array up here; the closure decodes a miss and caches it.
+            env["addr_get"] = _ADDRESSES.get
+            indent = "    "
+            if spec[1]:
+                lines.append(f"    if {v} is not None:")
+                indent = "        "
+            body = [
+                "try:",
+                f"    hit = addr_get({v}) if depth < DEPTH_MAX else None",
+                "except TypeError:  # unhashable: a map inside, which the closure refuses",
+                "    hit = None",
+                f"{v} = c{i}({v}, depth) if hit is None else hit",
+            ]
+            lines += [indent + line for line in body]
+            continue
+        cls, optional = spec
+        if not decoding and cls is Address:
+            # Built here: two str checks and a list, instead of a call to its encoder.
+            env["addr_tag"] = tag_of(Address)
+            indent = "    "
+            if optional:
+                lines.append(f"    if {v} is not None:")
+                indent = "        "
+            body = [
+                f"if type({v}) is n{i} and depth < DEPTH_MAX:",
+                f"    node, name = {v}.node, {v}.name",
+                "else:",
+                "    node = name = None",
+                "if type(node) is str and type(name) is str:",
+                f"    {v} = [addr_tag, node, name]",
+                "else:",
+                f"    {v} = c{i}({v}, depth)",
+            ]
+            env[f"n{i}"] = cls
+            lines += [indent + line for line in body]
+            continue
+        if decoding:
+            env[f"t{i}"] = None if cls is None else tag_of(cls)
+            head = f"type({v}[0]) is str" if cls is None else f"{v}[0] == t{i}"
+            body = [
+                f"if type({v}) is tuple and {v} and {head}:",
+                f"    code = dec_get({v}[0])",
+                "else:",
+                "    code = None",
+                "if code is None:",
+            ]
+        else:
+            env[f"n{i}"] = cls
+            kind_check = "" if cls is None else f" or type({v}) is not n{i}"
+            body = [f"code = enc_get(type({v}))", f"if code is None{kind_check}:"]
+        body.append(f"    {v} = c{i}({v}, depth)")
+        body += [
+            "else:",
+            "    try:",
+            f"        {v} = code({v}, depth + 1)",
+            "    except Invalid as err:",
+            f"        err.add(s{i})",
+            "        raise",
+        ]
+        indent = "    "
+        if optional:
+            lines.append(f"    if {v} is not None:")
+            indent = "        "
+        lines += [indent + line for line in body]
     return lines
 
 
@@ -411,23 +555,68 @@ def _generate(name: str, lines: list[str], env: dict[str, Any], label: str) -> _
 
 
 def _message_encoder(
-    tag: str, names: tuple[str, ...], codes: list[_Code], kinds: list[type | None]
+    cls: type,
+    names: tuple[str, ...],
+    codes: list[_Code],
+    kinds: list[type | None],
+    nested: list[_NestedSpec | None],
 ) -> _Code:
+    tag = tag_of(cls)
     env: dict[str, Any] = {"tag": tag, "too_deep": _too_deep}
     values = "".join(f", v{i}" for i in range(len(names)))
+    segs = [f"{cls.__name__}.{name}" for name in names]
     lines = [
         "def encode_message(obj, depth):",
         "    if depth > DEPTH_MAX:",
         "        raise too_deep(None)",
         *[f"    v{i} = obj.{name}" for i, name in enumerate(names)],
-        *_field_lines(codes, kinds, env),
+        *_field_lines(codes, kinds, env, nested, segs, decoding=False),
         f"    return [tag{values}]",
     ]
     return _generate("encode_message", lines, env, tag)
 
 
-def _message_decoder(cls: type, fields: Any, codes: list[_Code], kinds: list[type | None]) -> _Code:
+def _slot_setters(cls: type, fields: Any) -> list[Callable[[Any, Any], None]] | None:
+    """The slot setters that build `cls` exactly as its attrs `__init__` would, or None.
+
+    Only for a slotted attrs class whose `__init__` is the generated one and does nothing
+    but store its arguments: no validator, no converter, no pre/post-init hook, no slot
+    other than the fields (a cached hash, say). Otherwise the decoder calls the class.
+    """
+    init = getattr(getattr(cls, "__init__", None), "__code__", None)
+    if init is None or not init.co_filename.startswith("<attrs generated"):
+        return None
+    if hasattr(cls, "__attrs_pre_init__") or hasattr(cls, "__attrs_post_init__"):
+        return None
+    if any(field.validator is not None or field.converter is not None for field in fields):
+        return None
+    names = {field.name for field in fields}
+    slots: set[str] = set()
+    for klass in cls.__mro__[:-1]:  # object has no slots of its own
+        if "__slots__" not in klass.__dict__:
+            return None
+        slots.update(klass.__dict__["__slots__"])
+    if slots - {"__weakref__"} != names:
+        return None
+    setters = []
+    for field in fields:
+        owner = next(k for k in cls.__mro__ if field.name in k.__dict__)
+        descriptor = owner.__dict__[field.name]
+        if type(descriptor) is not types.MemberDescriptorType:
+            return None
+        setters.append(descriptor.__set__)
+    return setters
+
+
+def _message_decoder(
+    cls: type,
+    fields: Any,
+    codes: list[_Code],
+    kinds: list[type | None],
+    nested: list[_NestedSpec | None],
+) -> _Code:
     names = tuple(field.name for field in fields)
+    segs = [f"{cls.__name__}.{name}" for name in names]
     make: Callable[..., Any] = cls
     if any(field.kw_only for field in fields):
         aliases = [str(field.alias) for field in fields]
@@ -441,18 +630,37 @@ def _message_decoder(cls: type, fields: Any, codes: list[_Code], kinds: list[typ
     def rejected(exc: Exception) -> _Invalid:
         return _Invalid(f"rejected: {type(exc).__name__}: {exc}", cls.__name__)
 
-    env = {"make": make, "shape_error": shape_error, "rejected": rejected}
+    env = {
+        "make": make,
+        "shape_error": shape_error,
+        "rejected": rejected,
+        "cls": cls,
+        "new": object.__new__,
+    }
     values = ", ".join(f"v{i}" for i in range(len(names)))
+    setters = _slot_setters(cls, fields)
+    if setters is None:
+        build = [
+            "    try:",
+            f"        return make({values})",
+            "    except Exception as exc:  # a validator of the class refused the values",
+            "        raise rejected(exc) from None",
+        ]
+    else:  # what the attrs __init__ does, minus its call and its per-field name lookups
+        for i, setter in enumerate(setters):
+            env[f"set{i}"] = setter
+        build = [
+            "    obj = new(cls)",
+            *[f"    set{i}(obj, v{i})" for i in range(len(names))],
+            "    return obj",
+        ]
     lines = [
         "def decode_message(array, depth):",
         f"    if len(array) != {len(names) + 1} or depth > DEPTH_MAX:",
         "        raise shape_error(array, depth)",
         f"    _, {values}, = array" if names else "",
-        *_field_lines(codes, kinds, env),
-        "    try:",
-        f"        return make({values})",
-        "    except Exception as exc:  # a validator of the class refused the values",
-        "        raise rejected(exc) from None",
+        *_field_lines(codes, kinds, env, nested, segs, decoding=True),
+        *build,
     ]
     return _generate("decode_message", lines, env, cls.__name__)
 
@@ -479,10 +687,11 @@ def _compile(cls: type) -> None:
         kinds = [_fast_kind(hints.get(name)) for name in names]
         encoders = [_compile_field(cls, hints, name, False) for name in names]
         decoders = [_compile_field(cls, hints, name, True) for name in names]
+        nested = [_nested_spec(hints[name]) for name in names]
     except Exception as exc:  # unresolvable or unsupported annotations: a bad definition
         raise LocalProtocolError(f"message {cls.__name__} cannot be compiled: {exc}") from None
-    _ENCODERS[cls] = _message_encoder(tag, names, encoders, kinds)
-    _DECODERS[tag] = _message_decoder(cls, fields, decoders, kinds)
+    _ENCODERS[cls] = _message_encoder(cls, names, encoders, kinds, nested)
+    _DECODERS[tag] = _message_decoder(cls, fields, decoders, kinds, nested)
 
 
 def _encoder(cls: type) -> _Code | None:
@@ -677,6 +886,13 @@ class Connection:
                 later call raises again.
             InvalidMessage: a frame held an invalid message; it was skipped.
         """
+        buf, pos = self._buf, self._pos
+        if self._broken is None and len(buf) - pos >= 4:
+            # The common case inline: a whole frame of an acceptable length is buffered.
+            end = pos + 4 + _LEN_UNPACK_FROM(buf, pos)[0]
+            if pos + 4 < end <= len(buf) and end - pos - 4 <= self._limit:
+                self._pos = end
+                return decode(buf[pos + 4 : end])
         length = self._frame_length()
         buf, start = self._buf, self._pos + 4
         if length is not None and start + length <= len(buf):
@@ -697,13 +913,18 @@ class Connection:
         Raises:
             LocalProtocolError: `msg` cannot be encoded or exceeds the frame limit.
         """
-        body = encode(msg)
-        if len(body) > self._limit:
+        code = _ENCODERS.get(type(msg))
+        try:  # `encode`, inline for a compiled class: a call less per frame
+            body = _PACKER.pack(code(msg, 1)) if code is not None else encode(msg)
+        except (_Invalid, OverflowError, ValueError, TypeError):
+            body = encode(msg)  # fails again, the same way, and says why
+        size = len(body)
+        if size > self._limit:
             raise LocalProtocolError(
-                f"{type(msg).__name__} encodes to {len(body)} bytes, "
+                f"{type(msg).__name__} encodes to {size} bytes, "
                 f"over the {self._limit}-byte frame limit"
             )
-        return _LEN.pack(len(body)) + body
+        return _LEN_PACK(size) + body
 
     def send_many(self, msgs: Iterable[object]) -> bytes:
         """Return the frames of all `msgs` as one bytes object, for a single send_all."""

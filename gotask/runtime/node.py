@@ -9,13 +9,21 @@ Rules of this module:
   far side comes back as `ErrorReply` and is raised here as `RemoteActorError`.
 - Messages for another node go through the `Link` attached for that node; callers cannot
   tell local from remote except by latency and failure. When a link goes away, calls
-  waiting on that node fail at once with `ActorNotFound`.
+  waiting on that node fail at once with `ActorNotFound`, and so do senders waiting for
+  room on it.
+- A waiting `call` costs no cancel scope: it parks with `wait_task_rescheduled` and one
+  timer task per node enforces every call's deadline (a heap, woken only when a call
+  needs an earlier deadline than the one it sleeps to). Whoever settles a call first (the
+  reply, the loss of its link, the timer, a cancellation) removes it from `_pending`, so
+  each call is settled exactly once.
 """
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import logging
+import math
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -55,12 +63,52 @@ class Link(Protocol):
         ...
 
 
-@attrs.define
 class _Pending:
-    dst_node: str
-    done: trio.Event = attrs.Factory(trio.Event)
-    reply: Any = None
-    error: BaseException | None = None
+    """A call waiting for its reply; `task` is set while its caller is parked."""
+
+    __slots__ = (
+        "deadline_s", "done", "dst_node", "error", "orphaned", "reply", "task", "timed_out"
+    )
+
+    def __init__(self, dst_node: str, deadline_s: float) -> None:
+        self.dst_node = dst_node
+        self.deadline_s = deadline_s
+        self.task: trio.lowlevel.Task | None = None
+        self.done = False
+        self.timed_out = False
+        self.orphaned = False  # woken because the timer task stopped: wait on its own
+        self.reply: Any = None
+        self.error: BaseException | None = None
+
+
+def _plain_slots(cls: type) -> list[Callable[[Any, Any], None]] | None:
+    """The slot setters of `cls` when its attrs `__init__` does nothing but store its
+    arguments in them (no validator, converter, init hook or other slot), else None.
+
+    `send` builds an `Envelope` per message; setting its slots inline costs about half
+    of calling the class. Should `Envelope` ever need its `__init__`, this says so.
+    """
+    fields = attrs.fields(cls)
+    init = getattr(getattr(cls, "__init__", None), "__code__", None)
+    if (
+        init is None
+        or not init.co_filename.startswith("<attrs generated")
+        or hasattr(cls, "__attrs_pre_init__")
+        or hasattr(cls, "__attrs_post_init__")
+        or any(f.validator is not None or f.converter is not None for f in fields)
+        or cls.__mro__[1:] != (object,)
+        or set(cls.__dict__.get("__slots__", ())) - {"__weakref__"} != {f.name for f in fields}
+    ):
+        return None
+    return [cls.__dict__[f.name].__set__ for f in fields]
+
+
+_new = object.__new__
+_ENVELOPE_SLOTS = _plain_slots(Envelope)
+
+#: Stale entries (calls already settled) the deadline heap may hold beyond twice the
+#: number of calls waiting, before it is rebuilt.
+_HEAP_SLACK = 64
 
 
 @attrs.define(eq=False)
@@ -77,6 +125,17 @@ class Node:
     _links: dict[str, Link] = attrs.Factory(dict)
     _pending: dict[int, _Pending] = attrs.Factory(dict)
     _corr: itertools.count[int] = attrs.Factory(lambda: itertools.count(1))
+    _caller: Address = attrs.field(init=False)
+    #: (deadline, corr) of waiting calls, with stale entries of settled ones.
+    _deadlines: list[tuple[float, int]] = attrs.field(init=False, factory=list)
+    #: The scope the timer task sleeps in; None until the timer task started.
+    _timer_scope: trio.CancelScope | None = attrs.field(init=False, default=None)
+    _now: Callable[[], float] = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._caller = Address(self.name, CALLER_NAME)
+        # trio's clock, bound once: `trio.current_time()` costs three calls per look.
+        self._now = trio.lowlevel.current_clock().current_time
 
     # -- actors ----------------------------------------------------------------------
 
@@ -142,13 +201,39 @@ class Node:
 
         Raises:
             trio.WouldBlock: the destination inbox or link buffer is full.
-            ActorNotFound: no such actor, or its node is not connected.
+            ActorNotFound: no such actor, or its node is not (or no longer) connected.
         """
         self._route_nowait(Envelope(dst, src, 0, msg))
 
     async def send(self, dst: Address, msg: Any, *, src: Address | None = None) -> None:
-        """Send, waiting only while the destination is full (backpressure)."""
-        await self._route(Envelope(dst, src, 0, msg))
+        """Send, waiting only while the destination is full (backpressure).
+
+        Raises:
+            ActorNotFound: no such actor, or its node is not connected, or the connection
+                was lost while waiting for room on it.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if _ENVELOPE_SLOTS is None:
+            env = Envelope(dst, src, 0, msg)
+        else:  # the attrs __init__, minus its call (see `_plain_slots`)
+            env = _new(Envelope)
+            set_dst, set_src, set_corr, set_msg = _ENVELOPE_SLOTS
+            set_dst(env, dst)
+            set_src(env, src)
+            set_corr(env, 0)
+            set_msg(env, msg)
+        node = dst.node
+        link = None if node == self.name else self._links.get(node)
+        try:
+            if link is None:  # local, or no such node: `_route_nowait` sorts it out
+                self._route_nowait(env)
+            else:  # `_route_nowait` for a remote actor, inline: the streaming hot path
+                try:
+                    link.send_nowait(env)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    raise ActorNotFound(f"connection to node {node!r} lost") from None
+        except trio.WouldBlock:
+            await self._route_waiting(env)
 
     async def call(
         self,
@@ -163,18 +248,28 @@ class Node:
             CallTimeout: no reply within `timeout_s` seconds.
             RemoteActorError: the actor raised while handling the request.
             ActorNotFound: no such actor, or its node is (or became) unreachable.
+            ValueError: `timeout_s` is negative or NaN.
         """
+        if not timeout_s >= 0:
+            raise ValueError(f"timeout_s must be >= 0, got {timeout_s!r}")
+        await trio.lowlevel.checkpoint_if_cancelled()
         corr = next(self._corr)
-        pending = _Pending(dst.node)
-        self._pending[corr] = pending
+        # The timeout covers sending too: a full inbox or link is a slow peer.
+        deadline_s = self._now() + timeout_s
+        env = Envelope(dst, self._caller, corr, msg)
+        pending = self._pending[corr] = _Pending(dst.node, deadline_s)
         try:
-            # The timeout covers sending too: a full inbox or link is a slow peer.
-            with trio.move_on_after(timeout_s):
-                await self._route(Envelope(dst, Address(self.name, CALLER_NAME), corr, msg))
-                await pending.done.wait()
+            try:
+                self._route_nowait(env)
+            except trio.WouldBlock:
+                with trio.CancelScope(deadline=deadline_s) as scope:
+                    await self._route_waiting(env)
+                pending.timed_out = scope.cancelled_caught and not pending.done
+            if not pending.done and not pending.timed_out:
+                await self._wait_settled(corr, pending)
         finally:
-            del self._pending[corr]
-        if not pending.done.is_set():
+            self._pending.pop(corr, None)
+        if pending.timed_out:
             raise CallTimeout(f"no reply from {dst} within {timeout_s:g}s to {type(msg).__name__}")
         if pending.error is not None:
             raise pending.error
@@ -182,6 +277,93 @@ class Node:
             err = pending.reply
             raise RemoteActorError(err.type_name, err.message, err.traceback)
         return pending.reply
+
+    async def _wait_settled(self, corr: int, pending: _Pending) -> None:
+        """Park until call `corr` is settled or its deadline passes (`timed_out` is set).
+
+        A cancellation forgets the call: a late reply is dropped.
+        """
+        if self._arm_timer(pending.deadline_s, corr):
+            await self._park(corr, pending)
+            if not pending.orphaned:
+                return
+        # No timer task (the node is closing): a scope of our own, then.
+        with trio.CancelScope(deadline=pending.deadline_s) as scope:
+            await self._park(corr, pending)
+        pending.timed_out = scope.cancelled_caught and not pending.done
+
+    async def _park(self, corr: int, pending: _Pending) -> None:
+        pending.task = trio.lowlevel.current_task()
+
+        def abort(_: Any) -> trio.lowlevel.Abort:
+            pending.task = None
+            self._pending.pop(corr, None)
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
+
+    def _settle(self, corr: int) -> _Pending | None:
+        """Take call `corr` out of `_pending` and wake its caller; None if already settled.
+
+        The caller reads the outcome the settler stores on the returned record.
+        """
+        pending = self._pending.pop(corr, None)
+        if pending is not None:
+            pending.done = True
+            task, pending.task = pending.task, None
+            if task is not None:
+                trio.lowlevel.reschedule(task)
+        return pending
+
+    # -- call deadlines --------------------------------------------------------------
+
+    def _arm_timer(self, deadline_s: float, corr: int) -> bool:
+        """Have the timer task time out call `corr` at `deadline_s`; False if it cannot."""
+        scope = self._timer_scope
+        if scope is None:
+            if self.nursery.cancel_scope.cancel_called:
+                return False  # the timer task would be cancelled at once
+            try:
+                self.nursery.start_soon(self._run_timer)
+            except RuntimeError:  # the nursery is closed
+                return False
+            scope = self._timer_scope = trio.CancelScope(deadline=deadline_s)
+        elif deadline_s < scope.deadline:
+            scope.deadline = deadline_s
+        heap = self._deadlines
+        heapq.heappush(heap, (deadline_s, corr))
+        if len(heap) > 2 * len(self._pending) + _HEAP_SLACK:
+            pending = self._pending
+            heap[:] = [entry for entry in heap if entry[1] in pending]
+            heapq.heapify(heap)
+        return True
+
+    async def _run_timer(self) -> None:
+        """Time out the calls whose deadline passed; sleep until the next one."""
+        heap, pending = self._deadlines, self._pending
+        try:
+            while True:
+                assert self._timer_scope is not None
+                with self._timer_scope:
+                    await trio.sleep_forever()
+                now_s = self._now()
+                while heap and (heap[0][0] <= now_s or heap[0][1] not in pending):
+                    _, corr = heapq.heappop(heap)
+                    record = pending.get(corr)
+                    if record is not None and record.deadline_s <= now_s:
+                        record.timed_out = True
+                        self._settle(corr)
+                self._timer_scope = trio.CancelScope(deadline=heap[0][0] if heap else math.inf)
+        finally:
+            # Cancelled with the node: whoever still waits (shielded) keeps its deadline
+            # with a scope of its own.
+            self._timer_scope = None
+            heap.clear()
+            for record in pending.values():
+                task, record.task = record.task, None
+                if task is not None:
+                    record.orphaned = True
+                    trio.lowlevel.reschedule(task)
 
     def reply_nowait(self, request: Envelope, msg: Any) -> None:
         """Answer a request received in an inbox (no-op for a plain send)."""
@@ -203,26 +385,40 @@ class Node:
         node = item.dst.node if isinstance(item, Envelope) else item.dst_node
         if node == self.name:
             self._deliver_local_nowait(item)
-        else:
-            self._link_to(node).send_nowait(item)
+            return
+        link = self._links.get(node)
+        if link is None:
+            raise ActorNotFound(f"node {node!r} is not connected to {self.name!r}")
+        try:
+            link.send_nowait(item)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise ActorNotFound(f"connection to node {node!r} lost") from None
 
     async def _route(self, item: Envelope | Reply) -> None:
         await trio.lowlevel.checkpoint_if_cancelled()
         try:
             self._route_nowait(item)
         except trio.WouldBlock:
-            node = item.dst.node if isinstance(item, Envelope) else item.dst_node
-            if node == self.name:
-                assert isinstance(item, Envelope)
-                await self._inbox_of(item).send(item)
-            else:
-                await self._link_to(node).send(item)
+            await self._route_waiting(item)
+
+    async def _route_waiting(self, item: Envelope | Reply) -> None:
+        """Route `item`, waiting for room: `_route_nowait` found its way full."""
+        node = item.dst.node if isinstance(item, Envelope) else item.dst_node
+        if node == self.name:
+            assert isinstance(item, Envelope)
+            await self._inbox_of(item).send(item)
+            return
+        try:
+            await self._link_to(node).send(item)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise ActorNotFound(f"connection to node {node!r} lost") from None
 
     def _deliver_local_nowait(self, item: Envelope | Reply) -> None:
-        if isinstance(item, Reply):
-            self._resolve(item)
-        else:
+        if type(item) is Envelope:
             self._inbox_of(item).send_nowait(item)
+        else:
+            assert isinstance(item, Reply)
+            self._resolve(item)
 
     def _inbox_of(self, env: Envelope) -> trio.MemorySendChannel[Envelope]:
         inbox = self._inboxes.get(env.dst.name)
@@ -237,12 +433,11 @@ class Node:
         return link
 
     def _resolve(self, reply: Reply) -> None:
-        pending = self._pending.get(reply.corr)
+        pending = self._settle(reply.corr)
         if pending is None:
             log.debug("late reply %d on %s dropped (the call timed out)", reply.corr, self.name)
             return
         pending.reply = reply.msg
-        pending.done.set()
 
     # -- transports ------------------------------------------------------------------
 
@@ -261,6 +456,30 @@ class Node:
             else:
                 log.warning("dropped %s for %s: %s", type(item).__name__, _dst(item), exc)
 
+    def deliver_nowait(self, item: Envelope | Reply) -> None:
+        """`deliver` without waiting: the link reader's fast path.
+
+        Raises:
+            trio.WouldBlock: the way on (an inbox, a link, or the way back for the error
+                answering a request to a missing actor) is full. Nothing was delivered:
+                `await deliver(item)` does it, waiting.
+            ActorNotFound: the error answering a request could not be routed either.
+            trio.BrokenResourceError: the destination actor's inbox is closed.
+        """
+        if type(item) is Envelope and item.dst.node == self.name:
+            inbox = self._inboxes.get(item.dst.name)
+            if inbox is not None:
+                inbox.send_nowait(item)  # the common case, without the layers below
+                return
+        try:
+            self._route_nowait(item)
+        except ActorNotFound as exc:
+            if type(item) is Envelope and item.corr:
+                self._route_nowait(Reply(item.src.node if item.src else "", item.corr,
+                                         error_reply(exc)))
+            else:
+                log.warning("dropped %s for %s: %s", type(item).__name__, _dst(item), exc)
+
     def attach_link(self, link: Link) -> None:
         """Route messages for `link.peer` through `link` (replacing an older link)."""
         self._links[link.peer] = link
@@ -269,10 +488,11 @@ class Node:
         """Stop routing through `link`; fail calls waiting on its peer."""
         if self._links.get(link.peer) is link:
             del self._links[link.peer]
-            for pending in self._pending.values():
-                if pending.dst_node == link.peer and not pending.done.is_set():
-                    pending.error = ActorNotFound(f"connection to node {link.peer!r} lost")
-                    pending.done.set()
+            lost = [corr for corr, p in self._pending.items() if p.dst_node == link.peer]
+            for corr in lost:
+                pending = self._settle(corr)
+                assert pending is not None
+                pending.error = ActorNotFound(f"connection to node {link.peer!r} lost")
 
     def connected_nodes(self) -> list[str]:
         """Names of the nodes with a link attached."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 
+import attrs
 import pytest
 
 from gotask._errors import (
@@ -80,24 +81,72 @@ def test_proofs_are_hmac_sha256_over_both_nonces_and_names() -> None:
     (hello,) = d.start()
     lis.start()
     (welcome,) = lis.receive(hello)
-    assert isinstance(welcome, Welcome)
-    names = b"\x00\x08worker-1" + b"\x00\x05owner"
-    data = b"gotask-listener" + b"\x00\x00\x00\x01" + nonce(1) + nonce(2) + names
-    assert welcome.proof == hmac.new(SECRET, data, hashlib.sha256).digest()
+    assert welcome == Welcome(1, "owner", nonce(2))
     (auth,) = d.receive(welcome)
     assert isinstance(auth, Auth)
-    data = b"gotask-dialer" + data[len(b"gotask-listener") :]
+    names = b"\x00\x08worker-1" + b"\x00\x05owner"
+    data = b"gotask-dialer" + b"\x00\x00\x00\x01" + nonce(1) + nonce(2) + names
     assert auth.proof == hmac.new(SECRET, data, hashlib.sha256).digest()
+    (ok,) = lis.receive(auth)
+    assert isinstance(ok, AuthOk)
+    data = b"gotask-listener" + data[len(b"gotask-dialer") :]
+    assert ok.proof == hmac.new(SECRET, data, hashlib.sha256).digest()
+    assert d.receive(ok) == []
+    assert d.done and lis.done
 
 
-def test_wrong_secret_is_caught_by_the_dialer_first() -> None:
+def test_welcome_carries_no_proof_and_does_not_depend_on_the_secret() -> None:
+    # What an unauthenticated dialer gets to see is the same whatever the secret: there
+    # is nothing in it to brute-force the secret from offline.
+    assert [field.name for field in attrs.fields(Welcome)] == ["version", "node", "nonce"]
+    welcomes = []
+    for secret in (SECRET, OTHER, None):
+        lis = listener(secret)
+        lis.start()
+        welcomes += lis.receive(Hello((1,), "worker-1", nonce(1)))
+    assert welcomes == [Welcome(1, "owner", nonce(2))] * 3
+
+
+def test_wrong_secret_is_refused_by_the_listener_before_it_proves_anything() -> None:
     d, lis = dialer(OTHER), listener()
-    with pytest.raises(AuthenticationError, match="did not prove"):
-        run(d, lis)
-    assert d.error_reply == WireError("auth", "authentication failed", True)
+    lis.start()
+    (hello,) = d.start()
+    sent_by_listener = lis.receive(over_the_wire(hello))
+    (auth,) = d.receive(over_the_wire(sent_by_listener[0]))
+    with pytest.raises(AuthenticationError, match="dialer 'worker-1' did not prove"):
+        lis.receive(over_the_wire(auth))
+    # The listener's whole side of the exchange: a Welcome without proof, then the error.
+    assert sent_by_listener == [Welcome(1, "owner", nonce(2))]
+    assert lis.error_reply == WireError("auth", "authentication failed", True)
+    assert d.error_reply is None
     assert not d.done and not lis.done
-    with pytest.raises(AuthenticationError, match="refused"):
-        lis.receive(d.error_reply)
+    with pytest.raises(AuthenticationError, match="refused the handshake: auth"):
+        d.receive(lis.error_reply)
+    with pytest.raises(LocalProtocolError, match="failed"):
+        lis.receive(auth)
+
+
+def test_listener_checks_the_proof_with_compare_digest(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gotask.transports import _handshake
+
+    compared: list[tuple[bytes, bytes]] = []
+    real_compare_digest = hmac.compare_digest
+
+    def compare_digest(a: bytes, b: bytes) -> bool:
+        compared.append((a, b))
+        return real_compare_digest(a, b)
+
+    monkeypatch.setattr(_handshake.hmac, "compare_digest", compare_digest)
+    d, lis = dialer(), listener()
+    lis.start()
+    (hello,) = d.start()
+    (auth,) = d.receive(lis.receive(hello)[0])
+    compared.clear()
+    (ok,) = lis.receive(auth)
+    assert compared and compared[-1][0] == auth.proof  # the listener's check of Auth
+    compared.clear()
+    d.receive(ok)
+    assert compared and compared[-1][0] == ok.proof  # the dialer's check of AuthOk
 
 
 def test_dialer_without_secret_is_refused_by_listener_with_one() -> None:
@@ -114,6 +163,8 @@ def test_listener_without_secret_is_refused_by_dialer_with_one() -> None:
     with pytest.raises(AuthenticationError, match="listener 'owner' did not prove"):
         run(d, lis)
     assert d.error_reply is not None and d.error_reply.code == "auth"
+    # The listener checks nothing without a secret; the dialer's error frame closes it.
+    assert lis.done and not d.done
 
 
 def test_version_mismatch() -> None:
@@ -136,7 +187,7 @@ def test_dialer_rejects_a_version_it_did_not_offer() -> None:
     d = dialer()
     d.start()
     with pytest.raises(AuthenticationError, match="version 7"):
-        d.receive(Welcome(7, "owner", nonce(2), b""))
+        d.receive(Welcome(7, "owner", nonce(2)))
 
 
 @pytest.mark.parametrize("bad", [b"", b"\x01" * 16, b"\x01" * 33])
@@ -152,7 +203,7 @@ def test_dialer_rejects_a_short_nonce() -> None:
     d = dialer()
     d.start()
     with pytest.raises(AuthenticationError, match="32 bytes"):
-        d.receive(Welcome(1, "owner", b"\x02" * 8, b""))
+        d.receive(Welcome(1, "owner", b"\x02" * 8))
 
 
 def test_listener_rejects_its_own_nonce_replayed() -> None:
@@ -166,7 +217,7 @@ def test_dialer_rejects_its_own_nonce_replayed() -> None:
     d = dialer()
     d.start()
     with pytest.raises(AuthenticationError, match="replayed our own nonce"):
-        d.receive(Welcome(1, "owner", nonce(1), b"x" * 32))
+        d.receive(Welcome(1, "owner", nonce(1)))
 
 
 def test_replayed_auth_from_another_connection_is_refused() -> None:
@@ -183,12 +234,30 @@ def test_replayed_auth_from_another_connection_is_refused() -> None:
 
 
 def test_listener_proof_reflected_as_auth_is_refused() -> None:
-    lis = listener()
+    d, lis = dialer(), listener()
+    (hello,) = d.start()
     lis.start()
-    (welcome,) = lis.receive(Hello((1,), "worker-1", nonce(1)))
-    assert isinstance(welcome, Welcome)
-    with pytest.raises(AuthenticationError):
-        lis.receive(Auth(welcome.proof))
+    (auth,) = d.receive(lis.receive(hello)[0])
+    (ok,) = lis.receive(auth)
+    assert isinstance(ok, AuthOk)
+    # The same connection parameters (nonces, names, version), the listener's proof
+    # offered as the dialer's: the role label makes it worthless.
+    again = listener()
+    again.start()
+    again.receive(hello)
+    with pytest.raises(AuthenticationError, match="did not prove"):
+        again.receive(Auth(ok.proof))
+
+
+def test_dialer_proof_reflected_in_authok_is_refused() -> None:
+    # A fake listener without the secret echoes the dialer's own proof back as its own.
+    d = dialer()
+    d.start()
+    (auth,) = d.receive(Welcome(1, "owner", nonce(2)))
+    assert isinstance(auth, Auth)
+    with pytest.raises(AuthenticationError, match="listener 'owner' did not prove"):
+        d.receive(AuthOk(auth.proof))
+    assert not d.done
 
 
 @pytest.mark.parametrize(
@@ -201,22 +270,32 @@ def test_listener_proof_reflected_as_auth_is_refused() -> None:
     ids=["empty", "zeros", "other-key"],
 )
 def test_dialer_rejects_an_impersonating_listener(proof: bytes) -> None:
+    # An impersonator accepts any Auth; the dialer catches it at AuthOk.
     d = dialer()
     d.start()
-    with pytest.raises(AuthenticationError, match="did not prove"):
-        d.receive(Welcome(1, "owner", nonce(2), proof))
+    (auth,) = d.receive(Welcome(1, "owner", nonce(2)))
+    assert isinstance(auth, Auth)
+    with pytest.raises(AuthenticationError, match="listener 'owner' did not prove"):
+        d.receive(AuthOk(proof))
     assert not d.done
+    assert d.error_reply == WireError("auth", "authentication failed", True)
+    with pytest.raises(LocalProtocolError, match="failed"):
+        d.receive(AuthOk(proof))
 
 
 def test_dialer_rejects_a_proof_from_another_connection() -> None:
-    # The attacker relays a genuine listener's Welcome made for another dialer nonce.
+    # The attacker relays a genuine listener's AuthOk made for another dialer nonce.
+    other = DialerHandshake(SECRET, "worker-1", nonce(9))
     genuine = listener()
     genuine.start()
-    (welcome,) = genuine.receive(Hello((1,), "worker-1", nonce(9)))
+    (welcome,) = genuine.receive(other.start()[0])
+    (ok,) = genuine.receive(other.receive(welcome)[0])
+    assert isinstance(ok, AuthOk)
     d = dialer()
     d.start()
+    d.receive(welcome)
     with pytest.raises(AuthenticationError, match="did not prove"):
-        d.receive(welcome)
+        d.receive(ok)
 
 
 def test_peer_node_name_is_checked() -> None:
@@ -227,7 +306,7 @@ def test_peer_node_name_is_checked() -> None:
     d = dialer()
     d.start()
     with pytest.raises(AuthenticationError, match="node name"):
-        d.receive(Welcome(1, "x" * 201, nonce(2), b""))
+        d.receive(Welcome(1, "x" * 201, nonce(2)))
 
 
 def test_messages_out_of_order_fail_the_handshake() -> None:
@@ -240,7 +319,16 @@ def test_messages_out_of_order_fail_the_handshake() -> None:
     with pytest.raises(AuthenticationError, match="unexpected Ping"):
         d.receive(Ping(1))
     with pytest.raises(LocalProtocolError, match="failed"):
-        d.receive(AuthOk())
+        d.receive(AuthOk(b""))
+    d = dialer()
+    d.start()
+    with pytest.raises(AuthenticationError, match="unexpected AuthOk"):
+        d.receive(AuthOk(b"x" * 32))  # AuthOk before Welcome
+    lis = listener()
+    lis.start()
+    lis.receive(Hello((1,), "worker-1", nonce(1)))
+    with pytest.raises(AuthenticationError, match="unexpected Hello"):
+        lis.receive(Hello((1,), "worker-1", nonce(1)))
 
 
 def test_receive_before_start_or_after_done_is_a_local_error() -> None:
@@ -249,7 +337,7 @@ def test_receive_before_start_or_after_done_is_a_local_error() -> None:
     d, lis = dialer(), listener()
     run(d, lis)
     with pytest.raises(LocalProtocolError, match="done"):
-        d.receive(AuthOk())
+        d.receive(AuthOk(b""))
 
 
 @pytest.mark.parametrize(

@@ -52,8 +52,11 @@ async def test_secret_is_checked(autojump_clock: Any) -> None:
     net = MemoryNetwork()
     async with open_node("a") as a, open_node("b") as b:
         await net.serve(b, secret=b"right")
-        with pytest.raises(AuthenticationError, match="did not prove the shared secret"):
+        before = trio.current_time()
+        # The listener checks the dialer's proof first and refuses it, after the delay.
+        with pytest.raises(AuthenticationError, match="refused the handshake: auth"):
             await net.connect(a, "b", secret=b"wrong")
+        assert trio.current_time() - before >= LinkOptions().auth_failure_delay_s
         before = trio.current_time()
         with pytest.raises(AuthenticationError, match="refused the handshake: auth"):
             await net.connect(a, "b")

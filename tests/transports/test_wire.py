@@ -32,8 +32,11 @@ from gotask.runtime.message import (
     Message,
     message,
 )
+from gotask.transports import _wire
 from gotask.transports._handshake import Ping, WireError
 from gotask.transports._wire import (
+    ADDRESS_CACHE_MAX,
+    ADDRESS_INTERN_CHARS_MAX,
     CLOSED,
     CONTAINER_LEN_MAX,
     DEPTH_MAX,
@@ -134,6 +137,28 @@ class Validated:
     n: int = attrs.field(validator=attrs.validators.ge(0))
 
 
+@message("t.w.post")
+@attrs.frozen
+class PostInit:
+    n: int
+
+    def __attrs_post_init__(self) -> None:
+        if self.n == 13:
+            raise ValueError("unlucky")
+
+
+@message("t.w.conv")
+@attrs.frozen
+class Converted:
+    n: int = attrs.field(converter=abs)
+
+
+@message("t.w.hashed")
+@attrs.frozen(cache_hash=True)
+class CachedHash:
+    n: int
+
+
 @message("t.w.tree")
 @attrs.frozen
 class Tree:
@@ -214,6 +239,80 @@ def reject(body: bytes) -> InvalidMessage:
 @pytest.mark.parametrize("msg", SAMPLES, ids=lambda m: type(m).__name__)
 def test_roundtrip_samples(msg: object) -> None:
     assert decode(encode(msg)) == msg
+
+
+def test_decoded_objects_are_whole_frozen_instances() -> None:
+    # Most classes are built by setting their slots directly: check nothing is missing.
+    for msg in [*SAMPLES, PostInit(1), Converted(2), CachedHash(3)]:
+        decoded = decode(encode(msg))
+        assert type(decoded) is type(msg)
+        assert decoded == msg and repr(decoded) == repr(msg)
+        try:
+            expected_hash = hash(msg)
+        except TypeError:  # a dict field
+            pass
+        else:
+            assert hash(decoded) == expected_hash
+        assert attrs.asdict(decoded, recurse=False) == attrs.asdict(msg, recurse=False)
+        for field in attrs.fields(type(msg)):
+            with pytest.raises(attrs.exceptions.FrozenInstanceError):
+                setattr(decoded, field.name, None)
+
+
+def test_classes_with_init_logic_are_built_through_their_init() -> None:
+    assert decode(pack("t.w.conv", -5)) == Converted(5)  # the converter ran
+    err = reject(pack("t.w.post", 13))  # so did __attrs_post_init__
+    assert err.field == "PostInit" and "unlucky" in str(err)
+    assert decode(pack("t.w.post", 12)) == PostInit(12)
+    for cls in (Converted, PostInit, CachedHash, Validated):
+        assert _wire._slot_setters(cls, attrs.fields(cls)) is None, cls
+    for cls in (Envelope, Address, Scalars, Tree, Empty, KwOnly):
+        assert _wire._slot_setters(cls, attrs.fields(cls)) is not None, cls
+
+
+def test_decoded_addresses_are_interned() -> None:
+    first = decode(encode(Envelope(ADDR, Address("n2", "$call"), 7, Ping(1))))
+    second = decode(encode(Envelope(ADDR, Address("n2", "$call"), 8, Ping(2))))
+    assert isinstance(first, Envelope) and isinstance(second, Envelope)
+    assert first.dst == ADDR and first.dst is second.dst and first.src is second.src
+    nested = decode(encode(Containers((), (), (ADDR,), (), (), {}, {"a": ADDR}, ())))
+    assert isinstance(nested, Containers)
+    assert nested.addrs[0] is first.dst and nested.by_name["a"] is first.dst
+
+
+def test_the_address_cache_is_bounded() -> None:
+    for i in range(ADDRESS_CACHE_MAX + 10):
+        assert decode(encode(Envelope(Address("n", f"a{i}"), None, 0, Ping(i)))).dst.name == f"a{i}"
+        assert len(_wire._ADDRESSES) <= ADDRESS_CACHE_MAX
+    # Long addresses decode but are not kept: the cache stays small whatever comes in.
+    _wire._ADDRESSES.clear()
+    long = Address("n", "x" * ADDRESS_INTERN_CHARS_MAX)
+    for _ in range(2):
+        assert decode(encode(Envelope(long, None, 0, Ping(1)))).dst == long
+    assert _wire._ADDRESSES == {}
+
+
+def test_a_cached_address_accepts_nothing_a_full_decode_refuses() -> None:
+    good = ["addr", "n1", "broker"]
+    assert decode(pack("env", good, None, 0, ["w.ping", 1])).dst == ADDR  # now cached
+    # Equal-looking values of other types: bytes, a map (unhashable), extra fields.
+    for bad, field in [
+        (["addr", b"n1", "broker"], "Envelope.dst.Address.node"),
+        (["addr", "n1", {"k": "broker"}], "Envelope.dst.Address.name"),
+        (["addr", "n1", "broker", "x"], "Envelope.dst.Address"),
+        (["addr", "n1"], "Envelope.dst.Address.name"),
+        (["w.ping", 1], "Envelope.dst"),
+    ]:
+        assert reject(pack("env", bad, None, 0, ["w.ping", 1])).field == field, bad
+    # Depth: a cached address nested one level too deep is still refused.
+    ok: Any = ["t.w.opt", None, None, good, None, 1]
+    for _ in range(DEPTH_MAX - 2):
+        ok = ["t.w.wrap", SCALARS_ARRAY, ok]
+    assert decode(msgpack.packb(ok)) is not None
+    too_deep: Any = ["t.w.opt", None, None, good, None, 1]
+    for _ in range(DEPTH_MAX - 1):
+        too_deep = ["t.w.wrap", SCALARS_ARRAY, too_deep]
+    assert "nested deeper" in str(reject(msgpack.packb(too_deep)))
 
 
 def test_float_field_accepts_int_and_converts() -> None:
@@ -796,6 +895,12 @@ def test_encode_unregistered_class() -> None:
         (Anything(ADDR, {}), "Anything.value"),
         (Anything({1: 2}, {}), "Anything.value"),
         (Anything(object(), {}), "Anything.value"),
+        (Envelope(Address("n", 5), None, 0, Empty()), "Envelope.dst.Address.name"),  # type: ignore[arg-type]
+        (Envelope(Address(b"n", "a"), None, 0, Empty()), "Envelope.dst.Address.node"),  # type: ignore[arg-type]
+        (Envelope(ADDR, Address("n", None), 0, Empty()), "Envelope.src.Address.name"),  # type: ignore[arg-type]
+        (Envelope(Ping(1), None, 0, Empty()), "Envelope.dst"),  # type: ignore[arg-type]
+        (Envelope(None, None, 0, Empty()), "Envelope.dst"),  # type: ignore[arg-type]
+        (Optionals(None, None, Ping(1), None, 1), "Optionals.addr"),  # type: ignore[arg-type]
     ],
 )
 def test_encode_wrong_field_type_names_the_field(msg: object, field: str) -> None:

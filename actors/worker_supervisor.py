@@ -56,6 +56,9 @@ __all__ = ["WorkerConfig", "WorkerCore", "run_workers"]
 
 log = logging.getLogger("gotask.workers")
 CHECKPOINT_EVERY = 16
+FLUSHERS = 3
+#: Errors a storage actor answers with that mean "not now", not "never".
+RETRYABLE_REMOTE = frozenset({"StorageUnavailable", "CallTimeout"})
 #: Largest result kept, so that a batch of acknowledgements fits the wire's frames.
 RESULT_BYTES_MAX = 256 * 1024
 CHUNK_BYTES_MAX = 768 * 1024
@@ -95,28 +98,53 @@ class WorkerCore:
     releases: list[LeaseToken] = attrs.Factory(list)
     progress: dict[str, ProgressItem] = attrs.Factory(dict)
     dropped: int = 0
+    unstored: dict[LeaseToken, None] = attrs.Factory(dict)
 
     def add(self, jobs: tuple[JobRecord, ...]) -> None:
-        """Leased jobs arrived."""
+        """Leased jobs arrived. A new lease of a job this node still runs under an older
+        attempt proves that attempt stale (storage leases a job only once its previous
+        lease is closed): it is cancelled and will not be settled."""
         self.ready.extend(jobs)
         for job in jobs:
+            older = self.running.get(job.id)
+            if older is not None:
+                older.stale = True
+                _cancel(older)
             self.running[job.id] = _Running(job)
 
     def tokens(self) -> list[LeaseToken]:
-        """Every lease this node holds and has not settled."""
-        return [r.record.token for r in self.running.values()]
+        """Every lease this node holds and storage has not settled: running jobs, and
+        finished ones whose outcome is not stored yet (their leases must not expire
+        while the outcome waits, or the job runs again)."""
+        return [r.record.token for r in self.running.values()] + list(self.unstored)
 
-    def settle(self, job_id: str, item: AckItem | NackItem | None) -> None:
+    def settle(self, record: JobRecord, item: AckItem | NackItem | None) -> None:
         """A job finished; `item` is its outcome, None when it must not be settled."""
-        run = self.running.pop(job_id, None)
+        run = self.running.get(record.id)
+        if run is not None and run.record.attempt == record.attempt:
+            del self.running[record.id]
+        else:
+            run = None  # a newer lease of the job replaced this one
         if run is not None and run.released:
-            self.releases.append(run.record.token)
+            token = run.record.token
+            self.releases.append(token)
         elif isinstance(item, AckItem):
+            token = LeaseToken(item.job_id, item.attempt)
             self.acks.append(item)
         elif isinstance(item, NackItem):
+            token = LeaseToken(item.job_id, item.attempt)
             self.nacks.append(item)
         else:
             self.dropped += 1
+            return
+        self.unstored[token] = None
+
+    def stored(self, cmd: AckJobs | NackJobs | ReleaseJobs) -> None:
+        """Storage answered `cmd`: its leases need no more heartbeats from here."""
+        tokens = cmd.tokens if isinstance(cmd, ReleaseJobs) else (
+            LeaseToken(item.job_id, item.attempt) for item in cmd.items)
+        for token in tokens:
+            self.unstored.pop(token, None)
 
     def take(self) -> _Taken:
         """Take every buffered outcome, and how many slots they free."""
@@ -183,7 +211,8 @@ async def run_workers(
     async with trio.open_nursery() as nursery:
         for _ in range(config.concurrency):
             nursery.start_soon(_worker, pool)
-        nursery.start_soon(_flusher, pool)
+        for _ in range(FLUSHERS):
+            nursery.start_soon(_flusher, pool)
         nursery.start_soon(_heartbeater, pool)
         task_status.started()
         await _inbox_loop(pool)
@@ -218,7 +247,7 @@ async def _worker(pool: _Pool) -> None:
             continue
         record = pool.core.ready.popleft()
         item = await _run_one(pool, record)
-        pool.core.settle(record.id, item)
+        pool.core.settle(record, item)
         pool.wake_flusher()
         done += 1
         if done % CHECKPOINT_EVERY == 0:
@@ -227,7 +256,7 @@ async def _worker(pool: _Pool) -> None:
 
 async def _run_one(pool: _Pool, record: JobRecord) -> AckItem | NackItem | None:
     run = pool.core.running.get(record.id)
-    if run is None or run.stale or run.released:
+    if run is None or run.record.attempt != record.attempt or run.stale or run.released:
         return None
     try:
         task = pool.app.get(record.task)
@@ -330,6 +359,8 @@ def _store_progress(pool: _Pool, item: ProgressItem) -> None:
 
 
 async def _flusher(pool: _Pool) -> None:
+    # FLUSHERS of these run at once: while one waits for storage's answer, the next
+    # takes the outcomes buffered meanwhile, so storage is never idle between batches.
     while True:
         await pool.flush_needed.wait()
         pool.flush_needed = trio.Event()
@@ -338,6 +369,7 @@ async def _flusher(pool: _Pool) -> None:
             await _store(pool, ReportProgress(tuple(prog)))
         for cmd in _chunks(acks, AckJobs) + _chunks(nacks, NackJobs) + _chunks(rel, ReleaseJobs):
             await _store(pool, cmd)
+            pool.core.stored(cmd)
         if freed:
             await pool.ctx.send(pool.dispatcher, SlotsFreed(freed))
 
@@ -376,8 +408,11 @@ async def _store(pool: _Pool, cmd: Any) -> Any:
         try:
             return await pool.ctx.call(pool.storage, cmd, timeout_s=30)
         except RemoteActorError as exc:
-            log.error("storage rejected %s: %s", type(cmd).__name__, exc)
-            return None
+            if exc.type_name not in RETRYABLE_REMOTE:
+                log.error("storage rejected %s: %s", type(cmd).__name__, exc)
+                return None
+            log.warning("storage unavailable for %s (%s); retrying", type(cmd).__name__, exc)
+            await trio.sleep(pool.config.retry_backoff_s * pool.world.jitter(0.5, 1.5))
         except (ActorError, trio.BrokenResourceError) as exc:
             log.warning("storage %s failed on %s (%s); retrying", pool.storage,
                         type(cmd).__name__, exc)
@@ -404,8 +439,10 @@ async def _drain(pool: _Pool, grace_s: float) -> None:
     await pool.ctx.call(pool.dispatcher, PauseWorkers(True))
     while pool.core.ready:
         record = pool.core.ready.popleft()
-        pool.core.running[record.id].released = True
-        pool.core.settle(record.id, None)
+        run = pool.core.running.get(record.id)
+        if run is not None and run.record.attempt == record.attempt:
+            run.released = True
+        pool.core.settle(record, None)
     with trio.move_on_after(grace_s):
         while pool.core.running:
             await trio.sleep(0.05)

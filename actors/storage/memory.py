@@ -224,11 +224,18 @@ class MemoryStorageCore:
     Args:
         jobs_max: most jobs held at once (finished ones count until purged).
         nodes_max: most registered nodes, and most nodes whose fairness state is kept.
+        accept_stale_acks: TEST-ONLY planted bug, never set outside the simulation's
+            self-test: an ack of a stale token is accepted while the job is active (the
+            fencing checks the state but not the attempt).
     """
 
-    def __init__(self, jobs_max: int = 10_000_000, nodes_max: int = 10_000) -> None:
+    def __init__(
+        self, jobs_max: int = 10_000_000, nodes_max: int = 10_000, *,
+        accept_stale_acks: bool = False,
+    ) -> None:
         self.jobs_max = jobs_max
         self.nodes_max = nodes_max
+        self.accept_stale_acks = accept_stale_acks
         self._jobs: dict[str, _Job] = {}
         self._keys: dict[str, str] = {}
         self._queues: dict[str, _Queue] = {}
@@ -484,6 +491,8 @@ class MemoryStorageCore:
         for item in cmd.items:
             job = jobs.get(item.job_id)
             status = _fence(job, item.attempt)
+            if status is STALE and self.accept_stale_acks and job and job.state is ACTIVE:
+                status = OK
             if status is OK:
                 assert job is not None
                 job.settled_attempt = item.attempt

@@ -1,0 +1,43 @@
+"""Every scenario, a fixed set of seeds: no invariant may be violated."""
+
+from __future__ import annotations
+
+import pytest
+
+from simulations.harness import simulate
+from simulations.invariants import check
+from simulations.scenarios import load
+from simulations.sweep import replay_command
+
+SEEDS = (1, 2)
+
+
+@pytest.mark.parametrize("name", sorted(load()))
+def test_scenario_holds_its_invariants(name: str) -> None:
+    for seed in SEEDS:
+        result = simulate(load()[name], seed)
+        report = check(result)
+        assert report.ok, "\n".join([*report.violations, replay_command(name, seed)])
+        assert report.jobs > 0
+        assert result.drained_at is not None
+
+
+def test_every_scenario_is_listed_with_a_summary() -> None:
+    scenarios = load()
+    assert len(scenarios) >= 11
+    assert all(s.doc and s.doc != s.name for s in scenarios.values())
+
+
+def test_faults_do_what_they_claim() -> None:
+    """The scenarios' faults leave their marks: duplicates of the right kind, a poison
+    job in the DLQ, a repeated ack answered "duplicate", a full link buffer."""
+    reports = {name: check(simulate(load()[name], 1))
+               for name in ("node_crash", "zombie_worker", "rolling_restart", "poison_job")}
+    assert reports["node_crash"].duplicates.get("worker loss", 0) > 0
+    assert reports["zombie_worker"].duplicates.get("stalled worker", 0) > 0
+    assert reports["rolling_restart"].duplicates.get("drain", 0) > 0
+    assert reports["poison_job"].outcomes.get("dead", 0) >= 2
+    acked = simulate(load()["ack_reply_lost"], 3)
+    assert any(" duplicate" in line for line in acked.history.lines() if "complete" in line)
+    burst = simulate(load()["burst"], 1)
+    assert burst.peak_in_flight == burst.spec.outbound_max

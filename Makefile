@@ -25,6 +25,9 @@ unit: $(STAMP)
 
 test: lint unit
 
+sweep: $(STAMP)
+	$(BIN)/python -m simulations sweep --seeds 1000
+
 bench: $(STAMP)
 	$(BIN)/gotask bench runtime
 

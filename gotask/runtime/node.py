@@ -124,7 +124,11 @@ class Node:
     _inboxes: dict[str, trio.MemorySendChannel[Envelope]] = attrs.Factory(dict)
     _links: dict[str, Link] = attrs.Factory(dict)
     _pending: dict[int, _Pending] = attrs.Factory(dict)
-    _corr: itertools.count[int] = attrs.Factory(lambda: itertools.count(1))
+    # Correlation ids start at a random point (from the World, so simulations replay):
+    # a node that restarts under the same name must not take a late reply meant for
+    # its previous incarnation as the answer to a new call.
+    _corr: itertools.count[int] = attrs.Factory(
+        lambda self: itertools.count(self.world.rng.getrandbits(53) + 1), takes_self=True)
     _caller: Address = attrs.field(init=False)
     #: (deadline, corr) of waiting calls, with stale entries of settled ones.
     _deadlines: list[tuple[float, int]] = attrs.field(init=False, factory=list)

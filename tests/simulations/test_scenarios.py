@@ -41,3 +41,18 @@ def test_faults_do_what_they_claim() -> None:
     assert any(" duplicate" in line for line in acked.history.lines() if "complete" in line)
     burst = simulate(load()["burst"], 1)
     assert burst.peak_in_flight == burst.spec.outbound_max
+
+
+#: Seeds that once found real bugs: a node restarted under the same name took a late
+#: reply meant for its previous incarnation (correlation ids restarted at 1), and a
+#: worker ran an older attempt of a job it had just leased again.
+REGRESSIONS = (
+    ("poison_job", 65), ("poison_job", 356), ("poison_job", 521),
+    ("node_crash", 449), ("node_crash", 741), ("zombie_worker", 515),
+)
+
+
+@pytest.mark.parametrize(("name", "seed"), REGRESSIONS)
+def test_seeds_that_found_bugs_stay_clean(name: str, seed: int) -> None:
+    report = check(simulate(load()[name], seed))
+    assert report.ok, "\n".join([*report.violations, replay_command(name, seed)])

@@ -40,8 +40,10 @@ class DispatcherConfig:
     prefetch: int = 64
     lease_timeout_s: float = 30.0
     wait_s: float = 5.0
-    lease_max: int = 256
-    leases_in_flight: int = 2
+    lease_max: int = 512
+    #: Lease requests at storage at once: 1 suits local memory storage; a remote store
+    #: gains from 2 (each with half the slots).
+    leases_in_flight: int = 1
     retry_backoff_s: float = 0.5
 
 

@@ -130,19 +130,22 @@ async def _connect_redis(config: NodeConfig, resources: AsyncExitStack) -> Any:
 async def _start_actors(server: Server) -> None:
     node, config, storage = server.node, server.config, server.storage
     workers, dispatcher = node.address(WORKERS), node.address(DISPATCHER)
+    # A store behind a thread hop or a network keeps more requests in flight.
+    local = storage.node == node.name and config.storage.startswith("memory://")
     await node.start_actor(BROKER, functools.partial(
         run_broker, app=config.app, storage=storage, dispatcher=dispatcher), inbox_max=4096)
     await node.start_actor(WORKERS, functools.partial(
         run_workers, app=config.app, storage=storage, dispatcher=dispatcher,
         config=WorkerConfig(concurrency=config.concurrency, threads=config.threads,
                             lease_timeout_s=config.lease_timeout_s,
-                            heartbeat_s=config.heartbeat_s)))
+                            heartbeat_s=config.heartbeat_s, flushers=1 if local else 3)))
     await node.start_actor(DISPATCHER, functools.partial(
         run_dispatcher, storage=storage, workers=workers,
         config=DispatcherConfig(
             queues=tuple(QueueWeight(q, w) for q, w in config.queues),
             concurrency=config.concurrency, prefetch=config.concurrency,
-            lease_timeout_s=config.lease_timeout_s)))
+            lease_timeout_s=config.lease_timeout_s,
+            lease_max=512 if local else 256, leases_in_flight=1 if local else 2)))
     await node.start_actor(SCHEDULER, functools.partial(run_scheduler, storage=storage))
     await node.start_actor(REAPER, functools.partial(
         run_reaper, storage=storage, node_info=functools.partial(_node_info, server)))

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import traceback
 from collections import deque
 from typing import Any
@@ -30,7 +31,7 @@ import attrs
 import msgpack
 import trio
 
-from gotask._app import App, JobContext, set_current_job, unpack_args
+from gotask._app import App, JobContext, reset_current_job, set_current_job, unpack_args
 from gotask._errors import ActorError, JobCancelled, JobTimeout, RemoteActorError
 from gotask._job import JobRecord, LeaseToken
 from gotask._messages import CancelRunning, Drain, PauseWorkers, RunJobs, SlotsFreed
@@ -56,6 +57,10 @@ __all__ = ["WorkerConfig", "WorkerCore", "run_workers"]
 
 log = logging.getLogger("gotask.workers")
 CHECKPOINT_EVERY = 16
+#: Workers woken and not yet running, at most. A worker that takes a job while more
+#: wait wakes the next one, so quick jobs cost a task switch per few jobs, not one per
+#: job, while jobs that block still spread over every slot within a few scheduler rounds.
+WAKING_MAX = 2
 #: Errors a storage actor answers with that mean "not now", not "never".
 RETRYABLE_REMOTE = frozenset({"StorageUnavailable", "CallTimeout"})
 #: Largest result kept, so that a batch of acknowledgements fits the wire's frames.
@@ -189,6 +194,7 @@ class _Pool:
     idle: trio.lowlevel.ParkingLot = attrs.Factory(trio.lowlevel.ParkingLot)
     flush_needed: trio.Event = attrs.Factory(trio.Event)
     limiter: trio.CapacityLimiter = attrs.field(default=None)
+    waking: int = 0
 
     @property
     def world(self) -> World:
@@ -196,6 +202,12 @@ class _Pool:
 
     def wake_flusher(self) -> None:
         self.flush_needed.set()
+
+    def wake_worker(self) -> None:
+        """Wake idle workers for the ready jobs, keeping at most WAKING_MAX on the way."""
+        want = min(WAKING_MAX - self.waking, len(self.core.ready))
+        if want > 0:
+            self.waking += len(self.idle.unpark(count=want))
 
 
 async def run_workers(
@@ -227,7 +239,7 @@ async def _inbox_loop(pool: _Pool) -> None:
             match env.msg:
                 case RunJobs(jobs=jobs):
                     pool.core.add(jobs)
-                    pool.idle.unpark(count=len(jobs))
+                    pool.wake_worker()
                 case CancelRunning(tokens=tokens):
                     pool.core.heartbeat_answers(list(tokens), (Status.CANCEL,) * len(tokens))
                 case Drain(grace_s=grace_s):
@@ -242,24 +254,38 @@ async def _inbox_loop(pool: _Pool) -> None:
 
 
 async def _worker(pool: _Pool) -> None:
-    done = 0
+    # One cancel scope serves every job this worker runs until one is cancelled or
+    # times out (entering a trio cancel scope costs more than a no-op job).
     while True:
+        with trio.CancelScope() as scope:
+            await _work(pool, scope)
+
+
+async def _work(pool: _Pool, scope: trio.CancelScope) -> None:
+    done = 0
+    while not scope.cancel_called:
         if not pool.core.ready:
             await pool.idle.park()
+            pool.waking -= 1
             continue
         record = pool.core.ready.popleft()
-        item = await _run_one(pool, record)
+        pool.wake_worker()
+        item = await _run_one(pool, scope, record)
         pool.core.settle(record, item)
         pool.wake_flusher()
         done += 1
-        if done % CHECKPOINT_EVERY == 0:
+        if done % CHECKPOINT_EVERY == 0 and not scope.cancel_called:
             await trio.lowlevel.checkpoint()
 
 
-async def _run_one(pool: _Pool, record: JobRecord) -> AckItem | NackItem | None:
+async def _run_one(
+    pool: _Pool, scope: trio.CancelScope, record: JobRecord
+) -> AckItem | NackItem | None:
     run = pool.core.running.get(record.id)
     if run is None or run.record.attempt != record.attempt or run.stale or run.released:
         return None
+    if run.cancel_requested:
+        return _nack(record, _cancelled(record), None, Outcome.CANCELLED)
     try:
         task = pool.app.get(record.task)
         args, kwargs = unpack_args(record.args)
@@ -268,51 +294,49 @@ async def _run_one(pool: _Pool, record: JobRecord) -> AckItem | NackItem | None:
     jctx = JobContext(record.id, record.attempt, record.task,
                       functools.partial(_report, pool, record), lambda: run.cancel_requested)
     token = set_current_job(jctx)
+    timeout = record.timeout_s if record.timeout_s is not None else task.timeout_s
+    if timeout:
+        scope.deadline = trio.current_time() + timeout
+    run.scope = scope
     try:
-        result = await _call(pool, run, task, args, kwargs)
-    except JobCancelled as exc:
-        return None if run.stale else _nack(record, exc, None, Outcome.CANCELLED)
+        result = await _call(pool, task, args, kwargs)
     except Exception as exc:
         return _failed(pool, record, task, exc)
+    except BaseException as exc:
+        if not (scope.cancel_called and _only_cancelled(exc)):
+            raise  # the node is stopping: not this job's cancellation
+        if run.stale:
+            return None
+        if run.cancel_requested or run.released:
+            return _nack(record, _cancelled(record), None, Outcome.CANCELLED)
+        err = JobTimeout(f"job ran longer than its timeout of {timeout}s")
+        return _failed(pool, record, task, err)
     finally:
-        _reset(token)
+        run.scope = None
+        reset_current_job(token)
+        if timeout and not scope.cancel_called:
+            scope.deadline = math.inf
     return _ack(record, result)
 
 
-def _reset(token: Any) -> None:
-    from gotask._app import _CURRENT
-
-    _CURRENT.reset(token)
+def _cancelled(record: JobRecord) -> JobCancelled:
+    return JobCancelled(f"job {record.id} was cancelled")
 
 
-async def _call(
-    pool: _Pool, run: _Running, task: Any, args: list[Any], kwargs: dict[str, Any]
-) -> Any:
-    timeout = run.record.timeout_s if run.record.timeout_s is not None else task.timeout_s
-    with trio.CancelScope() as scope:
-        run.scope = scope
-        if run.cancel_requested or run.stale:
-            scope.cancel()
-        with trio.fail_after(timeout) if timeout else _nullscope():
-            if task.is_async:
-                return await task.fn(*args, **kwargs)
-            fn = functools.partial(task.fn, *args, **kwargs)
-            return await trio.to_thread.run_sync(fn, limiter=pool.limiter, abandon_on_cancel=True)
-    raise JobCancelled(f"job {run.record.id} was cancelled")
+def _only_cancelled(exc: BaseException) -> bool:
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.split(trio.Cancelled)[1] is None
+    return isinstance(exc, trio.Cancelled)
 
 
-class _nullscope:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
+async def _call(pool: _Pool, task: Any, args: list[Any], kwargs: dict[str, Any]) -> Any:
+    if task.is_async:
+        return await task.fn(*args, **kwargs)
+    fn = functools.partial(task.fn, *args, **kwargs)
+    return await trio.to_thread.run_sync(fn, limiter=pool.limiter, abandon_on_cancel=True)
 
 
 def _failed(pool: _Pool, record: JobRecord, task: Any, exc: Exception) -> NackItem:
-    if isinstance(exc, trio.TooSlowError):
-        limit = record.timeout_s or task.timeout_s
-        exc = JobTimeout(f"job ran longer than its timeout of {limit}s")
     delay = decide(exc, record.attempt, pool.world.rng, task.retry, task.retry_rules)
     outcome = Outcome.DEAD if delay is None else Outcome.RETRY
     return _nack(record, exc, delay, outcome)

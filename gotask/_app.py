@@ -250,3 +250,8 @@ def set_current_job(ctx: JobContext) -> contextvars.Token[JobContext]:
     """Bind `ctx` as the current job (used by the worker supervisor)."""
     return _CURRENT.set(ctx)
 
+
+def reset_current_job(token: contextvars.Token[JobContext]) -> None:
+    """Unbind the job bound by `set_current_job` (used by the worker supervisor)."""
+    _CURRENT.reset(token)
+

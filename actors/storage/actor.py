@@ -106,8 +106,12 @@ async def run_storage(
     task_status.started()
     while True:
         batch: list[Envelope] = []
-        with trio.move_on_at(_next_wakeup(state)):
+        wakeup = _next_wakeup(state)
+        if wakeup == math.inf:  # a cancel scope per batch costs more than a small batch
             batch = await ctx.receive_batch()
+        else:
+            with trio.move_on_at(wakeup):
+                batch = await ctx.receive_batch()
         now = state.clock()
         for env in batch:
             await _handle(ctx, state, env, now)

@@ -165,9 +165,7 @@ async def _serve(ctx: ActorContext, core: BrokerCore, storage: Address,
                  dispatcher: Address | None, nursery: trio.Nursery,
                  in_flight: trio.Semaphore) -> None:
     while True:
-        batch: list[Envelope] = []
-        with trio.move_on_at(core.next_deadline()):
-            batch = await ctx.receive_batch()
+        batch = await ctx.receive_until(core.next_deadline())
         accepted = await _validate(ctx, core, [e for e in batch if isinstance(e.msg, Enqueue)])
         if accepted:
             # Several enqueue batches may be at storage at once; the limiter is the

@@ -45,6 +45,14 @@ class Task:
     retry_rules: tuple[RetryRule, ...] = ()
     timeout_s: float | None = None
     result_ttl_s: float = 86_400.0
+    signature: inspect.Signature = attrs.field(
+        init=False, eq=False, repr=False,
+        default=attrs.Factory(lambda task: inspect.signature(task.fn), takes_self=True))
+    #: (fewest, most) positional arguments when every parameter is plain positional
+    #: or keyword: a call with only positional arguments is checked by counting them.
+    positional: tuple[int, int] | None = attrs.field(
+        init=False, eq=False, repr=False,
+        default=attrs.Factory(lambda task: _positional_range(task.signature), takes_self=True))
 
     def bind_check(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
         """Check that the arguments fit the function's signature.
@@ -52,10 +60,20 @@ class Task:
         Raises:
             InvalidArguments: they do not (the message says why).
         """
+        span = self.positional
+        if span is not None and not kwargs and span[0] <= len(args) <= span[1]:
+            return
         try:
-            inspect.signature(self.fn).bind(*args, **kwargs)
+            self.signature.bind(*args, **kwargs)
         except TypeError as exc:
             raise InvalidArguments(f"task {self.name!r}: {exc}") from None
+
+
+def _positional_range(signature: inspect.Signature) -> tuple[int, int] | None:
+    params = signature.parameters.values()
+    if any(p.kind is not inspect.Parameter.POSITIONAL_OR_KEYWORD for p in params):
+        return None
+    return sum(p.default is inspect.Parameter.empty for p in params), len(params)
 
 
 class App:

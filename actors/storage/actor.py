@@ -105,13 +105,7 @@ async def run_storage(
     state = _State(core, clock or ctx.node.world.wall)
     task_status.started()
     while True:
-        batch: list[Envelope] = []
-        wakeup = _next_wakeup(state)
-        if wakeup == math.inf:  # a cancel scope per batch costs more than a small batch
-            batch = await ctx.receive_batch()
-        else:
-            with trio.move_on_at(wakeup):
-                batch = await ctx.receive_batch()
+        batch = await ctx.receive_until(_next_wakeup(state))
         now = state.clock()
         for env in batch:
             await _handle(ctx, state, env, now)

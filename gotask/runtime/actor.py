@@ -9,6 +9,7 @@ Rules of this module:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -64,6 +65,17 @@ class ActorContext:
         except (trio.WouldBlock, trio.EndOfChannel):
             pass
         return batch
+
+    async def receive_until(self, deadline: float, batch_max: int = BATCH_MAX) -> list[Envelope]:
+        """`receive_batch`, or [] once `deadline` (trio clock) passes with nothing come.
+
+        No deadline (`math.inf`) costs no cancel scope, which costs more than a message.
+        """
+        if deadline == math.inf:
+            return await self.receive_batch(batch_max)
+        with trio.move_on_at(deadline):
+            return await self.receive_batch(batch_max)
+        return []
 
     async def send(self, dst: Address, msg: Any) -> None:
         """Send `msg` to `dst` from this actor (waits only on backpressure)."""

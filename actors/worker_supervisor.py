@@ -105,7 +105,7 @@ class WorkerCore:
     releases: list[LeaseToken] = attrs.Factory(list)
     progress: dict[str, ProgressItem] = attrs.Factory(dict)
     dropped: int = 0
-    unstored: dict[LeaseToken, None] = attrs.Factory(dict)
+    unstored: dict[tuple[str, int], None] = attrs.Factory(dict)  # (job id, attempt)
 
     def add(self, jobs: tuple[JobRecord, ...]) -> None:
         """Leased jobs arrived. A new lease of a job this node still runs under an older
@@ -123,7 +123,8 @@ class WorkerCore:
         """Every lease this node holds and storage has not settled: running jobs, and
         finished ones whose outcome is not stored yet (their leases must not expire
         while the outcome waits, or the job runs again)."""
-        return [r.record.token for r in self.running.values()] + list(self.unstored)
+        return [r.record.token for r in self.running.values()] + [
+            LeaseToken(job_id, attempt) for job_id, attempt in self.unstored]
 
     def settle(self, record: JobRecord, item: AckItem | NackItem | None) -> None:
         """A job finished; `item` is its outcome, None when it must not be settled."""
@@ -133,25 +134,25 @@ class WorkerCore:
         else:
             run = None  # a newer lease of the job replaced this one
         if run is not None and run.released:
-            token = run.record.token
-            self.releases.append(token)
+            self.releases.append(run.record.token)
         elif isinstance(item, AckItem):
-            token = LeaseToken(item.job_id, item.attempt)
             self.acks.append(item)
         elif isinstance(item, NackItem):
-            token = LeaseToken(item.job_id, item.attempt)
             self.nacks.append(item)
         else:
             self.dropped += 1
             return
-        self.unstored[token] = None
+        self.unstored[record.id, record.attempt] = None
 
     def stored(self, cmd: AckJobs | NackJobs | ReleaseJobs) -> None:
         """Storage answered `cmd`: its leases need no more heartbeats from here."""
-        tokens = cmd.tokens if isinstance(cmd, ReleaseJobs) else (
-            LeaseToken(item.job_id, item.attempt) for item in cmd.items)
-        for token in tokens:
-            self.unstored.pop(token, None)
+        pop = self.unstored.pop
+        if isinstance(cmd, ReleaseJobs):
+            for token in cmd.tokens:
+                pop((token.job_id, token.attempt), None)
+        else:
+            for item in cmd.items:
+                pop((item.job_id, item.attempt), None)
 
     def take(self) -> _Taken:
         """Take every buffered outcome, and how many slots they free."""

@@ -29,6 +29,7 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 
+from gotask._client_batch import EnqueueBatcher
 from gotask._client_conn import (
     DEFAULT_NODE,
     WATCH_NAME,
@@ -155,6 +156,7 @@ class AsyncClient:
         self._lost = False
         self._closed = False
         self._watches: dict[str, list[Watch]] = {}
+        self._batcher = EnqueueBatcher(self._send_enqueue)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **options: Any) -> AsyncClient:
@@ -189,6 +191,7 @@ class AsyncClient:
         tg = anyio.create_task_group()
         await tg.__aenter__()
         self._tg, self._dial_lock = tg, anyio.Lock()
+        tg.start_soon(self._batcher.run)
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -206,6 +209,7 @@ class AsyncClient:
 
     def _shut(self) -> None:
         self._closed = True
+        self._batcher.fail_all(anyio.ClosedResourceError("the client is closed"))
         if self._link is not None:
             self._link.close("the client was closed")
 
@@ -379,12 +383,20 @@ class AsyncClient:
         return await self._enqueue_items(items)
 
     async def _enqueue_items(self, items: Sequence[EnqueueItem]) -> list[str]:
+        if (len(items) == 1 and items[0].idempotency_key is None and self._tg is not None
+                and not self._closed):
+            # Concurrent one-job enqueues share messages (see _client_batch); a keyed one
+            # keeps its own, which is resent after a dropped connection.
+            return [await self._batcher.submit(items[0])]
         ids: list[str] = []
         for chunk in chunks(items):
-            safe = all(item.idempotency_key is not None for item in chunk)
-            reply = await self._request(Enqueue(chunk), retry=safe)
-            ids.extend(expect(reply, EnqueueReply).ids)
+            ids.extend(await self._send_enqueue(chunk))
         return ids
+
+    async def _send_enqueue(self, chunk: tuple[EnqueueItem, ...]) -> list[str]:
+        safe = all(item.idempotency_key is not None for item in chunk)
+        reply = expect(await self._request(Enqueue(chunk), retry=safe), EnqueueReply)
+        return list(reply.ids)
 
     # -- jobs ------------------------------------------------------------------------------
 

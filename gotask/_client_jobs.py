@@ -27,7 +27,7 @@ from gotask._errors import (
     RemoteActorError,
     RemoteProtocolError,
 )
-from gotask._job import JobRecord, JobState, NewJob
+from gotask._job import NAME_CHARS_MAX, JobRecord, JobState, NewJob
 from gotask._messages import EnqueueItem
 from gotask.actors.storage.base import BATCH_MAX, GetJobsReply
 from gotask.runtime.message import ErrorReply
@@ -117,13 +117,17 @@ def check_item(task: str, args: Sequence[Any], kwargs: Mapping[str, Any] | None,
     unknown = sorted(set(options) - set(_OPTIONS))
     if unknown:
         raise TypeError(f"unknown enqueue option(s): {', '.join(unknown)}")
-    for name, value in options.items():
-        if value is not None and (isinstance(value, bool) or not isinstance(value, _OPTIONS[name])):
-            raise TypeError(f"{name} must be {_OPTIONS[name][0].__name__}, got {value!r}")
     opts = {k: v for k, v in options.items() if v is not None}
-    opts["delay_s"] = float(opts.get("delay_s", 0.0))
+    for name, value in opts.items():
+        if isinstance(value, bool) or not isinstance(value, _OPTIONS[name]):
+            raise TypeError(f"{name} must be {_OPTIONS[name][0].__name__}, got {value!r}")
+    if "delay_s" in opts:
+        opts["delay_s"] = float(opts["delay_s"])
+        if not opts["delay_s"]:
+            del opts["delay_s"]
     item = EnqueueItem(task, pack_args(args, kwargs), **opts)
-    _check_ranges(item)
+    if opts or not 0 < len(task) <= NAME_CHARS_MAX:  # the defaults are in range
+        _check_ranges(item)
     return item
 
 

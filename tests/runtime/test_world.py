@@ -4,6 +4,8 @@ import random
 
 import pytest
 import trio
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gotask.runtime.world import World, decode_id, encode_id, sim_world
 
@@ -39,6 +41,17 @@ def test_id_string_round_trip_and_rejects() -> None:
         decode_id("U" * 26)
     with pytest.raises(ValueError, match="out of range"):
         encode_id(1 << 128)
+
+
+def _base32_digits(value: int) -> str:
+    alphabet = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+    return "".join(alphabet[(value >> (5 * i)) & 31] for i in reversed(range(26)))
+
+
+@given(st.integers(0, (1 << 128) - 1), st.integers(0, (1 << 128) - 1))
+def test_id_strings_are_base32_digits_and_sort_like_ids(a: int, b: int) -> None:
+    assert encode_id(a) == _base32_digits(a)
+    assert (encode_id(a) < encode_id(b)) == (a < b)
 
 
 def test_same_seed_same_ids() -> None:

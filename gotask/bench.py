@@ -155,6 +155,24 @@ def _forget_storage(storage: str) -> None:
         delete_prefix(storage)
 
 
+def python_mops(loops: int = 1_000_000) -> float:
+    """Millions of iterations per second of a fixed pure-Python loop (dict and list work)
+    on one core, best of three: how fast this machine runs code like GoTask's, so that
+    figures taken on different machines, or days, can be compared."""
+    best = 0.0
+    for _ in range(3):
+        table: dict[int, int] = {}
+        window: list[int] = []
+        start = time.perf_counter()
+        for i in range(loops):
+            table[i & 1023] = i
+            window.append(table[i & 511])
+            if len(window) > 64:
+                window.clear()
+        best = max(best, loops / (time.perf_counter() - start) / 1e6)
+    return round(best, 2)
+
+
 def run_job_bench(args: argparse.Namespace) -> dict[str, Any]:
     """Run the job benchmark `args.runs` times, a fresh node each time; return medians."""
     samples = []
@@ -176,6 +194,7 @@ def run_job_bench(args: argparse.Namespace) -> dict[str, Any]:
         result[key] = round(value, 2) if key.endswith("_ms") else round(value, 1)
     result["runs"] = args.runs
     result["cpus"] = os.cpu_count()
+    result["python_mops"] = python_mops()
     return result
 
 

@@ -28,6 +28,7 @@ from typing import Any
 import attrs
 import trio
 
+from gotask.bench import python_mops
 from gotask.runtime import ActorContext, Address, message, open_node
 
 __all__ = ["main", "run_benchmarks"]
@@ -134,6 +135,7 @@ def run_benchmarks(runs: int = 5, messages: int = 200_000, calls: int = 10_000) 
         "mode": "runtime",
         "runs": runs,
         "cpus": os.cpu_count(),
+        "python_mops": python_mops(),
         "load_avg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "local_msgs_per_s": round(statistics.median(local)),
         "tcp_stream_msgs_per_s": round(statistics.median(r[0] for r in remote)),
@@ -162,6 +164,7 @@ def main(argv: list[str]) -> int:
             sys.stdout.write(f"{key:32} {result[key]:>12,}  (median of {args.runs})\n")
         before, after = result["load_avg_1m"]
         sys.stdout.write(f"{'load average (1 min)':32} {before:>6} before, {after} after\n")
+        sys.stdout.write(f"{'python_mops (machine speed)':32} {result['python_mops']:>12}\n")
     return 0
 
 

@@ -3,47 +3,22 @@
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 
 import gotask
 
-ROOT = Path(__file__).resolve().parents[2]
+from .. import processes
+from ..processes import connect, free_port, stop
+
 JOBS = 12
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def start_node(port: int, *extra: str) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, "-m", "gotask.cli", "node", "--app", "tests.lifecycle.killapp",
-           "--listen", f"127.0.0.1:{port}", "--concurrency", "8", "--lease-timeout", "2",
-           "--heartbeat", "0.5", "--grace", "1", *extra]
-    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-
-def connect(port: int, node: subprocess.Popen[bytes]) -> gotask.Client:
-    deadline = time.monotonic() + 20
-    while True:
-        client = gotask.Client([f"127.0.0.1:{port}"], connect_rounds=1)
-        try:
-            client.queues()
-            return client
-        except gotask.GoTaskError:
-            client.close()
-            assert node.poll() is None, node.stderr.read() if node.stderr else b""
-            assert time.monotonic() < deadline, "node did not start"
-            time.sleep(0.1)
+    return processes.start_node("tests.lifecycle.killapp", port, "--concurrency", "8", *extra)
 
 
 Cluster = tuple[gotask.Client, subprocess.Popen[bytes], subprocess.Popen[bytes]]
@@ -63,10 +38,7 @@ def cluster() -> Iterator[Cluster]:
         yield client, owner, worker
         client.close()
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
+        stop(*procs)
 
 
 def leased_by_worker(client: gotask.Client, ids: list[str]) -> list[str]:

@@ -11,7 +11,6 @@ import itertools
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,7 +26,9 @@ import gotask
 from gotask._job import JobRecord
 from gotask.actors.storage.base import AckItem, AckJobs, GetJobs
 
-ROOT = Path(__file__).resolve().parents[2]
+from .. import processes
+from ..processes import ROOT, connect, free_port, stop
+
 REDIS_URL = os.environ.get("GOTASK_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 _prefixes = itertools.count(1)
 
@@ -63,42 +64,11 @@ def url() -> Iterator[str]:
     delete_prefix(scoped)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def start_node(port: int, storage: str, name: str, *extra: str,
                hold_s: float = 0.0) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, "-m", "gotask.cli", "node", "--app", "tests.storage.test_redis_faults",
-           "--name", name, "--listen", f"127.0.0.1:{port}", "--storage", storage,
-           "--lease-timeout", "2", "--heartbeat", "0.5", "--grace", "1", *extra]
-    env = {**os.environ, "HOLD_S": str(hold_s)}
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-
-
-def connect(port: int, node: subprocess.Popen[bytes]) -> gotask.Client:
-    deadline = time.monotonic() + 20
-    while True:
-        client = gotask.Client([f"127.0.0.1:{port}"], connect_rounds=1)
-        try:
-            client.queues()
-            return client
-        except gotask.GoTaskError:
-            client.close()
-            assert node.poll() is None, node.stderr.read() if node.stderr else b""
-            assert time.monotonic() < deadline, "node did not start"
-            time.sleep(0.1)
-
-
-def stop(*procs: subprocess.Popen[bytes]) -> None:
-    for proc in procs:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
+    return processes.start_node("tests.storage.test_redis_faults", port, "--name", name,
+                                "--storage", storage, *extra,
+                                env={**os.environ, "HOLD_S": str(hold_s)})
 
 
 def wait_until(check: Any, timeout_s: float, what: str) -> Any:

@@ -158,7 +158,8 @@ def _forget_storage(storage: str) -> None:
 def python_mops(loops: int = 1_000_000) -> float:
     """Millions of iterations per second of a fixed pure-Python loop (dict and list work)
     on one core, best of three: how fast this machine runs code like GoTask's, so that
-    figures taken on different machines, or days, can be compared."""
+    figures taken on different machines, or days, can be compared. Benchmarks report it
+    before and after their runs: a shared VM's speed can change by 2x within minutes."""
     best = 0.0
     for _ in range(3):
         table: dict[int, int] = {}
@@ -176,6 +177,7 @@ def python_mops(loops: int = 1_000_000) -> float:
 def run_job_bench(args: argparse.Namespace) -> dict[str, Any]:
     """Run the job benchmark `args.runs` times, a fresh node each time; return medians."""
     samples = []
+    speed_before = python_mops()
     for run in range(args.runs):
         port = _free_port()
         storage = _fresh_storage(args.storage, run)
@@ -194,7 +196,7 @@ def run_job_bench(args: argparse.Namespace) -> dict[str, Any]:
         result[key] = round(value, 2) if key.endswith("_ms") else round(value, 1)
     result["runs"] = args.runs
     result["cpus"] = os.cpu_count()
-    result["python_mops"] = python_mops()
+    result["python_mops"] = [speed_before, python_mops()]
     return result
 
 

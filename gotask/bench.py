@@ -10,6 +10,9 @@ Rules of this module:
 - Phase 3 measures pickup latency on the idle node, one no-op job at a time: from the
   job's creation to its acknowledgement, as storage recorded them. That bounds pickup
   from above: it includes the hand-off to a worker, the run and the ack round trip.
+- CPU seconds per job of each process in phases 1 and 2 (this client, the node, and a
+  Redis server from its `INFO cpu`) come with the rates: they tell a CPU limit from a
+  latency chain, and this machine's speed from the code's cost.
 - `gotask bench runtime` measures the actor runtime itself (gotask.bench_runtime).
 """
 
@@ -90,10 +93,7 @@ async def _enqueue_phase(client: AsyncClient, jobs: int, callers: int) -> tuple[
     return jobs / (time.perf_counter() - start), ids
 
 
-async def _drain_phase(client: AsyncClient, jobs: int) -> float:
-    await client.pause(False)
-    while (await client.queues()).get("default", {}).get("succeeded", 0) < jobs:
-        await trio.sleep(0.05)
+async def _drain_rate(client: AsyncClient, jobs: int) -> float:
     first_lease, last_ack, after = float("inf"), 0.0, None
     while True:
         page = await client.list_jobs(queue="default", state="succeeded", limit=LIST_PAGE,
@@ -119,12 +119,56 @@ async def _pickup_phase(client: AsyncClient, samples: int) -> list[float]:
     return latencies
 
 
-async def _one_run(args: argparse.Namespace, port: int, pid: int) -> dict[str, Any]:
+class _CpuMeter:
+    """CPU seconds used by this process, the node and the storage server, per phase."""
+
+    def __init__(self, node_pid: int, storage: str) -> None:
+        self._node_pid, self._storage = node_pid, storage
+        self._start = self._read()
+
+    def _read(self) -> tuple[float, float, float]:
+        return time.process_time(), _process_cpu_s(self._node_pid), _storage_cpu_s(self._storage)
+
+    def per_job_us(self, jobs: int) -> dict[str, float]:
+        """Microseconds of CPU per job since the last call (or the start)."""
+        now = self._read()
+        used = [round((b - a) / jobs * 1e6, 1) for a, b in zip(self._start, now, strict=True)]
+        self._start = now
+        return dict(zip(("client", "node", "storage"), used, strict=True))
+
+
+def _process_cpu_s(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _storage_cpu_s(storage: str) -> float:
+    if not storage.startswith("redis"):
+        return 0.0  # memory storage runs in the node
+    import redis
+
+    url = storage.split("?", 1)[0]
+    info = redis.Redis.from_url(url, socket_timeout=5).info("cpu")
+    return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+
+
+async def _one_run(args: argparse.Namespace, port: int, pid: int,
+                   storage: str) -> dict[str, Any]:
     client = await _connect(port)
     try:
         await client.pause(True)
+        meter = _CpuMeter(pid, storage)
         enqueue_rate, _ = await _enqueue_phase(client, args.jobs, args.enqueue_concurrency)
-        drain_rate = await _drain_phase(client, args.jobs)
+        enqueue_cpu = meter.per_job_us(args.jobs)
+        await client.pause(False)
+        while (await client.queues()).get("default", {}).get("succeeded", 0) < args.jobs:
+            await trio.sleep(0.05)
+        drain_cpu = meter.per_job_us(args.jobs)
+        drain_rate = await _drain_rate(client, args.jobs)
         pickup = sorted(await _pickup_phase(client, args.pickup_samples))
     finally:
         await client.__aexit__(None, None, None)
@@ -134,6 +178,8 @@ async def _one_run(args: argparse.Namespace, port: int, pid: int) -> dict[str, A
         "pickup_p50_ms": statistics.median(pickup),
         "pickup_p99_ms": pickup[min(len(pickup) - 1, int(len(pickup) * 0.99))],
         "rss_mb": _rss_mb(pid),
+        "cpu_us_per_job": {"enqueue": enqueue_cpu,
+                           "drain": {k: v for k, v in drain_cpu.items() if k != "client"}},
     }
 
 
@@ -183,7 +229,7 @@ def run_job_bench(args: argparse.Namespace) -> dict[str, Any]:
         storage = _fresh_storage(args.storage, run)
         node = _start_node(storage, args.concurrency, port)
         try:
-            samples.append(trio.run(_one_run, args, port, node.pid))
+            samples.append(trio.run(_one_run, args, port, node.pid, storage))
         finally:
             node.terminate()
             node.wait(timeout=60)
@@ -194,6 +240,10 @@ def run_job_bench(args: argparse.Namespace) -> dict[str, Any]:
                 "rss_mb"):
         value = statistics.median(s[key] for s in samples)
         result[key] = round(value, 2) if key.endswith("_ms") else round(value, 1)
+    result["cpu_us_per_job"] = {
+        phase: {who: statistics.median(s["cpu_us_per_job"][phase][who] for s in samples)
+                for who in samples[0]["cpu_us_per_job"][phase]}
+        for phase in ("enqueue", "drain")}
     result["runs"] = args.runs
     result["cpus"] = os.cpu_count()
     result["python_mops"] = [speed_before, python_mops()]

@@ -28,7 +28,7 @@ from gotask._job import JobRecord
 from . import base as b
 from .actor import JOB_OVERHEAD_BYTES, LEASE_REPLY_BYTES_MAX
 
-__all__ = ["Leased", "Plan", "decode", "encode", "record", "records"]
+__all__ = ["Leased", "Plan", "WatchRead", "decode", "encode", "record", "records"]
 
 #: Most scheduled jobs one lease promotes per queue before leasing (the Scheduler
 #: promotes the rest); bounds the time one lease script may take.
@@ -49,6 +49,14 @@ class Leased:
 
 
 @attrs.frozen
+class WatchRead:
+    """`GetJobs` for a watcher: also flags the jobs `watched`, so that the scripts
+    publish their ids when they change them (only flagged jobs' ids are published)."""
+
+    ids: tuple[str, ...]
+
+
+@attrs.frozen
 class Plan:
     """One script call for one command."""
 
@@ -63,6 +71,10 @@ def _text(value: bytes) -> str:
 
 def _opt_float(value: bytes | None) -> float | None:
     return None if value is None else float(value)
+
+
+def _opt_memo_float(memo: _Memo, value: bytes | None) -> float | None:
+    return None if value is None else memo.float(value)
 
 
 @attrs.define
@@ -99,14 +111,38 @@ def records(rows: list[list[bytes]]) -> tuple[JobRecord, ...]:
     return tuple(record(row, memo) for row in rows)
 
 
-def record(pairs: list[bytes], memo: _Memo | None = None) -> JobRecord:
-    """A job record from a job hash's HGETALL pairs (a repeated field: the last wins)."""
+def leased_records(cmd: b.LeaseJobs, rows: list[list[bytes]], now: bytes) -> tuple[JobRecord, ...]:
+    """The records a lease made, from the HGETALL rows it read before changing them.
+
+    The script returns each job as it was and Python applies what the lease wrote
+    (`active`, the next attempt, `leased_at = now`, `lease_expires_at = now + timeout`,
+    `lease_node`), which spares Redis ten strings per job. Both sides add the same two
+    doubles, so the expiry equals the one stored (written with `%.17g`, exact).
+    """
+    memo = _Memo()
+    leased_at = memo.float(now)
+    lease = (leased_at, leased_at + float(cmd.lease_timeout_s), cmd.node)
+    return tuple(record(row, memo, lease) for row in rows)
+
+
+def record(pairs: list[bytes], memo: _Memo | None = None,
+           lease: tuple[float, float, str] | None = None) -> JobRecord:
+    """A job record from a job hash's HGETALL pairs (a repeated field: the last wins);
+    with `lease` (leased_at, lease_expires_at, node), as the lease that read them left it."""
     m = memo or _Memo()
     it = iter(pairs)
     get = dict(zip(it, it, strict=False)).get
     state, settled = get(b"state", b""), get(b"settled_attempt")
-    leased_at, finished_at = get(b"leased_at"), get(b"finished_at")
-    lease_expires_at, lease_node = get(b"lease_expires_at"), get(b"lease_node")
+    if lease is None:
+        attempt = m.int(get(b"attempt", b"0"))
+        leased_at = _opt_memo_float(m, get(b"leased_at"))
+        lease_expires_at = _opt_memo_float(m, get(b"lease_expires_at"))
+        lease_node = get(b"lease_node")
+        node = None if lease_node is None else m.text(lease_node)
+    else:
+        state, attempt = b"active", m.int(get(b"attempt", b"0")) + 1
+        leased_at, lease_expires_at, node = lease
+    finished_at = get(b"finished_at")
     timeout_s, error_type, error = get(b"timeout_s"), get(b"error_type"), get(b"error")
     traceback, progress, message = get(b"traceback"), get(b"progress"), get(b"progress_message")
     key, expires_at = get(b"idempotency_key"), get(b"expires_at")
@@ -115,12 +151,9 @@ def record(pairs: list[bytes], memo: _Memo | None = None) -> JobRecord:
         get(b"args", b""), m.int(get(b"priority", b"0")), _TEXT.get(state) or state.decode(),
         m.float(get(b"created_at", b"0")), m.float(get(b"due_at", b"0")),
         m.int(get(b"max_attempts", b"0")), m.float(get(b"result_ttl_s", b"0")),
-        m.int(get(b"attempt", b"0")), int(get(b"releases", 0)), int(get(b"attempt_base", 0)),
-        0 if settled is None else int(settled),
-        None if leased_at is None else m.float(leased_at),
-        None if finished_at is None else m.float(finished_at),
-        None if lease_expires_at is None else m.float(lease_expires_at),
-        None if lease_node is None else m.text(lease_node),
+        attempt, int(get(b"releases", 0)), int(get(b"attempt_base", 0)),
+        0 if settled is None else int(settled), leased_at,
+        None if finished_at is None else m.float(finished_at), lease_expires_at, node,
         None if timeout_s is None else float(timeout_s), get(b"result"),
         None if error_type is None else error_type.decode(),
         None if error is None else error.decode(),
@@ -181,7 +214,8 @@ _ENCODERS: dict[type, Callable[[Any], Plan]] = {
     b.ReportProgress: lambda c: Plan("progress", [
         v for i in c.items for v in (i.job_id, i.attempt, float(i.fraction), i.message)]),
     b.CancelJobs: lambda c: Plan("cancel", list(c.ids)),
-    b.GetJobs: lambda c: Plan("get", list(c.ids)),
+    b.GetJobs: lambda c: Plan("get", ["", *c.ids]),
+    WatchRead: lambda c: Plan("get", ["watch", *c.ids]),
     b.ListJobs: lambda c: Plan("list", [c.queue or "", c.state or "", c.limit,
                                         c.after_id or "", "ids"]),
     b.CountJobs: lambda c: Plan("count", []),
@@ -264,7 +298,8 @@ def _fenced(raw: list[Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
 
 
 _DECODERS: dict[str, Callable[[Any, Any], Any]] = {
-    "lease": lambda c, r: Leased(b.LeaseReply(records(r[0])), float(r[2]), _opt_float(r[1])),
+    "lease": lambda c, r: Leased(b.LeaseReply(leased_records(c, r[0], r[2])), float(r[2]),
+                                 _opt_float(r[1])),
     "heartbeat": lambda c, r: b.HeartbeatReply(tuple(_text(s) for s in r[0]), float(r[1])),
     "ack": lambda c, r: b.AckReply(tuple(_text(s) for s in r)),
     "nack": lambda c, r: b.NackReply(*_fenced(r)),

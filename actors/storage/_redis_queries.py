@@ -22,11 +22,13 @@ __all__ = [
 ]
 
 GET = r"""
-local out = {}
-for i = 3, #ARGV do
+local watch, out = ARGV[3] == 'watch', {}
+for i = 4, #ARGV do
   local q = redis.call('HGET', IDX, ARGV[i])
   if q then
-    out[#out + 1] = redis.call('HGETALL', qk(q, 'j:' .. ARGV[i]))
+    local key = qk(q, 'j:' .. ARGV[i])
+    if watch then redis.call('HSET', key, 'watched', '1') end
+    out[#out + 1] = redis.call('HGETALL', key)
   else
     out[#out + 1] = false
   end
@@ -85,7 +87,7 @@ for n, e in ipairs(earliest('leases', limit, none)) do
   if exhausted(j) and not j.cancel then finish(j, 'dead') else requeue(j) end
   local list = moved[j.state]
   list[#list + 1] = j.id
-  ev_id(j.id)
+  ev_id(j.id, j.watched)
 end
 flush()
 return {moved.queued, moved.dead, moved.cancelled}
@@ -148,7 +150,7 @@ for _, id in ipairs(targets) do
     redis.call('HDEL', j.key, 'finished_at', 'expires_at', 'cancel_requested')
     make_ready(j)
     revived = revived + 1
-    ev_id(id)
+    ev_id(id, j.watched)
   end
 end
 flush()

@@ -19,10 +19,12 @@ Rules of this module:
 - Times are stored as `%.17g` strings (exact round trip of a double); absent fields
   mean None (or 0 / '' / false for counters, progress message, cancel flag). Records
   are returned as HGETALL pairs (cheaper in Lua than naming 28 fields); a pair that
-  repeats a field overrides the earlier one.
+  repeats a field overrides the earlier one. A lease returns each job as it read it,
+  before leasing it: Python applies the lease's fields (`_redis_codec.leased_records`).
 - Every change of a job's state goes through `move`, which keeps the per-queue counts
   (flushed once per script). Scripts that change jobs publish one event on `P:events`:
-  msgpack `[now, ids, ready_queues, [queue, due]..., [id, node, attempt]...]`.
+  msgpack `[now, ids, ready_queues, [queue, due]..., [id, node, attempt]...]`; `ids`
+  holds only jobs flagged `watched` (the `get` script flags them for a watcher).
 - Lua compares strings with strcoll, so ids are never ordered in Lua: listings return
   candidates per queue and Python merges them.
 - A lease stops at a byte budget (estimated from the jobs' arguments, as the memory
@@ -59,14 +61,16 @@ end
 local IDX, IKEYS, QUEUES = P .. ':idx', P .. ':keys', P .. ':queues'
 local CORE = {'state', 'attempt', 'releases', 'attempt_base', 'settled_attempt',
   'max_attempts', 'priority', 'due_at', 'seq', 'cancel_requested', 'lease_node',
-  'result_ttl_s', 'idempotency_key'}
+  'result_ttl_s', 'idempotency_key', 'watched'}
 
 local function fmt(x) return string.format('%.17g', x) end
 local snow = fmt(now)
 local function qk(q, suffix) return P .. ':{' .. q .. '}:' .. suffix end
 
 local EV_IDS, EV_READY, EV_DUE, EV_CANCEL = {}, {}, {}, {}
-local function ev_id(id) EV_IDS[#EV_IDS + 1] = id end
+-- Ids go out only for jobs a watcher reads with `watch` (flag `watched`): nobody else
+-- looks at them, and a drain would otherwise publish every id twice.
+local function ev_id(id, watched) if watched then EV_IDS[#EV_IDS + 1] = id end end
 local function ev_due(q, t)
   local d = EV_DUE[q]
   if not d or t < d then EV_DUE[q] = t end
@@ -81,7 +85,8 @@ local function load(id)
     releases = tonumber(v[3] or 0), base = tonumber(v[4] or 0),
     settled = tonumber(v[5] or 0), max_attempts = tonumber(v[6]),
     priority = tonumber(v[7]), due_at = tonumber(v[8]), seq = tonumber(v[9]),
-    cancel = v[10] == '1', lease_node = v[11], ttl = tonumber(v[12]), ikey = v[13]}
+    cancel = v[10] == '1', lease_node = v[11], ttl = tonumber(v[12]), ikey = v[13],
+    watched = v[14] == '1'}
 end
 
 local function member(j) return struct.pack('>dd', j.due_at, j.seq) .. j.id end
@@ -255,7 +260,6 @@ for i = 3, #ARGV, 10 do
     end
     ids[#ids + 1] = id
     created[#created + 1] = 1
-    ev_id(id)
   end
 end
 flush()
@@ -290,10 +294,11 @@ local function take(q, n)
     local id = string.sub(popped[i], 17)
     local key = qk(q, 'j:' .. id)
     local row = redis.call('HGETALL', key)
-    local attempt, args = 1, ''
+    local attempt, args, watched = 1, '', false
     for k = 1, #row, 2 do
       if row[k] == 'attempt' then attempt = tonumber(row[k + 1]) + 1
-      elseif row[k] == 'args' then args = row[k + 1] end
+      elseif row[k] == 'args' then args = row[k + 1]
+      elseif row[k] == 'watched' then watched = true end
     end
     size = size + #args + overhead
     if #out > 0 and size > budget then
@@ -304,15 +309,11 @@ local function take(q, n)
     attempt = tostring(attempt)
     redis.call('HSET', key, 'attempt', attempt, 'state', 'active', 'leased_at', snow,
       'lease_expires_at', sexp, 'lease_node', node)
-    local m = #row
-    row[m + 1], row[m + 2], row[m + 3], row[m + 4] = 'attempt', attempt, 'state', 'active'
-    row[m + 5], row[m + 6], row[m + 7], row[m + 8] = 'leased_at', snow, 'lease_expires_at', sexp
-    row[m + 9], row[m + 10] = 'lease_node', node
     out[#out + 1] = row
     leases[#leases + 1] = sexp
     leases[#leases + 1] = id
     taken = taken + 1
-    ev_id(id)
+    ev_id(id, watched)
   end
   zmany('ZADD', qk(q, 'leases'), leases)
   count(q, 'queued', -taken)
@@ -400,7 +401,8 @@ for i = 3, #ARGV, 3 do
   local q = redis.call('HGET', IDX, id)
   if q then
     local key = qk(q, 'j:' .. id)
-    local v = redis.call('HMGET', key, 'state', 'attempt', 'settled_attempt', 'result_ttl_s')
+    local v = redis.call('HMGET', key, 'state', 'attempt', 'settled_attempt', 'result_ttl_s',
+      'watched')
     if v[1] == 'active' and v[2] == attempt then
       local exp = expiry_of[v[4]]
       if not exp then
@@ -415,12 +417,12 @@ for i = 3, #ARGV, 3 do
       count(q, 'active', -1)
       count(q, 'succeeded', 1)
       status = 'ok'
+      ev_id(id, v[5])
     elseif attempt ~= '0' and v[3] == attempt then
       status = 'duplicate'
     end
   end
   statuses[#statuses + 1] = status
-  ev_id(id)
 end
 for q, ids in pairs(unleased) do
   for i = 1, #ids, 4000 do
@@ -453,7 +455,7 @@ for i = 3, #ARGV, 7 do
   end
   statuses[#statuses + 1] = status
   states[#states + 1] = j and j.state or 'missing'
-  ev_id(ARGV[i])
+  if status == 'ok' then ev_id(j.id, j.watched) end
 end
 flush()
 return {statuses, states}
@@ -471,7 +473,7 @@ for i = 3, #ARGV, 2 do
   end
   statuses[#statuses + 1] = status
   states[#states + 1] = j and j.state or 'missing'
-  ev_id(ARGV[i])
+  if status == 'ok' then ev_id(j.id, j.watched) end
 end
 flush()
 return {statuses, states}
@@ -484,11 +486,11 @@ for i = 3, #ARGV, 4 do
   local q = redis.call('HGET', IDX, id)
   if q then
     local key = qk(q, 'j:' .. id)
-    local v = redis.call('HMGET', key, 'state', 'attempt')
+    local v = redis.call('HMGET', key, 'state', 'attempt', 'watched')
     if v[1] == 'active' and tonumber(v[2] or 0) == tonumber(ARGV[i + 1]) then
       redis.call('HSET', key, 'progress', ARGV[i + 2], 'progress_message', ARGV[i + 3])
       ok = 1
-      ev_id(id)
+      ev_id(id, v[3])
     end
   end
   accepted[#accepted + 1] = ok
@@ -519,7 +521,7 @@ for i = 3, #ARGV do
       end
     end
     states[#states + 1] = j.state
-    ev_id(j.id)
+    ev_id(j.id, j.watched)
   end
 end
 flush()

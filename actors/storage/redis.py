@@ -15,7 +15,8 @@ Rules of this module:
   queues, or will at a due time: a timer is set for it), refresh watched jobs for
   `JobChanged` pushes, and carry cancellations to this node's workers (`CancelRunning`)
   whichever node asked. So watchers and dispatchers on any node see changes made by
-  any node's storage actor.
+  any node's storage actor. A watcher's first read is a `WatchRead`, which flags the
+  jobs in Redis: events name only flagged jobs.
 - A lost subscription is remade; parked leases and watched jobs are then looked at
   again, since events may have been missed.
 - A failed command is answered with its error (`StorageUnavailable` while Redis is
@@ -50,7 +51,7 @@ from gotask.runtime import ActorContext, Address, Envelope, Ok
 
 from ._aiothread import AioThread, Pending
 from ._redis_backend import Events, RedisBackend, RedisSettings
-from ._redis_codec import Leased
+from ._redis_codec import Leased, WatchRead
 from .base import (
     EnqueueJobs,
     GetJobs,
@@ -281,7 +282,7 @@ async def _plan(ctx: ActorContext, state: _State, env: Envelope,
             plans.append((msg.lease, functools.partial(_leased, ctx, state, wait)))
         elif isinstance(msg, WatchJobs):
             _watch(state, msg)
-            plans.append((GetJobs(msg.ids), functools.partial(_watched, ctx, state, env)))
+            plans.append((WatchRead(msg.ids), functools.partial(_watched, ctx, state, env)))
         elif isinstance(msg, UnwatchJobs):
             _unwatch(state, msg.ids, msg.watcher)
             await _respond(ctx, env, Ok())

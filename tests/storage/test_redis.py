@@ -35,8 +35,10 @@ from gotask._messages import (
 )
 from gotask._server import open_server
 from gotask.actors.storage._redis_backend import RedisBackend, RedisSettings, redact
-from gotask.actors.storage._redis_codec import Leased
+from gotask.actors.storage._redis_codec import Leased, WatchRead
 from gotask.actors.storage.base import (
+    AckItem,
+    AckJobs,
     CancelJobs,
     Command,
     CountJobs,
@@ -159,6 +161,48 @@ def test_redis_time_is_the_clock_when_none_is_pinned(harness: RedisHarness) -> N
     seconds, micros = redis.Redis.from_url(REDIS_URL).time()
     server_s = seconds + micros / 1e6
     assert abs(reply.jobs[0].created_at - server_s) < 5
+
+
+def test_a_lease_reply_equals_what_it_stored_on_redis_time(harness: RedisHarness) -> None:
+    # The script returns jobs as read and Python applies the lease: the expiry it adds
+    # must be the double Redis stored, for any timeout and any microsecond of TIME.
+    from gotask._job import NewJob
+
+    loop, backend = harness.loop, harness.backend
+    for timeout_s in (0.1, 30.0, 1 / 3, 86_399.999_999):
+        jobs = [NewJob(f"t{timeout_s}-{i}", "task", "default", b"\x90") for i in range(5)]
+        loop.run_until_complete(backend.execute([EnqueueJobs(tuple(jobs))], None))
+        (leased,) = loop.run_until_complete(backend.execute(
+            [LeaseJobs("node-a", (QueueWeight("default"),), 5, timeout_s)], None))
+        records = leased.reply.jobs
+        assert [r.id for r in records] == [j.id for j in jobs]
+        (stored,) = loop.run_until_complete(backend.execute([GetJobs(tuple(r.id for r in records))],
+                                                            None))
+        assert stored.jobs == records
+
+
+def test_events_name_only_the_jobs_a_watcher_read(harness: RedisHarness) -> None:
+    prefix = RedisSettings.from_url(harness.url).prefix
+    pubsub = redis.Redis.from_url(REDIS_URL).pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(f"{prefix}:events")
+    seen: list[str] = []
+
+    def published_ids() -> list[str]:
+        ids = []
+        while (message := pubsub.get_message(timeout=0.2)) is not None:
+            ids += [i.decode() for i in msgpack.unpackb(message["data"], raw=True)[1]]
+        return ids
+
+    watched, quiet = new_job(), new_job()
+    harness.execute(EnqueueJobs((watched, quiet)))
+    harness.execute(WatchRead((watched.id,)))
+    harness.execute(GetJobs((quiet.id,)))  # a plain read flags nothing
+    leased = harness.execute(LeaseJobs("n", (QueueWeight("default"),), 2, 30.0)).jobs
+    seen += published_ids()
+    harness.execute(AckJobs(tuple(AckItem(j.id, j.attempt, b"\xc0") for j in leased)))
+    seen += published_ids()
+    pubsub.close()
+    assert seen == [watched.id, watched.id]  # leased, then succeeded; never the other
 
 
 def test_a_batch_runs_in_order_in_one_call(harness: RedisHarness) -> None:

@@ -26,6 +26,10 @@ _DECODE = {c: i for i, c in enumerate(_ALPHABET)}
 #: Two characters per 10 bits: 13 table lookups encode an id (26 characters, 130 bits).
 _PAIRS = [a + b for a in _ALPHABET for b in _ALPHABET]
 _PAIR_SHIFTS = tuple(range(120, -10, -10))
+#: `new_id` re-encodes the top 88 bits only when they change: within a millisecond
+#: consecutive ids differ by one, so most ids cost 4 lookups, not 13.
+_LOW_BITS = 40
+_HIGH_SHIFTS = tuple(range(120, _LOW_BITS - 10, -10))
 _RAND_BITS = 80
 _RAND_MASK = (1 << _RAND_BITS) - 1
 SIM_EPOCH_S = 1_700_000_000.0
@@ -71,6 +75,8 @@ class World:
     rng: random.Random
     _last_ms: int = 0
     _last_rand: int = 0
+    _high: int = -1
+    _prefix: str = ""
 
     def new_id(self) -> str:
         """Return a new time-ordered id in its 26-character string form."""
@@ -83,7 +89,14 @@ class World:
         else:
             rand = self.rng.getrandbits(_RAND_BITS - 1)
         self._last_ms, self._last_rand = ms, rand
-        return encode_id(((ms & ((1 << 48) - 1)) << _RAND_BITS) | rand)
+        value = ((ms & ((1 << 48) - 1)) << _RAND_BITS) | rand
+        high = value >> _LOW_BITS
+        if high != self._high:
+            self._high = high
+            self._prefix = "".join([_PAIRS[(value >> shift) & 1023] for shift in _HIGH_SHIFTS])
+        pairs = _PAIRS
+        return (self._prefix + pairs[(value >> 30) & 1023] + pairs[(value >> 20) & 1023]
+                + pairs[(value >> 10) & 1023] + pairs[value & 1023])
 
     def jitter(self, low: float, high: float) -> float:
         """Return a uniform random float in [low, high]."""

@@ -54,6 +54,20 @@ def test_id_strings_are_base32_digits_and_sort_like_ids(a: int, b: int) -> None:
     assert (encode_id(a) < encode_id(b)) == (a < b)
 
 
+def test_consecutive_ids_stay_exact_across_the_cached_prefix() -> None:
+    # new_id re-encodes its top bits only when they change: increments that carry
+    # past bit 40, or far into the top bits, must change the cached prefix too.
+    now = [1000.0]
+    world = fixed_world(now)
+    for start in ((1 << 40) - 3, (1 << 79) - 3):
+        world.rng.getrandbits = lambda bits, start=start: start  # type: ignore[method-assign]
+        now[0] += 1.0
+        ids = [world.new_id() for _ in range(6)]
+        values = [decode_id(i) for i in ids]
+        assert ids == [_base32_digits(v) for v in values]
+        assert values == list(range(values[0], values[0] + 6))
+
+
 def test_same_seed_same_ids() -> None:
     assert [fixed_world([5.0], 7).new_id() for _ in range(3)] == [
         fixed_world([5.0], 7).new_id() for _ in range(3)

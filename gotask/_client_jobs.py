@@ -66,6 +66,7 @@ _OPTIONS: Final = {
     "result_ttl_s": (int, float),
     "idempotency_key": (str,),
 }
+_OPTION_NAMES: Final = frozenset(_OPTIONS)
 
 
 def decode_result(job: JobRecord) -> Any:
@@ -114,8 +115,8 @@ def check_item(task: str, args: Sequence[Any], kwargs: Mapping[str, Any] | None,
     """
     if not isinstance(task, str):
         raise TypeError(f"task must be a registered task name (str), got {type(task).__name__}")
-    unknown = sorted(set(options) - set(_OPTIONS))
-    if unknown:
+    if not options.keys() <= _OPTION_NAMES:
+        unknown = sorted(set(options) - _OPTION_NAMES)
         raise TypeError(f"unknown enqueue option(s): {', '.join(unknown)}")
     opts = {k: v for k, v in options.items() if v is not None}
     for name, value in opts.items():

@@ -4,9 +4,6 @@ Rules of this module:
 - Everything the operator passes is checked before anything starts; a bad setting or an
   unreachable `--join` target prints one clear line and exits non-zero.
 - Logs go to stderr; secrets never appear in them.
-- The node's threads hand the GIL over every `GIL_SWITCH_S`, not Python's default 5 ms:
-  a Redis storage thread (and a sync task's thread) waiting that long for the GIL while
-  trio's thread runs workers stalled each batch's round trip (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -30,9 +27,6 @@ from gotask.config import (
 __all__ = ["config_from_args", "main"]
 
 log = logging.getLogger("gotask.node")
-
-#: Seconds a thread may hold the GIL while another waits (Python's default: 0.005).
-GIL_SWITCH_S = 0.0005
 
 
 def config_from_args(args: argparse.Namespace) -> NodeConfig:
@@ -65,7 +59,6 @@ def main(args: argparse.Namespace) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         config = config_from_args(args)
-        sys.setswitchinterval(GIL_SWITCH_S)
         trio.run(_serve, config)
     except (ConfigError, GoTaskError, OSError) as exc:
         print(f"gotask node: {exc}", file=sys.stderr)

@@ -28,6 +28,20 @@ from ._wire_limits import (
     _too_deep,
 )
 
+__all__ = [
+    "_ADDRESSES",
+    "_DECODERS",
+    "_ENCODERS",
+    "_fast_kind",
+    "_interned",
+    "_message_class",
+    "_message_decoder",
+    "_message_encoder",
+    "_nested_spec",
+    "_slot_setters",
+]
+
+
 # -- message codecs --------------------------------------------------------------------
 #
 # A message class compiles into two small functions generated from source, the way attrs

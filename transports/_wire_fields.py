@@ -45,6 +45,9 @@ from ._wire_limits import (
     _too_deep,
 )
 
+__all__ = ["_decoder", "_encoder", "compile_registry"]
+
+
 # -- field codecs ----------------------------------------------------------------------
 
 

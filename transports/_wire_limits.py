@@ -13,6 +13,24 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Final
 
+__all__ = [
+    "ADDRESS_CACHE_MAX",
+    "ADDRESS_INTERN_CHARS_MAX",
+    "CONTAINER_LEN_MAX",
+    "DEPTH_MAX",
+    "FRAME_BYTES_MAX",
+    "PREAUTH_FRAME_BYTES_MAX",
+    "_ANY_SCALARS",
+    "_EXACT_SCALARS",
+    "_NONE",
+    "_STR_ONLY",
+    "_Code",
+    "_Invalid",
+    "_short",
+    "_tname",
+    "_too_deep",
+]
+
 #: Deepest nesting of arrays and maps in a body, message arrays included.
 DEPTH_MAX: Final = 32
 #: Most elements an array or map in a body may declare.

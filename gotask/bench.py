@@ -4,7 +4,8 @@ Rules of this module:
 - The node is a child process (`gotask node --app examples.tasks`), the client this
   process, talking TCP on loopback: nothing is measured in-process.
 - Phase 1 enqueues N no-op jobs, one call per job from `--enqueue-concurrency` callers
-  of one client, with the node's workers paused: enqueue jobs/s.
+  of one client (default: as many as `--concurrency`, like that many request handlers
+  of a web app), with the node's workers paused: enqueue jobs/s.
 - Phase 2 resumes the workers: drain jobs/s from the first lease to the last ack, both
   read from the jobs' own timestamps (the storage clock), not from polling.
 - Phase 3 measures pickup latency on the idle node, one no-op job at a time: from the
@@ -235,7 +236,8 @@ def run_job_bench(args: argparse.Namespace) -> dict[str, Any]:
             node.wait(timeout=60)
             _forget_storage(storage)
     result: dict[str, Any] = {"storage": args.storage, "jobs": args.jobs,
-                              "concurrency": args.concurrency}
+                              "concurrency": args.concurrency,
+                              "enqueue_concurrency": args.enqueue_concurrency}
     for key in ("enqueue_jobs_per_s", "drain_jobs_per_s", "pickup_p50_ms", "pickup_p99_ms",
                 "rss_mb"):
         value = statistics.median(s[key] for s in samples)
@@ -260,11 +262,14 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--storage", default="memory://")
     parser.add_argument("--jobs", type=int, default=100_000)
     parser.add_argument("--concurrency", type=int, default=256)
-    parser.add_argument("--enqueue-concurrency", type=int, default=64)
+    parser.add_argument("--enqueue-concurrency", type=int, default=None,
+                        help="concurrent enqueue callers in the client (default: --concurrency)")
     parser.add_argument("--pickup-samples", type=int, default=200)
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
+    if args.enqueue_concurrency is None:
+        args.enqueue_concurrency = args.concurrency
     result = run_job_bench(args)
     if args.json:
         sys.stdout.write(json.dumps(result) + "\n")

@@ -23,3 +23,23 @@ def test_cpu_meter_reports_per_job_cpu_of_each_process() -> None:
 
 def test_cpu_of_a_missing_process_is_zero() -> None:
     assert bench._process_cpu_s(2**22 + 12345) == 0.0
+
+
+def test_job_bench_prints_the_keys_the_issue_names() -> None:
+    import json
+    import subprocess
+    import sys
+
+    from tests.processes import ROOT
+
+    out = subprocess.run(
+        [sys.executable, "-m", "gotask.cli", "bench", "--storage", "memory://", "--jobs", "300",
+         "--concurrency", "8", "--pickup-samples", "5", "--runs", "1", "--json"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=True)
+    result = json.loads(out.stdout.splitlines()[-1])
+    assert {"storage", "jobs", "concurrency", "enqueue_jobs_per_s", "drain_jobs_per_s",
+            "pickup_p50_ms", "pickup_p99_ms", "rss_mb"} <= set(result)
+    assert (result["jobs"], result["concurrency"]) == (300, 8)
+    assert result["enqueue_concurrency"] == 8  # follows --concurrency unless given
+    assert result["enqueue_jobs_per_s"] > 0 and result["drain_jobs_per_s"] > 0
+    assert 0 < result["pickup_p50_ms"] <= result["pickup_p99_ms"]

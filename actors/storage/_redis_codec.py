@@ -136,7 +136,9 @@ def record(pairs: list[bytes], memo: _Memo | None = None,
     if lease is None:
         attempt = m.int(get(b"attempt", b"0"))
         leased_at = _opt_memo_float(m, get(b"leased_at"))
-        lease_expires_at = _opt_memo_float(m, get(b"lease_expires_at"))
+        # Kept in Redis after an ack (one call less); it means something while active.
+        lease_expires_at = (_opt_memo_float(m, get(b"lease_expires_at"))
+                            if state == b"active" else None)
         lease_node = get(b"lease_node")
         node = None if lease_node is None else m.text(lease_node)
     else:

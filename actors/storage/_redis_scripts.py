@@ -17,7 +17,9 @@ Rules of this module:
   bytewise like numbers, so ZPOPMIN yields priority, then due time, then enqueue order,
   and a released or expired job gets its old member back (keeps its place).
 - Times are stored as `%.17g` strings (exact round trip of a double); absent fields
-  mean None (or 0 / '' / false for counters, progress message, cancel flag). Records
+  mean None (or 0 / '' / false for counters, progress message, cancel flag), and
+  `lease_expires_at` means something only while the job is `active` (an ack leaves it
+  in place; a record of any other state reads it as None). Records
   are returned as HGETALL pairs (cheaper in Lua than naming 28 fields); a pair that
   repeats a field overrides the earlier one. A lease returns each job as it read it,
   before leasing it: Python applies the lease's fields (`_redis_codec.leased_records`).
@@ -409,9 +411,9 @@ for i = 3, #ARGV, 3 do
         exp = fmt(now + tonumber(v[4]))
         expiry_of[v[4]] = exp
       end
+      -- lease_expires_at stays: it is read only while a job is active (one call less)
       redis.call('HSET', key, 'settled_attempt', attempt, 'result', ARGV[i + 2],
         'progress', '1', 'state', 'succeeded', 'finished_at', snow, 'expires_at', exp)
-      redis.call('HDEL', key, 'lease_expires_at')
       append(unleased, q, id)
       append(expiring, q, exp, id)
       count(q, 'active', -1)

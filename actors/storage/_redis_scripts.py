@@ -223,7 +223,7 @@ end
 """
 
 ENQUEUE = r"""
-local ids, created, queues = {}, {}, {}
+local ids, created, queues, zids, zready = {}, {}, {}, {}, {}
 local seq = redis.call('INCRBY', P .. ':seq', (#ARGV - 2) / 10) - (#ARGV - 2) / 10
 for i = 3, #ARGV, 10 do
   local id, q, ikey, delay = ARGV[i], ARGV[i + 2], ARGV[i + 9], tonumber(ARGV[i + 5])
@@ -247,22 +247,32 @@ for i = 3, #ARGV, 10 do
       redis.call('HSET', j.key, 'idempotency_key', ikey)
       redis.call('HSET', IKEYS, ikey, id)
     end
-    redis.call('ZADD', qk(q, 'ids'), 0, id)
     if not queues[q] then
       queues[q] = true
       redis.call('SADD', QUEUES, q)
+      zids[q], zready[q] = {}, {}
     end
+    local zi = zids[q]
+    zi[#zi + 1] = 0
+    zi[#zi + 1] = id
     count(q, state, 1)
     if state == 'scheduled' then
       redis.call('ZADD', qk(q, 'due'), due_at, member(j))
       ev_due(q, j.due_at)
     else
-      redis.call('ZADD', qk(q, 'ready'), -j.priority, member(j))
+      local zr = zready[q]
+      zr[#zr + 1] = -j.priority
+      zr[#zr + 1] = member(j)
       EV_READY[q] = true
     end
     ids[#ids + 1] = id
     created[#created + 1] = 1
   end
+end
+-- Each queue's zsets take their members in one ZADD per script, not one per job.
+for q, args in pairs(zids) do zmany('ZADD', qk(q, 'ids'), args) end
+for q, args in pairs(zready) do
+  if #args > 0 then zmany('ZADD', qk(q, 'ready'), args) end
 end
 flush()
 return {ids, created}

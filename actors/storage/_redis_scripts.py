@@ -194,12 +194,6 @@ local function zmany(cmd, key, args)
     redis.call(cmd, key, unpack(args, i, math.min(i + 1999, #args)))
   end
 end
-local function append(lists, q, ...)
-  local list = lists[q]
-  if not list then list = {}; lists[q] = list end
-  for _, v in ipairs({...}) do list[#list + 1] = v end
-end
-
 local function publish()
   local ready, due = {}, {}
   for q in pairs(EV_READY) do ready[#ready + 1] = q end
@@ -301,10 +295,11 @@ end
 -- Leases up to n ready jobs of q in order, within the reply's byte budget.
 local function take(q, n)
   local popped = redis.call('ZPOPMIN', qk(q, 'ready'), n)
+  local jk = qk(q, 'j:')
   local leases, taken = {}, 0
   for i = 1, #popped, 2 do
     local id = string.sub(popped[i], 17)
-    local key = qk(q, 'j:' .. id)
+    local key = jk .. id
     local row = redis.call('HGETALL', key)
     local attempt, args, watched = 1, '', false
     for k = 1, #row, 2 do
@@ -406,13 +401,18 @@ return {statuses, sexp}
 """
 
 ACK = r"""
-local statuses, unleased, expiring, expiry_of = {}, {}, {}, {}
+local statuses, unleased, expiring, expiry_of, jkeys, acked = {}, {}, {}, {}, {}, {}
 for i = 3, #ARGV, 3 do
   local id, attempt = ARGV[i], ARGV[i + 1]
   local status = 'stale'
   local q = redis.call('HGET', IDX, id)
   if q then
-    local key = qk(q, 'j:' .. id)
+    local jk = jkeys[q]
+    if not jk then
+      jk = qk(q, 'j:')
+      jkeys[q], unleased[q], expiring[q], acked[q] = jk, {}, {}, 0
+    end
+    local key = jk .. id
     local v = redis.call('HMGET', key, 'state', 'attempt', 'settled_attempt', 'result_ttl_s',
       'watched')
     if v[1] == 'active' and v[2] == attempt then
@@ -424,10 +424,11 @@ for i = 3, #ARGV, 3 do
       -- lease_expires_at stays: it is read only while a job is active (one call less)
       redis.call('HSET', key, 'settled_attempt', attempt, 'result', ARGV[i + 2],
         'progress', '1', 'state', 'succeeded', 'finished_at', snow, 'expires_at', exp)
-      append(unleased, q, id)
-      append(expiring, q, exp, id)
-      count(q, 'active', -1)
-      count(q, 'succeeded', 1)
+      local u, e = unleased[q], expiring[q]
+      u[#u + 1] = id
+      e[#e + 1] = exp
+      e[#e + 1] = id
+      acked[q] = acked[q] + 1
       status = 'ok'
       ev_id(id, v[5])
     elseif attempt ~= '0' and v[3] == attempt then
@@ -436,12 +437,20 @@ for i = 3, #ARGV, 3 do
   end
   statuses[#statuses + 1] = status
 end
+for q, n in pairs(acked) do
+  if n > 0 then
+    count(q, 'active', -n)
+    count(q, 'succeeded', n)
+  end
+end
 for q, ids in pairs(unleased) do
   for i = 1, #ids, 4000 do
     redis.call('ZREM', qk(q, 'leases'), unpack(ids, i, math.min(i + 3999, #ids)))
   end
 end
-for q, args in pairs(expiring) do zmany('ZADD', qk(q, 'expiry'), args) end
+for q, args in pairs(expiring) do
+  if #args > 0 then zmany('ZADD', qk(q, 'expiry'), args) end
+end
 flush()
 return statuses
 """

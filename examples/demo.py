@@ -3,7 +3,7 @@
 It starts `gotask node --app examples.tasks` on 127.0.0.1:7450 (memory storage),
 enqueues a job that reports progress, one that fails twice then succeeds, and one that
 ends in the dead-letter queue, prints how to look at them, and keeps the node running
-until Ctrl-C (which drains it gracefully).
+until Ctrl-C or SIGTERM (which drain it gracefully).
 """
 
 from __future__ import annotations
@@ -70,6 +70,9 @@ def explain(jobs: dict[str, str]) -> None:
 
 
 def main() -> int:
+    # A SIGTERM (a supervisor, `timeout make run`) stops the node too, as Ctrl-C does;
+    # without this the demo would die and leave its node running.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     node = start_node()
     try:
         with connect(node) as client:

@@ -353,7 +353,7 @@ def _ack(record: JobRecord, result: Any) -> AckItem | NackItem:
         err = ValueError(f"the task's result encodes to {len(packed)} bytes; "
                          f"the limit is {RESULT_BYTES_MAX}")
         return _nack(record, err, None, Outcome.DEAD)
-    return AckItem(record.id, record.attempt, packed)
+    return AckItem(record.id, record.attempt, packed, record.queue)
 
 
 def _nack(

@@ -67,11 +67,17 @@ class QueueWeight:
 @message("s.ack.item")
 @attrs.frozen
 class AckItem:
-    """A successful attempt: the token and the msgpack-encoded result."""
+    """A successful attempt: the token and the msgpack-encoded result.
+
+    `queue` is the job's queue when the sender knows it (a worker does), None otherwise.
+    It is a hint: a backend may use it to find the job without a lookup, and must answer
+    as if it were absent when it is wrong.
+    """
 
     job_id: str
     attempt: int
     result: bytes
+    queue: str | None = None
 
 
 @message("s.nack.item")

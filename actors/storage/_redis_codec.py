@@ -210,7 +210,7 @@ _ENCODERS: dict[type, Callable[[Any], Plan]] = {
     b.LeaseJobs: lambda c: Plan("lease", _lease_args(c), resend=False),
     b.Heartbeat: lambda c: Plan("heartbeat", [float(c.lease_timeout_s), *_tokens(c.tokens)]),
     b.AckJobs: lambda c: Plan(
-        "ack", [v for i in c.items for v in (i.job_id, i.attempt, i.result)]),
+        "ack", [v for i in c.items for v in (i.job_id, i.attempt, i.result, i.queue or "")]),
     b.NackJobs: lambda c: Plan("nack", _nack_args(c)),
     b.ReleaseJobs: lambda c: Plan("release", _tokens(c.tokens)),
     b.ReportProgress: lambda c: Plan("progress", [

@@ -402,19 +402,36 @@ return {statuses, sexp}
 
 ACK = r"""
 local statuses, unleased, expiring, expiry_of, jkeys, acked = {}, {}, {}, {}, {}, {}
-for i = 3, #ARGV, 3 do
-  local id, attempt = ARGV[i], ARGV[i + 1]
-  local status = 'stale'
-  local q = redis.call('HGET', IDX, id)
-  if q then
-    local jk = jkeys[q]
-    if not jk then
-      jk = qk(q, 'j:')
-      jkeys[q], unleased[q], expiring[q], acked[q] = jk, {}, {}, 0
+local function jkey(q)
+  local jk = jkeys[q]
+  if not jk then
+    jk = qk(q, 'j:')
+    jkeys[q], unleased[q], expiring[q], acked[q] = jk, {}, {}, 0
+  end
+  return jk
+end
+local function read(key)
+  return redis.call('HMGET', key, 'state', 'attempt', 'settled_attempt', 'result_ttl_s',
+    'watched', 'id', 'queue')
+end
+for i = 3, #ARGV, 4 do
+  local id, attempt, q = ARGV[i], ARGV[i + 1], ARGV[i + 3]
+  local status, key, v = 'stale', nil, nil
+  -- The worker names the job's queue, sparing the index lookup; the hash must agree
+  -- (its own id and queue), else the hint is ignored.
+  if q ~= '' then
+    key = jkey(q) .. id
+    v = read(key)
+    if v[6] ~= id or v[7] ~= q then q = '' end
+  end
+  if q == '' then
+    q = redis.call('HGET', IDX, id)
+    if q then
+      key = jkey(q) .. id
+      v = read(key)
     end
-    local key = jk .. id
-    local v = redis.call('HMGET', key, 'state', 'attempt', 'settled_attempt', 'result_ttl_s',
-      'watched')
+  end
+  if q then
     if v[1] == 'active' and v[2] == attempt then
       local exp = expiry_of[v[4]]
       if not exp then

@@ -365,6 +365,32 @@ class StorageContract:
     def test_ack_of_unknown_job_is_stale(self, storage: StorageHarness) -> None:
         assert ack(storage, LeaseToken(NO_SUCH_ID, 1)) == "stale"
 
+    def test_ack_queue_hint_never_changes_the_answer(self, storage: StorageHarness) -> None:
+        # A worker names the job's queue so a backend may skip a lookup; a wrong name
+        # must be answered as if there were none.
+        enqueue(storage, *(new_job("q1") for _ in range(4)), new_job("q2"))
+        jobs = lease(storage, queues=("q1", "q2"), limit=5)
+        right, wrong, missing, fake = (j for j in jobs if j.queue == "q1")
+        (other,) = (j for j in jobs if j.queue == "q2")
+
+        def ack_hinted(job: JobRecord | LeaseToken, queue: str) -> str:
+            token = job.token if isinstance(job, JobRecord) else job
+            item = AckItem(token.job_id, token.attempt, b"\xc0", queue)
+            (status,) = storage.execute(AckJobs((item,))).statuses
+            return status
+
+        assert ack_hinted(right, "q1") == "ok"
+        assert ack_hinted(wrong, "q2") == "ok"
+        assert ack_hinted(missing, "nosuchqueue") == "ok"
+        assert ack_hinted(fake, f"q1}}:j:{fake.id}") == "ok"
+        assert ack_hinted(right, "q2") == "duplicate"
+        assert ack_hinted(LeaseToken(other.id, 2), "q2") == "stale"
+        assert ack_hinted(LeaseToken(NO_SUCH_ID, 1), "q1") == "stale"
+        assert [get(storage, j.id).state for j in (right, wrong, missing, fake, other)] == [
+            "succeeded"] * 4 + ["active"]
+        counts = {(c.queue, c.state): c.count for c in storage.execute(CountJobs()).counts}
+        assert counts == {("q1", "succeeded"): 4, ("q2", "active"): 1}
+
     def test_one_settlement_per_token(self, storage: StorageHarness) -> None:
         enqueue(storage, new_job(), new_job())
         first, second = lease(storage, limit=2)

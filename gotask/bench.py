@@ -14,6 +14,10 @@ Rules of this module:
 - CPU seconds per job of each process in phases 1 and 2 (this client, the node, and a
   Redis server from its `INFO cpu`) come with the rates: they tell a CPU limit from a
   latency chain, and this machine's speed from the code's cost.
+- The result carries every run's figures (`samples`) beside the medians, the machine's
+  speed (`python_mops`) and the share of CPU time the hypervisor gave to other guests
+  during the runs (`cpu_steal_pct`, from /proc/stat): on a shared VM those tell a slow
+  machine from slow code.
 - `gotask bench runtime` measures the actor runtime itself (gotask.bench_runtime).
 """
 
@@ -221,10 +225,29 @@ def python_mops(loops: int = 1_000_000) -> float:
     return round(best, 2)
 
 
+def cpu_ticks() -> tuple[int, int] | None:
+    """The machine's (steal, total) CPU ticks since boot from /proc/stat; None off Linux."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = [int(v) for v in stat.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    return fields[7], sum(fields)
+
+
+def steal_pct(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
+    """Percent of CPU time the hypervisor gave to other guests between two `cpu_ticks()`:
+    on a shared VM, a high figure means the run was slowed by its neighbours."""
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return round(100 * (after[0] - before[0]) / (after[1] - before[1]), 1)
+
+
 def run_job_bench(args: argparse.Namespace) -> dict[str, Any]:
-    """Run the job benchmark `args.runs` times, a fresh node each time; return medians."""
+    """Run the job benchmark `args.runs` times, a fresh node each time; return medians
+    and every run's figures."""
     samples = []
-    speed_before = python_mops()
+    speed_before, ticks_before = python_mops(), cpu_ticks()
     for run in range(args.runs):
         port = _free_port()
         storage = _fresh_storage(args.storage, run)
@@ -248,7 +271,10 @@ def run_job_bench(args: argparse.Namespace) -> dict[str, Any]:
         for phase in ("enqueue", "drain")}
     result["runs"] = args.runs
     result["cpus"] = os.cpu_count()
+    result["cpu_steal_pct"] = steal_pct(ticks_before, cpu_ticks())
     result["python_mops"] = [speed_before, python_mops()]
+    result["samples"] = {key: [round(s[key], 2 if key.endswith("_ms") else 1) for s in samples]
+                         for key in ("enqueue_jobs_per_s", "drain_jobs_per_s", "pickup_p99_ms")}
     return result
 
 

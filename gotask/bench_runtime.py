@@ -28,7 +28,7 @@ from typing import Any
 import attrs
 import trio
 
-from gotask.bench import python_mops
+from gotask.bench import cpu_ticks, python_mops, steal_pct
 from gotask.runtime import ActorContext, Address, message, open_node
 
 __all__ = ["main", "run_benchmarks"]
@@ -123,7 +123,7 @@ def _start_peer() -> tuple[subprocess.Popen[bytes], int]:
 
 def run_benchmarks(runs: int = 5, messages: int = 200_000, calls: int = 10_000) -> dict[str, Any]:
     """Run every runtime benchmark `runs` times; return medians and every sample."""
-    load_before = os.getloadavg()[0]
+    load_before, ticks_before = os.getloadavg()[0], cpu_ticks()
     speed_before = python_mops()
     local = [trio.run(_local, messages) for _ in range(runs)]
     proc, port = _start_peer()
@@ -138,6 +138,7 @@ def run_benchmarks(runs: int = 5, messages: int = 200_000, calls: int = 10_000) 
         "cpus": os.cpu_count(),
         "python_mops": [speed_before, python_mops()],
         "load_avg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+        "cpu_steal_pct": steal_pct(ticks_before, cpu_ticks()),
         "local_msgs_per_s": round(statistics.median(local)),
         "tcp_stream_msgs_per_s": round(statistics.median(r[0] for r in remote)),
         "tcp_call_round_trips_per_s": round(statistics.median(r[1] for r in remote)),
@@ -167,6 +168,7 @@ def main(argv: list[str]) -> int:
         sys.stdout.write(f"{'load average (1 min)':32} {before:>6} before, {after} after\n")
         before, after = result["python_mops"]
         sys.stdout.write(f"{'python_mops (machine speed)':32} {before:>6} before, {after} after\n")
+        sys.stdout.write(f"{'CPU steal (% of machine time)':32} {result['cpu_steal_pct']}\n")
     return 0
 
 

@@ -21,6 +21,15 @@ def test_cpu_meter_reports_per_job_cpu_of_each_process() -> None:
     assert meter.per_job_us(10)["client"] < used["client"]  # counted from the last call
 
 
+def test_steal_is_the_share_of_stolen_ticks() -> None:
+    assert bench.steal_pct((10, 1000), (40, 1200)) == 15.0
+    assert bench.steal_pct((10, 1000), (10, 1000)) is None  # no time passed
+    assert bench.steal_pct(None, (10, 1000)) is None
+    ticks = bench.cpu_ticks()
+    if ticks is not None:  # Linux
+        assert 0 <= ticks[0] <= ticks[1]
+
+
 def test_cpu_of_a_missing_process_is_zero() -> None:
     assert bench._process_cpu_s(2**22 + 12345) == 0.0
 
@@ -43,3 +52,24 @@ def test_job_bench_prints_the_keys_the_issue_names() -> None:
     assert result["enqueue_concurrency"] == 8  # follows --concurrency unless given
     assert result["enqueue_jobs_per_s"] > 0 and result["drain_jobs_per_s"] > 0
     assert 0 < result["pickup_p50_ms"] <= result["pickup_p99_ms"]
+    assert result["samples"]["drain_jobs_per_s"] == [result["drain_jobs_per_s"]]  # one run
+    assert set(result["samples"]) == {"enqueue_jobs_per_s", "drain_jobs_per_s", "pickup_p99_ms"}
+    assert "cpu_steal_pct" in result
+
+
+def test_runtime_bench_prints_its_three_figures() -> None:
+    import json
+    import subprocess
+    import sys
+
+    from tests.processes import ROOT
+
+    out = subprocess.run(
+        [sys.executable, "-m", "gotask.cli", "bench", "runtime", "--runs", "1",
+         "--messages", "2000", "--calls", "200", "--json"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=True)
+    result = json.loads(out.stdout.splitlines()[-1])
+    for key in ("local_msgs_per_s", "tcp_stream_msgs_per_s", "tcp_call_round_trips_per_s"):
+        assert result[key] > 0, key
+    assert result["runs"] == 1 and len(result["samples"]["tcp_call"]) == 1
+    assert "cpu_steal_pct" in result

@@ -146,6 +146,7 @@ class _Parked:
     deadline: float  # trio time: answer empty then
     seen: int = 0  # the wake-up count when its lease was last sent
     recheck_at: float = math.inf  # trio time: a job may be due then
+    leased_at: float = -math.inf  # storage time its lease last ran at
 
     def queues(self) -> Iterable[str]:
         return (q.name for q in self.lease.queues)
@@ -160,7 +161,9 @@ class _State:
     pushed: dict[str, JobRecord] = attrs.Factory(dict)  # watched id -> what all watchers saw
     touched: set[str] = attrs.Factory(set)
     wakes: int = 0  # counts wake-ups: events, and local commands that make jobs ready
-    woke: dict[str, int] = attrs.Factory(dict)  # queue -> the wake-up that last named it
+    woke: dict[str, int] = attrs.Factory(dict)  # queue -> the last event naming it ready
+    ready_at: dict[str, float] = attrs.Factory(dict)  # queue -> storage time of that event
+    woke_local: dict[str, int] = attrs.Factory(dict)  # queue -> the last local enqueue to it
     woke_all: int = 0  # the last wake-up that concerned every queue
     due: dict[str, tuple[int, float]] = attrs.Factory(dict)  # queue -> (wake-up, due at)
     unparked: dict[str, int] = attrs.Factory(dict)  # node -> the wake-up of its last Unpark
@@ -169,10 +172,20 @@ class _State:
     scope: trio.CancelScope | None = None  # the wait for the next batch
 
     def woken_since(self, wait: _Parked) -> bool:
-        """True if jobs may have become ready for `wait` since its lease was sent."""
-        woke = self.woke
-        return self.woke_all > wait.seen or any(woke.get(q, 0) > wait.seen
-                                                for q in wait.queues())
+        """True if jobs may have become ready for `wait` since its lease was sent.
+
+        An event that came after the lease was sent but was published by a script that
+        ran before the lease (an earlier storage time) does not count: the lease saw
+        those jobs. A node's own enqueue publishes such an event right after the lease
+        that took its job was sent with it, so without this every pickup leased twice.
+        """
+        if self.woke_all > wait.seen:
+            return True
+        seen, leased_at = wait.seen, wait.leased_at
+        woke, ready_at, local = self.woke, self.ready_at, self.woke_local
+        return any(local.get(q, 0) > seen
+                   or (woke.get(q, 0) > seen and ready_at.get(q, math.inf) >= leased_at)
+                   for q in wait.queues())
 
     def due_since(self, wait: _Parked) -> float:
         """The earliest due time (storage clock) announced since its lease was sent."""
@@ -304,7 +317,7 @@ def _note_enqueued(state: _State, msg: EnqueueJobs) -> None:
     if queues:
         state.wakes += 1
         for queue in queues:
-            state.woke[queue] = state.wakes
+            state.woke_local[queue] = state.wakes
 
 
 async def _answer(ctx: ActorContext, env: Envelope, result: Any) -> None:
@@ -351,6 +364,7 @@ async def _leased(ctx: ActorContext, state: _State, wait: _Parked, result: Any) 
     assert isinstance(result, Leased)
     mono = trio.current_time()
     state.skew = result.now - mono
+    wait.leased_at = result.now
     unparked = state.unparked.get(wait.lease.node, -1) > wait.seen
     if result.reply.jobs or wait.deadline <= mono or unparked:
         await _respond(ctx, wait.request, result.reply)
@@ -400,8 +414,10 @@ def _take_events(ctx: ActorContext, state: _State, events: Events) -> None:
     mono = trio.current_time()
     if events.now is not None:
         state.skew = events.now - mono
+    at = math.inf if events.now is None else events.now
     for queue in events.ready:
         state.woke[queue] = state.wakes
+        state.ready_at[queue] = max(state.ready_at.get(queue, -math.inf), at)
     for queue, due_at in events.due:
         _note_due(state, queue, due_at, events.now)
         for wait in state.parked:

@@ -886,12 +886,14 @@ class _StorageMachine(RuleBasedStateMachine):
         assert job.lease_expires_at == expires_at
 
     @precondition(lambda self: bool(self.jobs))
-    @rule(pick=_picks, delta=_deltas)
-    def ack(self, pick: int, delta: int) -> None:
+    @rule(pick=_picks, delta=_deltas, hint=st.sampled_from(["none", "right", "wrong"]))
+    def ack(self, pick: int, delta: int, hint: str) -> None:
         m = self._pick(pick)
         attempt = m.attempt + delta
-        expected = m.fence(attempt)
-        assert self.s.execute(AckJobs((AckItem(m.id, attempt, b"\x01"),))).statuses == (expected,)
+        expected = m.fence(attempt)  # whatever queue the ack names
+        queue = {"none": None, "right": m.queue, "wrong": "b" if m.queue == "a" else "a"}[hint]
+        item = AckItem(m.id, attempt, b"\x01", queue)
+        assert self.s.execute(AckJobs((item,))).statuses == (expected,)
         if expected == "ok":
             m.settled = attempt
             m.acks += 1

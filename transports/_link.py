@@ -500,32 +500,36 @@ class StreamLink:
 
     async def _drain(self) -> int:
         """Handle every complete frame; return how many, or -1 after a clean EOF."""
-        next_event, deliver = self._conn.next_event, self._deliver
+        conn, deliver = self._conn, self._deliver
         deliver_nowait = self._node.deliver_nowait
         handled = 0
         while True:
-            try:
-                event = next_event()
-            except InvalidMessage as exc:
-                await self._on_invalid(exc)
-                handled += 1
-                continue
-            kind = type(event)
-            if kind is Envelope or kind is Reply:
-                # No await per message while the way on has room.
+            events = conn.next_events()
+            if not events:
                 try:
-                    deliver_nowait(event)  # type: ignore[arg-type]
-                except trio.WouldBlock:
-                    await deliver(event)  # type: ignore[arg-type]
-                except _DELIVERY_ERRORS as exc:
-                    log.warning("link %r: dropped %s: %s", self._peer, kind.__name__, exc)
-            elif event is NEED_DATA:
-                return handled
-            elif event is CLOSED:
-                return -1
-            else:
-                self._on_control(event)
-            handled += 1
+                    event = conn.next_event()
+                except InvalidMessage as exc:
+                    event = exc
+                if event is NEED_DATA:
+                    return handled
+                if event is CLOSED:
+                    return -1
+                events = [event]
+            for event in events:
+                kind = type(event)
+                if kind is Envelope or kind is Reply:
+                    # No await per message while the way on has room.
+                    try:
+                        deliver_nowait(event)  # type: ignore[arg-type]
+                    except trio.WouldBlock:
+                        await deliver(event)  # type: ignore[arg-type]
+                    except _DELIVERY_ERRORS as exc:
+                        log.warning("link %r: dropped %s: %s", self._peer, kind.__name__, exc)
+                elif isinstance(event, InvalidMessage):
+                    await self._on_invalid(event)
+                else:
+                    self._on_control(event)
+            handled += len(events)
 
     async def _deliver(self, item: Envelope | Reply) -> None:
         try:

@@ -649,6 +649,113 @@ def test_invalid_message_skips_its_frame_only() -> None:
     assert drain(conn) == [Ping(2)]
 
 
+# -- next_events: the whole frames in one call, the same events as next_event -----------
+
+
+def drain_each(conn: Connection) -> list[object]:
+    """`drain` where an invalid message or broken framing is noted by its error type."""
+    events: list[object] = []
+    while True:
+        try:
+            event = conn.next_event()
+        except InvalidMessage:
+            events.append(InvalidMessage)
+            continue
+        except FramingError:
+            return [*events, FramingError]
+        if event is NEED_DATA:
+            return events
+        events.append(event)
+        if event is CLOSED:
+            return events
+
+
+def drain_batched(conn: Connection) -> list[object]:
+    """`drain_each`, taking what `next_events` gives before each `next_event`."""
+    events: list[object] = []
+    while batch := conn.next_events():
+        events += [InvalidMessage if isinstance(e, InvalidMessage) else e for e in batch]
+    return events + drain_each(conn)
+
+
+def test_next_events_takes_every_whole_frame_and_leaves_the_partial_one() -> None:
+    conn = authed()
+    wire = conn.send_many([Ping(1), Ping(2), Job("q", 1)])
+    conn.receive_data(wire[:-3])
+    assert conn.next_events() == [Ping(1), Ping(2)]
+    assert conn.next_events() == []
+    assert conn.next_event() is NEED_DATA
+    conn.receive_data(wire[-3:])
+    assert conn.next_events() == [Job("q", 1)]
+    assert conn.buffered_bytes == 0
+
+
+def test_next_events_gives_an_invalid_message_in_its_place() -> None:
+    conn = authed()
+    conn.receive_data(conn.send(Ping(1)) + framed(pack("t.nope", 1)) + conn.send(Ping(2)))
+    first, bad, last = conn.next_events()
+    assert (first, last) == (Ping(1), Ping(2))
+    assert isinstance(bad, InvalidMessage)
+    assert "unknown message tag 't.nope'" in str(bad)
+
+
+@pytest.mark.parametrize("prefix", [0, MIB + 1, 0xFFFFFFFF])
+def test_next_events_stops_before_a_bad_length_prefix(prefix: int) -> None:
+    conn = authed()
+    conn.receive_data(conn.send(Ping(1)) + struct.pack(">I", prefix) + b"x" * 8)
+    assert conn.next_events() == [Ping(1)]
+    assert conn.next_events() == []
+    with pytest.raises(FramingError):
+        conn.next_event()
+    assert conn.next_events() == []
+
+
+def test_next_events_refuses_a_whole_frame_over_the_limit() -> None:
+    conn = authed(frame_bytes_max=64, preauth_frame_bytes_max=32)
+    conn.receive_data(conn.send(Ping(1)) + framed(pack("t.w.job", "q" * 100, 1)))
+    assert conn.next_events() == [Ping(1)]
+    with pytest.raises(FramingError, match="exceeds the 64-byte limit"):
+        conn.next_event()
+
+
+FRAMES = st.one_of(
+    any_message(0).map(lambda msg: authed().send(msg)),
+    st.just(framed(pack("t.nope", 1))),
+    st.binary(min_size=1, max_size=20).map(framed),  # mostly invalid bodies
+)
+TAILS = st.sampled_from([b"", b"\0\0\0\0", struct.pack(">I", MIB + 1), b"\0\0"])
+
+
+@THOROUGH
+@given(
+    frames=st.lists(FRAMES, max_size=8),
+    tail=TAILS,
+    eof=st.booleans(),
+    cuts=st.lists(st.integers(0, 600)),
+)
+def test_next_events_gives_what_next_event_gives(
+    frames: list[bytes], tail: bytes, eof: bool, cuts: list[int]
+) -> None:
+    wire = b"".join(frames) + tail
+    cuts = sorted(min(cut, len(wire)) for cut in cuts)
+    each, batched = authed(), authed()
+    seen_each: list[object] = []
+    seen_batched: list[object] = []
+    for start, end in zip([0, *cuts], [*cuts, len(wire)], strict=True):
+        if start < end:
+            each.receive_data(wire[start:end])
+            batched.receive_data(wire[start:end])
+            seen_each += drain_each(each)
+            seen_batched += drain_batched(batched)
+    if eof:
+        each.receive_data(b"")
+        batched.receive_data(b"")
+        seen_each += drain_each(each)
+        seen_batched += drain_batched(batched)
+    assert seen_batched == seen_each
+    assert len(seen_each) >= len(frames)
+
+
 def test_reject_unknown_tag() -> None:
     err = reject(pack("t.nope", 1))
     assert "unknown message tag 't.nope'" in str(err)

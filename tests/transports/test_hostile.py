@@ -170,6 +170,27 @@ async def test_invalid_message_after_auth_gets_an_error_reply(raw_peer: Any) -> 
         assert await receive_skipping_pings(raw, 1) == [Reply("raw", 8, Pong(8))]
 
 
+async def test_invalid_message_between_good_ones_in_one_chunk_loses_neither(
+    raw_peer: Any,
+) -> None:
+    def call(corr: int, n: object) -> bytes:
+        return frame(msgpack.packb(
+            ["env", ["addr", "srv", "echo"], ["addr", "raw", "$call"], corr, ["t.tr.ping", n]]
+        ))
+
+    async with open_target() as target:
+        raw = await raw_peer.connect(target.port)
+        await raw.handshake("raw", SECRET)
+        await raw.send_raw(call(5, 5) + call(6, "six") + call(7, 7))
+        got = await receive_skipping_pings(raw, 4)
+        replies = {msg.corr: msg.msg for msg in got if isinstance(msg, Reply)}
+        assert replies.keys() == {5, 6, 7}
+        assert replies[5] == Pong(5) and replies[7] == Pong(7)
+        assert isinstance(replies[6], ErrorReply) and "Ping.n" in replies[6].message
+        [error] = [msg for msg in got if isinstance(msg, WireError)]
+        assert error.code == "invalid" and not error.fatal
+
+
 async def test_peer_that_never_reads_is_disconnected(raw_peer: Any) -> None:
     outcome: list[BaseException] = []
 

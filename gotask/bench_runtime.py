@@ -4,6 +4,9 @@ Rules of this module:
 - Three figures, each the median of `--runs` runs: messages/s between two actors on one
   node; messages/s streamed from an actor on one node process to an actor on another
   over loopback TCP; one-at-a-time `call` round trips/s between the two processes.
+- Beside the call figure, in the same minutes, each run measures the floor under it: the
+  same one-at-a-time round trips between two processes with plain blocking sockets, and
+  with a bare trio program of the call's shape (`gotask.bench_floor`).
 - The peer is a real child process (`python -m gotask.bench_runtime PORTFILE`), talking
   through the production transport, handshake and codec.
 - The machine's 1-minute load average before and after is part of the result: on a
@@ -29,6 +32,7 @@ import attrs
 import trio
 
 from gotask.bench import cpu_ticks, python_mops, steal_pct
+from gotask.bench_floor import measure as measure_floor
 from gotask.runtime import ActorContext, Address, message, open_node
 
 __all__ = ["main", "run_benchmarks"]
@@ -127,8 +131,12 @@ def run_benchmarks(runs: int = 5, messages: int = 200_000, calls: int = 10_000) 
     speed_before = python_mops()
     local = [trio.run(_local, messages) for _ in range(runs)]
     proc, port = _start_peer()
+    remote: list[tuple[float, float]] = []
+    floors: list[tuple[float, float]] = []
     try:
-        remote = [trio.run(_remote, messages, calls, port) for _ in range(runs)]
+        for _ in range(runs):
+            remote.append(trio.run(_remote, messages, calls, port))
+            floors.append((measure_floor("raw", calls), measure_floor("trio", calls)))
     finally:
         proc.kill()
         proc.wait()
@@ -142,9 +150,13 @@ def run_benchmarks(runs: int = 5, messages: int = 200_000, calls: int = 10_000) 
         "local_msgs_per_s": round(statistics.median(local)),
         "tcp_stream_msgs_per_s": round(statistics.median(r[0] for r in remote)),
         "tcp_call_round_trips_per_s": round(statistics.median(r[1] for r in remote)),
+        "call_floor_raw_round_trips_per_s": round(statistics.median(f[0] for f in floors)),
+        "call_floor_trio_round_trips_per_s": round(statistics.median(f[1] for f in floors)),
         "samples": {"local": [round(x) for x in local],
                     "tcp_stream": [round(r[0]) for r in remote],
-                    "tcp_call": [round(r[1]) for r in remote]},
+                    "tcp_call": [round(r[1]) for r in remote],
+                    "call_floor_raw": [round(f[0]) for f in floors],
+                    "call_floor_trio": [round(f[1]) for f in floors]},
     }
 
 
@@ -162,13 +174,14 @@ def main(argv: list[str]) -> int:
     if args.json:
         sys.stdout.write(json.dumps(result) + "\n")
     else:
-        for key in ("local_msgs_per_s", "tcp_stream_msgs_per_s", "tcp_call_round_trips_per_s"):
-            sys.stdout.write(f"{key:32} {result[key]:>12,}  (median of {args.runs})\n")
+        for key in ("local_msgs_per_s", "tcp_stream_msgs_per_s", "tcp_call_round_trips_per_s",
+                    "call_floor_raw_round_trips_per_s", "call_floor_trio_round_trips_per_s"):
+            sys.stdout.write(f"{key:34} {result[key]:>12,}  (median of {args.runs})\n")
         before, after = result["load_avg_1m"]
-        sys.stdout.write(f"{'load average (1 min)':32} {before:>6} before, {after} after\n")
+        sys.stdout.write(f"{'load average (1 min)':34} {before:>6} before, {after} after\n")
         before, after = result["python_mops"]
-        sys.stdout.write(f"{'python_mops (machine speed)':32} {before:>6} before, {after} after\n")
-        sys.stdout.write(f"{'CPU steal (% of machine time)':32} {result['cpu_steal_pct']}\n")
+        sys.stdout.write(f"{'python_mops (machine speed)':34} {before:>6} before, {after} after\n")
+        sys.stdout.write(f"{'CPU steal (% of machine time)':34} {result['cpu_steal_pct']}\n")
     return 0
 
 

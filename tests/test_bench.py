@@ -1,8 +1,10 @@
-"""The benchmark's own measuring tools (gotask/bench.py)."""
+"""The benchmarks' own measuring tools (gotask/bench.py, gotask/bench_floor.py)."""
 
 from __future__ import annotations
 
 import os
+
+import pytest
 
 from gotask import bench
 
@@ -69,7 +71,24 @@ def test_runtime_bench_prints_its_three_figures() -> None:
          "--messages", "2000", "--calls", "200", "--json"],
         cwd=ROOT, capture_output=True, text=True, timeout=120, check=True)
     result = json.loads(out.stdout.splitlines()[-1])
-    for key in ("local_msgs_per_s", "tcp_stream_msgs_per_s", "tcp_call_round_trips_per_s"):
+    for key in ("local_msgs_per_s", "tcp_stream_msgs_per_s", "tcp_call_round_trips_per_s",
+                "call_floor_raw_round_trips_per_s", "call_floor_trio_round_trips_per_s"):
         assert result[key] > 0, key
     assert result["runs"] == 1 and len(result["samples"]["tcp_call"]) == 1
+    assert len(result["samples"]["call_floor_trio"]) == 1
     assert "cpu_steal_pct" in result
+
+
+@pytest.mark.parametrize("kind", ["raw", "trio"])
+def test_call_floor_programs_run_and_their_child_exits(kind: str) -> None:
+    from gotask.bench_floor import measure
+
+    assert measure(kind, 50) > 0  # `measure` raises if the child does not exit
+
+
+def test_call_floor_refuses_an_unknown_program() -> None:
+    from gotask.bench_floor import measure
+
+    with pytest.raises(ValueError, match="unknown floor program 'nope'"):
+        measure("nope", 1)
+

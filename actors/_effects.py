@@ -8,6 +8,8 @@ Rules of this module:
   core as `Called(tag, reply)`, or `CallFailed(tag, ...)`, through the actor's inbox.
 - `Tick(now)` is how time reaches a core: the shell feeds one whenever the core's
   `deadline()` has passed. `Log` asks the shell to log; `Stop` ends the actor.
+- `StartJobs` and `CancelJob` are for a shell that runs jobs (the WorkerSupervisor's):
+  the core decides, the shell's `JobRunner` wakes workers or cancels a scope.
 - These values never cross a node (none is registered for the wire) and this module
   imports no trio.
 """
@@ -27,8 +29,10 @@ __all__ = [
     "Call",
     "CallFailed",
     "Called",
+    "CancelJob",
     "Effect",
     "Log",
+    "StartJobs",
     "Stop",
     "Tick",
     "unknown_message",
@@ -91,7 +95,22 @@ class Stop:
     """Effect: the actor is done; its shell returns after the effects before this."""
 
 
-Effect = Send | Respond | Call | Log | Stop
+@attrs.frozen
+class StartJobs:
+    """Effect: `count` more jobs are ready to start; wake idle workers for them."""
+
+    count: int
+
+
+@attrs.frozen
+class CancelJob:
+    """Effect: cancel the running attempt `attempt` of job `job_id`, if it runs."""
+
+    job_id: str
+    attempt: int
+
+
+Effect = Send | Respond | Call | Log | Stop | StartJobs | CancelJob
 
 
 def unknown_message(actor: str, msg: object, request: Envelope | None) -> list[Effect]:

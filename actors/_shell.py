@@ -24,9 +24,20 @@ import trio
 from gotask._errors import ActorError, RemoteActorError
 from gotask.runtime import ActorContext, Envelope, Respond, Send
 
-from ._effects import Call, Called, CallFailed, Effect, Log, Stop, Tick, unknown_message
+from ._effects import (
+    Call,
+    Called,
+    CallFailed,
+    CancelJob,
+    Effect,
+    Log,
+    StartJobs,
+    Stop,
+    Tick,
+    unknown_message,
+)
 
-__all__ = ["Core", "Shell"]
+__all__ = ["Core", "JobRunner", "Shell"]
 
 
 class Core(Protocol):
@@ -41,6 +52,18 @@ class Core(Protocol):
         ...
 
 
+class JobRunner(Protocol):
+    """What carries out `StartJobs` and `CancelJob` (the WorkerSupervisor's pool)."""
+
+    def start_jobs(self, count: int) -> None:
+        """Wake idle workers for `count` newly ready jobs."""
+        ...
+
+    def cancel_job(self, job_id: str, attempt: int) -> None:
+        """Cancel that attempt if a worker runs it now."""
+        ...
+
+
 @attrs.define(eq=False)
 class Shell:
     """Runs one core: `accepts` is its inbox union as a tuple of classes."""
@@ -51,6 +74,7 @@ class Shell:
     accepts: tuple[type, ...]
     #: How time is put to the core: `Tick(now)`, or a richer message of the actor's.
     make_tick: Callable[[float], Any] = Tick
+    runner: JobRunner | None = None
     stopped: bool = False
 
     async def serve(self, core: Core) -> None:
@@ -86,8 +110,18 @@ class Shell:
                     self.log.log(level, text)
                 case Stop():
                     self.stopped = True
+                case StartJobs(count=count):
+                    self._runner().start_jobs(count)
+                case CancelJob(job_id=job_id, attempt=attempt):
+                    self._runner().cancel_job(job_id, attempt)
                 case _:
                     assert_never(effect)
+
+    def _runner(self) -> JobRunner:
+        if self.runner is None:
+            raise RuntimeError(f"the {self.ctx.address.name} core asked a shell that runs "
+                               "no jobs to start or cancel one")
+        return self.runner
 
     async def _call(self, call: Call) -> None:
         ctx = self.ctx

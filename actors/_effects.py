@@ -60,10 +60,15 @@ class Call:
 
 @attrs.frozen
 class Called:
-    """The answer to the `Call` tagged `tag`."""
+    """The answer to the `Call` tagged `tag`.
+
+    `origin` is the shell that made the call: after a restart a shell drops answers to
+    calls of the actor's earlier life, which may still wait in the inbox.
+    """
 
     tag: Any
     reply: Any
+    origin: object = attrs.field(default=None, eq=False, repr=False)
 
 
 @attrs.frozen
@@ -80,6 +85,7 @@ class CallFailed:
     error: str
     remote: bool
     jitter: float = 1.0
+    origin: object = attrs.field(default=None, eq=False, repr=False)
 
 
 @attrs.frozen

@@ -9,7 +9,8 @@ Rules of this module:
   `InvalidMessage` error reply, a plain send a warning.
 - `Call` effects run as tasks in the actor's nursery, so a slow answer never holds up the
   inbox; each answer returns to the core as `Called` or `CallFailed`, sent to the actor's
-  own inbox (one message per call, never per job).
+  own inbox (one message per call, never per job). Answers to calls of an earlier life
+  of the actor (before a restart) are dropped here.
 """
 
 from __future__ import annotations
@@ -91,9 +92,12 @@ class Shell:
                 await self.carry_out(core.handle(self.make_tick(now), now))
 
     def _handle(self, core: Core, env: Envelope, now: float) -> list[Effect]:
-        if isinstance(env.msg, self.accepts):
-            return core.handle(env.msg, now, env)
-        return unknown_message(self.ctx.address.name, env.msg, env)
+        msg = env.msg
+        if isinstance(msg, self.accepts):
+            if isinstance(msg, Called | CallFailed) and msg.origin is not self:
+                return []  # answers a call of this actor's earlier life
+            return core.handle(msg, now, env)
+        return unknown_message(self.ctx.address.name, msg, env)
 
     async def carry_out(self, effects: list[Effect]) -> None:
         """Carry out `effects` in order."""
@@ -128,11 +132,12 @@ class Shell:
         result: Called | CallFailed
         try:
             reply = await ctx.call(call.dst, call.msg, timeout_s=call.timeout_s)
-            result = Called(call.tag, reply)
+            result = Called(call.tag, reply, self)
         except RemoteActorError as exc:
-            result = CallFailed(call.tag, exc.type_name, str(exc), True, self._jitter())
+            result = CallFailed(call.tag, exc.type_name, exc.message, True, self._jitter(), self)
         except (ActorError, trio.BrokenResourceError) as exc:
-            result = CallFailed(call.tag, type(exc).__name__, str(exc), False, self._jitter())
+            result = CallFailed(call.tag, type(exc).__name__, str(exc), False, self._jitter(),
+                                self)
         await ctx.send(ctx.address, result)
 
     def _jitter(self) -> float:

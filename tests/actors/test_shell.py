@@ -9,7 +9,8 @@ import trio
 import trio.testing
 
 from gotask._errors import RemoteActorError
-from gotask.actors.scheduler import run_scheduler
+from gotask.actors._effects import Called
+from gotask.actors.scheduler import PROMOTE, PROMOTE_LIMIT, run_scheduler
 from gotask.actors.storage.base import PromoteDue, PromoteDueReply
 from gotask.runtime import ActorContext, Ok, open_node
 
@@ -47,3 +48,29 @@ async def test_calls_run_beside_the_inbox_and_ticks_follow_the_core_deadline(
         await trio.sleep(7.0)
         node.nursery.cancel_scope.cancel()
     assert [round(t - start, 3) for t in asked] == [2.0, 4.0, 6.0]
+
+
+async def test_answers_to_calls_of_an_earlier_life_are_dropped(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    asked: list[float] = []
+
+    async def storage(ctx: ActorContext, *, task_status: trio.TaskStatus[None]) -> None:
+        task_status.started()
+        while True:
+            for env in await ctx.receive_batch():
+                asked.append(trio.current_time())
+                await ctx.reply(env, PromoteDueReply(0))
+
+    async with open_node("n1") as node:
+        start = trio.current_time()
+        store = await node.start_actor("storage", storage)
+        addr = await node.start_actor("scheduler", functools.partial(
+            run_scheduler, storage=store, interval_s=100.0))
+        await trio.sleep(1.0)
+        # A full batch answered would make the core promote again at once, were it
+        # taken for an answer to one of this life's calls.
+        await node.send(addr, Called(PROMOTE, PromoteDueReply(PROMOTE_LIMIT)))
+        await trio.sleep(150.0)
+        node.nursery.cancel_scope.cancel()
+    assert [round(t - start, 3) for t in asked] == [100.0]

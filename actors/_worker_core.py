@@ -314,6 +314,7 @@ class WorkerCore:
         acks, nacks, rel, prog = self.acks, self.nacks, self.releases, self.progress
         freed = len(acks) + len(nacks) + len(rel) + self.dropped
         self.acks, self.nacks, self.releases, self.progress, self.dropped = [], [], [], {}, 0
+        self.nudged = False  # outcomes from now on need a wake-up of their own
         cmds: deque[Store] = deque()
         if prog:
             cmds.append(ReportProgress(tuple(prog.values())))

@@ -310,3 +310,32 @@ def test_a_tick_always_moves_the_deadline_past_now() -> None:
             if isinstance(effect, Call):
                 core.handle(Called(effect.tag, None), now)
         assert core.deadline() > now
+
+
+def test_outcomes_after_a_flush_wake_the_core_again() -> None:
+    core = make(flushers=1)
+    core.handle(RunJobs((job(1), job(2))), 1.0)
+    first = core.next_job()
+    assert first is not None
+    core.start(first)
+    assert core.finished(first, ok(first)) is True
+    # The wake-up could not be sent (a full inbox); the core flushes on a later tick.
+    call = only_call(core.handle(Tick(1.1), 1.1))
+    second = core.next_job()
+    assert second is not None
+    core.start(second)
+    assert core.finished(second, ok(second)) is False  # a group is at storage
+    again = only_call(core.handle(Called(call.tag, None), 1.2))  # flushes the second
+    core.handle(RunJobs((job(3),)), 1.3)
+    third = core.next_job()
+    assert third is not None
+    core.start(third)
+    assert core.finished(third, ok(third)) is False  # the flusher is busy again
+    last = only_call(core.handle(Called(again.tag, None), 1.4))  # the third goes at once
+    assert last.msg == AckJobs((ok(third),))
+    core.handle(Called(last.tag, None), 1.45)
+    core.handle(RunJobs((job(4),)), 1.5)
+    fourth = core.next_job()
+    assert fourth is not None
+    core.start(fourth)
+    assert core.finished(fourth, ok(fourth)) is True

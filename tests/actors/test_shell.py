@@ -15,6 +15,18 @@ from gotask.actors.storage.base import PromoteDue, PromoteDueReply
 from gotask.runtime import ActorContext, Ok, open_node
 
 
+async def fake_storage(
+    asked: list[float], ctx: ActorContext, *, task_status: trio.TaskStatus[None]
+) -> None:
+    """A storage that answers every PromoteDue with nothing promoted, noting when."""
+    task_status.started()
+    while True:
+        for env in await ctx.receive_batch():
+            assert isinstance(env.msg, PromoteDue)
+            asked.append(trio.current_time())
+            await ctx.reply(env, PromoteDueReply(0))
+
+
 async def test_an_unknown_request_is_answered_with_an_error_not_dropped() -> None:
     async with open_node("n1") as node:
         storage = node.address("storage")
@@ -31,15 +43,7 @@ async def test_calls_run_beside_the_inbox_and_ticks_follow_the_core_deadline(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     asked: list[float] = []
-
-    async def storage(ctx: ActorContext, *, task_status: trio.TaskStatus[None]) -> None:
-        task_status.started()
-        while True:
-            for env in await ctx.receive_batch():
-                assert isinstance(env.msg, PromoteDue)
-                asked.append(trio.current_time())
-                await ctx.reply(env, PromoteDueReply(0))
-
+    storage = functools.partial(fake_storage, asked)
     async with open_node("n1") as node:
         start = trio.current_time()
         store = await node.start_actor("storage", storage)
@@ -54,14 +58,7 @@ async def test_answers_to_calls_of_an_earlier_life_are_dropped(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     asked: list[float] = []
-
-    async def storage(ctx: ActorContext, *, task_status: trio.TaskStatus[None]) -> None:
-        task_status.started()
-        while True:
-            for env in await ctx.receive_batch():
-                asked.append(trio.current_time())
-                await ctx.reply(env, PromoteDueReply(0))
-
+    storage = functools.partial(fake_storage, asked)
     async with open_node("n1") as node:
         start = trio.current_time()
         store = await node.start_actor("storage", storage)

@@ -366,9 +366,11 @@ class BrokerCore:
                 return [Refuse(request, error),
                         *self._unwatch_storage(self.book.unwatch(ids, watcher))]
             case _Snapshot(waiter=key):
-                request, ids = self._waiters[key].request, self._waiters[key].ids
+                if key not in self._waiters:  # answered already, by pushed changes
+                    return []
+                waiter = self._waiters[key]
                 self._end_wait(key)
-                return [Refuse(request, error), *self._unwatch_storage(ids)]
+                return [Refuse(waiter.request, error), *self._unwatch_storage(waiter.ids)]
             case _:
                 assert_never(pending)
 
@@ -383,7 +385,9 @@ class BrokerCore:
                 *self._unwatch_storage(self.book.unwatch(done, watcher))]
 
     def _snapshot(self, key: int, reply: object) -> list[Effect]:
-        waiter = self._waiters[key]
+        waiter = self._waiters.get(key)
+        if waiter is None:  # pushed changes answered it before the snapshot came
+            return []
         if not isinstance(reply, GetJobsReply) or len(reply.jobs) != len(waiter.ids):
             return self._failed(_Snapshot(key), _unexpected("WatchJobs", reply))
         for job_id, record in zip(waiter.ids, reply.jobs, strict=True):

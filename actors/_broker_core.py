@@ -15,9 +15,10 @@ Rules of this module:
 - Watches: client watchers live in a bounded `WatchBook`; the core watches jobs at
   storage on its own address and fans `JobChanged` out. A watch whose storage call
   fails is taken back, so no watcher stays registered for a watch that was refused.
-- Waits: a `WaitJobs` is booked before its storage watch is answered, so a change pushed
-  in between is not missed; it is answered when all its jobs are terminal or missing,
-  or at its deadline (once storage's snapshot has come). At most `WAITERS_MAX` at once.
+- Waits: a `WaitJobs` is booked (in a `WatchBook` of its own, keyed by the wait) before
+  its storage watch is answered, so a change pushed in between is not missed; it is
+  answered when all its jobs are terminal or missing, or at its deadline (once storage's
+  snapshot has come). At most `WAITERS_MAX` at once.
 - A job nobody watches or waits for any longer is unwatched at storage.
 - Any other message is refused with an error naming its type.
 """
@@ -124,7 +125,7 @@ class BrokerCore:
         address: the Broker's own address (storage pushes changes there).
         new_id: returns a new job id (the World's).
         has_dispatcher: whether `PauseWorkers` has a dispatcher to go to.
-        book: the client watchers.
+        book: the client watchers (bounded per watcher and overall).
     """
 
     app: App
@@ -135,7 +136,8 @@ class BrokerCore:
     _calls: dict[int, _Pending] = attrs.Factory(dict)
     _next_key: int = 0
     _waiters: dict[int, _Waiter] = attrs.Factory(dict)
-    _waiting: dict[str, set[int]] = attrs.Factory(dict)  # job id -> waiter keys
+    #: The jobs each `WaitJobs` waits for, keyed by its waiter's key.
+    waits: WatchBook[int] = attrs.Factory(WatchBook)
     _deadlines: list[tuple[float, int]] = attrs.Factory(list)
     _enqueues: list[tuple[Envelope, list[NewJob]]] = attrs.Factory(list)
 
@@ -281,18 +283,20 @@ class BrokerCore:
     def _wait(self, env: Envelope, ids: tuple[str, ...], deadline: float) -> list[Effect]:
         if len(self._waiters) >= WAITERS_MAX:
             return [Refuse(env, ValueError(f"too many waiting requests (limit {WAITERS_MAX})"))]
+        try:
+            self.waits.watch(ids, self._next_key + 1)
+        except ValueError as exc:
+            return [Refuse(env, exc)]
         self._next_key += 1
         key = self._next_key
         self._calls[key] = _Snapshot(key)
         self._waiters[key] = _Waiter(env, ids, deadline, pending=set(ids))
-        for job_id in ids:
-            self._waiting.setdefault(job_id, set()).add(key)
         heapq.heappush(self._deadlines, (deadline, key))
         return [Call(key, Target.STORAGE, StorageWatch(ids, self.address))]
 
     def _changed(self, job: JobRecord) -> list[Effect]:
         effects: list[Effect] = []
-        for key in list(self._waiting.get(job.id, ())):
+        for key in sorted(self.waits.watchers(job.id)):
             waiter = self._waiters[key]
             waiter.records[job.id] = job
             if job.state in TERMINAL:
@@ -308,12 +312,7 @@ class BrokerCore:
 
     def _end_wait(self, key: int) -> Answer:
         waiter = self._waiters.pop(key)
-        for job_id in waiter.ids:
-            keys = self._waiting.get(job_id)
-            if keys is not None:
-                keys.discard(key)
-                if not keys:
-                    del self._waiting[job_id]
+        self.waits.drop(key)
         return waiter.answer()
 
     def _expire(self, now: float) -> list[Effect]:
@@ -333,7 +332,7 @@ class BrokerCore:
 
     def _unwatch_storage(self, ids: Iterable[str]) -> list[Effect]:
         """Stop watching at storage the ids nobody watches or waits for any longer."""
-        gone = tuple(i for i in ids if i not in self.book and i not in self._waiting)
+        gone = tuple(i for i in ids if i not in self.book and i not in self.waits)
         return [Tell(Target.STORAGE, StorageUnwatch(gone, self.address))] if gone else []
 
     # -- answers -------------------------------------------------------------------------

@@ -303,7 +303,8 @@ class BrokerCore:
                 waiter.pending.discard(job.id)
             if not waiter.pending:
                 effects.append(self._end_wait(key))
-        effects.extend(Push(w, JobChanged(job)) for w in self.book.watchers(job.id))
+        watchers = sorted(self.book.watchers(job.id), key=_address_key)  # a replayable order
+        effects.extend(Push(w, JobChanged(job)) for w in watchers)
         if job.state in TERMINAL:
             self.book.settle(job.id)  # storage ended its own watch of the job too
         else:
@@ -412,6 +413,10 @@ def _split_enqueued(parts: tuple[tuple[Envelope, int], ...], reply: object) -> l
                                                       reply.created[start:end])))
         start = end
     return effects
+
+
+def _address_key(address: Address) -> tuple[str, str]:
+    return address.node, address.name
 
 
 def _unexpected(command: str, reply: object) -> GoTaskError:

@@ -10,7 +10,7 @@ Rules of this module:
   behind it. Calls in flight are bounded per lane (`ENQUEUES_IN_FLIGHT`,
   `CALLS_IN_FLIGHT`); a full lane holds the loop, which is the backpressure.
 - A push a watcher cannot take at once drops that watcher (the client watches again);
-  an unwatch storage cannot take at once is sent by a task that waits for room.
+  an unwatch waits for room in storage's inbox, like any send.
 - The functions `enqueue`, `get_jobs`, `wait_jobs` and `cancel_jobs` are the typed
   way for code on a node (simulations, tests) to ask a Broker.
 """
@@ -123,7 +123,7 @@ class _Shell:
                     await lane.acquire()
                     self.nursery.start_soon(self._call, effect, lane)
                 case Tell(target=target, msg=msg):
-                    self._tell(target, msg)
+                    await self._tell(target, msg)
                 case _:
                     assert_never(effect)
 
@@ -151,20 +151,12 @@ class _Shell:
             lane.release()
         await self.carry_out(self.core.handle(event, trio.current_time()))
 
-    def _tell(self, target: Target, msg: object) -> None:
+    async def _tell(self, target: Target, msg: object) -> None:
         dst = self.targets[target]
         if dst is None:
             return
         try:
-            self.ctx.send_nowait(dst, msg)
-        except trio.WouldBlock:
-            self.nursery.start_soon(self._send, dst, msg)
-        except _GONE as exc:
-            log.info("%s not sent to %s: %s", type(msg).__name__, dst, exc)
-
-    async def _send(self, dst: Address, msg: object) -> None:
-        try:
-            await self.ctx.send(dst, msg)
+            await self.ctx.send(dst, msg)  # a full inbox holds us: backpressure
         except _GONE as exc:
             log.info("%s not sent to %s: %s", type(msg).__name__, dst, exc)
 

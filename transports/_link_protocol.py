@@ -418,10 +418,9 @@ class LinkProtocol:
         """The events for the shell, once control frames and replies are dealt with."""
         kept: list[object] = []
         for event in events:
-            kind = type(event)
-            if kind is Envelope:
+            if isinstance(event, Envelope):
                 kept.append(event)
-            elif kind is Reply:
+            elif isinstance(event, Reply):
                 kept.append(self._on_reply(event) if self._correlates else event)
             elif isinstance(event, InvalidMessage):
                 kept.append(self._on_invalid(event))

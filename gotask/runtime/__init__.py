@@ -8,6 +8,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from gotask._lazy import lazy_exports
+from gotask.runtime.message import Address as Address
+from gotask.runtime.message import Envelope as Envelope
+from gotask.runtime.message import ErrorReply as ErrorReply
+from gotask.runtime.message import Message as Message
+from gotask.runtime.message import Ok as Ok
+from gotask.runtime.message import Reply as Reply
+from gotask.runtime.message import message as message
 
 if TYPE_CHECKING:
     from gotask.runtime.actor import BATCH_MAX as BATCH_MAX
@@ -15,13 +22,6 @@ if TYPE_CHECKING:
     from gotask.runtime.actor import Outgoing as Outgoing
     from gotask.runtime.actor import Respond as Respond
     from gotask.runtime.actor import Send as Send
-    from gotask.runtime.message import Address as Address
-    from gotask.runtime.message import Envelope as Envelope
-    from gotask.runtime.message import ErrorReply as ErrorReply
-    from gotask.runtime.message import Message as Message
-    from gotask.runtime.message import Ok as Ok
-    from gotask.runtime.message import Reply as Reply
-    from gotask.runtime.message import message as message
     from gotask.runtime.node import Link as Link
     from gotask.runtime.node import Node as Node
     from gotask.runtime.node import error_reply as error_reply
@@ -58,9 +58,6 @@ __getattr__ = lazy_exports(
     __name__,
     {
         "gotask.runtime.actor": ("BATCH_MAX", "ActorContext", "Outgoing", "Respond", "Send"),
-        "gotask.runtime.message": (
-            "Address", "Envelope", "ErrorReply", "Message", "Ok", "Reply", "message",
-        ),
         "gotask.runtime.node": ("Link", "Node", "error_reply", "open_node"),
         "gotask.runtime.supervisor": ("ChildSpec",),
         "gotask.runtime.world": ("World", "real_world", "sim_world"),

@@ -391,8 +391,8 @@ class StreamLink:
                         log.warning("link %r: dropped %s: %s", self._peer, kind.__name__, exc)
                 else:
                     await self._on_other(event)
-            if self._out:
-                self._queued()  # wakes the writer, were a control frame all that is queued
+        if self._out:
+            self._queued()  # wakes the writer, were a control frame all that is queued
 
     async def _deliver(self, item: Envelope | Reply) -> None:
         try:

@@ -384,21 +384,25 @@ class LinkProtocol:
             LinkClosed: the peer closed, broke the framing (a fatal error frame is queued:
                 `flush`), or reported a fatal error.
         """
-        if self._fatal is not None:
-            raise LinkClosed(self._fatal)
-        events = self.conn.next_events()
-        if not events:
-            events = self._next_single()
+        while True:
+            if self._fatal is not None:
+                raise LinkClosed(self._fatal)
+            events = self.conn.next_events()
             if not events:
+                events = self._next_single()
+                if not events:
+                    return events
+            self._handled += len(events)
+            if not self._correlates:
+                for event in events:
+                    kind = type(event)
+                    if kind is not Envelope and kind is not Reply:
+                        break
+                else:
+                    return events
+            events = self._sort(events)
+            if events:
                 return events
-        self._handled += len(events)
-        if self._correlates:
-            return self._sort(events)
-        for event in events:
-            kind = type(event)
-            if kind is not Envelope and kind is not Reply:
-                return self._sort(events)
-        return events
 
     def _next_single(self) -> list[object]:
         try:

@@ -47,6 +47,7 @@ from gotask.transports._link_protocol import (
     LinkClosed,
     LinkOptions,
     LinkProtocol,
+    failure_reason,
 )
 from gotask.transports._wire import FRAME_BYTES_MAX, Connection
 
@@ -240,9 +241,8 @@ class ClientLink:
         try:
             with self._scope:
                 async with anyio.create_task_group() as tg:
-                    tg.start_soon(self._guard, self._read_loop)
-                    tg.start_soon(self._guard, self._write_loop)
-                    tg.start_soon(self._guard, self._watch_loop)
+                    for loop in (self._read_loop, self._write_loop, self._watch_loop):
+                        tg.start_soon(self._guard, loop)
                     task_status.started()
         finally:
             self.close(self._proto.close_reason or "cancelled")
@@ -263,19 +263,14 @@ class ClientLink:
     async def _guard(self, loop: Callable[[], Awaitable[None]]) -> None:
         try:
             await loop()
-            reason = "stopped"
-        except LinkClosed as exc:
-            if exc.flush:
+            self.close("stopped")
+        except Exception as exc:
+            reason, bug = failure_reason(exc, STREAM_ERRORS)
+            if bug:  # it must fail the calls, not hang them: log it loudly
+                log.exception("client link to %s failed", self.address)
+            elif isinstance(exc, LinkClosed) and exc.flush:
                 await self._flush()
-            reason = str(exc)
-        except STREAM_ERRORS as exc:
-            reason = f"connection lost: {type(exc).__name__}: {exc}"
-        except ProtocolError as exc:
-            reason = f"protocol error: {exc}"
-        except Exception as exc:  # a bug must fail the calls, not hang them: log it loudly
-            log.exception("client link to %s failed", self.address)
-            reason = f"internal error: {type(exc).__name__}: {exc}"
-        self.close(reason)
+            self.close(reason)
 
     def _finish(self, done: CallDone) -> None:
         call = self._calls.get(done.corr)

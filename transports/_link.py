@@ -44,7 +44,13 @@ from gotask.runtime.message import Envelope, Reply
 from gotask.runtime.node import Node
 
 from ._handshake import NONCE_BYTES, DialerHandshake, ListenerHandshake, WireError
-from ._link_protocol import HandshakeProtocol, InvalidReceived, LinkClosed, LinkProtocol
+from ._link_protocol import (
+    HandshakeProtocol,
+    InvalidReceived,
+    LinkClosed,
+    LinkProtocol,
+    failure_reason,
+)
 from ._link_protocol import LinkOptions as LinkOptions
 from ._wire import Connection
 
@@ -276,17 +282,15 @@ class StreamLink:
     async def _guard(self, loop: Callable[[], Awaitable[None]]) -> None:
         try:
             await loop()
-            reason = "stopped"
-        except LinkClosed as exc:
-            if exc.flush:
+        except Exception as exc:
+            reason, bug = failure_reason(exc, STREAM_ERRORS)
+            if bug:  # a bug here must not take the node down: log it loudly
+                log.exception("link %r (%s) failed", self._peer, self.peer_address)
+            elif isinstance(exc, LinkClosed) and exc.flush:
                 log.warning("link %r (%s): %s", self._peer, self.peer_address, exc)
                 await self._flush()
-            reason = str(exc)
-        except STREAM_ERRORS as exc:
-            reason = f"connection lost: {type(exc).__name__}: {exc}"
-        except Exception as exc:  # a bug here must not take the node down: log it loudly
-            log.exception("link %r (%s) failed", self._peer, self.peer_address)
-            reason = f"internal error: {type(exc).__name__}: {exc}"
+        else:
+            reason = "stopped"
         self.close(reason)
 
     # -- writing -----------------------------------------------------------------------

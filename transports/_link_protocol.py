@@ -60,6 +60,7 @@ __all__ = [
     "LinkClosed",
     "LinkOptions",
     "LinkProtocol",
+    "failure_reason",
 ]
 
 
@@ -130,6 +131,28 @@ class LinkClosed(Exception):
     def __init__(self, reason: str, *, flush: bool = False) -> None:
         super().__init__(reason)
         self.flush = flush
+
+
+def failure_reason(
+    exc: Exception, stream_errors: tuple[type[BaseException], ...]
+) -> tuple[str, bool]:
+    """Why a link closes after one of its tasks raised `exc`, and whether that is a bug.
+
+    Args:
+        exc: what the task raised.
+        stream_errors: what the shell's streams raise when broken or closed.
+
+    Returns:
+        The close reason, and True when `exc` is none of the expected failures (a bug,
+        to log with its traceback).
+    """
+    if isinstance(exc, LinkClosed):
+        return str(exc), False
+    if isinstance(exc, stream_errors):
+        return f"connection lost: {type(exc).__name__}: {exc}", False
+    if isinstance(exc, ProtocolError):
+        return f"protocol error: {exc}", False
+    return f"internal error: {type(exc).__name__}: {exc}", True
 
 
 @attrs.frozen

@@ -4,9 +4,9 @@ Rules of this module:
 - A link is one authenticated connection to one peer node over any `trio.abc.Stream`
   (TCP, TLS, in-memory pipes, a simulated network). Every transport goes through here, so
   all speak the same handshake, frames, limits and timeouts. What the link decides
-  (control frames, invalid messages, deadlines, the bounded outbound buffer, the
-  handshake's steps) lives in `_link_protocol`; this module only moves bytes and wakes
-  tasks, as the client's anyio link does over the same protocol.
+  (control frames, invalid messages, deadlines, the bounded outbound buffer) lives in
+  `_link_protocol`; this module only moves bytes and wakes tasks, as the client's anyio
+  link does over the same protocol.
 - Messages are encoded in `send_nowait`/`send`: the caller gets `LocalProtocolError` at
   once. One writer task sends everything queued in one `send_all`. A frame sent while the
   link is idle is written at once by its sender when the stream can write without
@@ -21,7 +21,7 @@ Rules of this module:
 - After the handshake one watchdog task per link ticks the protocol when its next
   deadline is due (heartbeats, silence, incomplete frames, stalled writes), so the
   per-message paths never open a cancel scope.
-- Nonces come from `secrets`, never from the World. Secrets are never logged.
+- Opening a link (the handshake, as dialer or listener) is `_link_dial`'s.
 - A link's tasks never raise into the nursery running them (only `Cancelled` passes): a
   failure closes the link and is logged with the peer's address.
 """
@@ -31,21 +31,18 @@ from __future__ import annotations
 import logging
 import math
 import os
-import secrets
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Final, cast
 
-import attrs
 import trio
 
-from gotask._errors import ActorNotFound, LocalProtocolError, ProtocolError, RemoteProtocolError
+from gotask._errors import ActorNotFound, LocalProtocolError
 from gotask.runtime.message import Envelope, Reply
 from gotask.runtime.node import Node
 
-from ._handshake import NONCE_BYTES, DialerHandshake, ListenerHandshake, WireError
+from ._handshake import WireError
 from ._link_protocol import (
-    HandshakeProtocol,
     InvalidReceived,
     LinkClosed,
     LinkProtocol,
@@ -54,7 +51,7 @@ from ._link_protocol import (
 from ._link_protocol import LinkOptions as LinkOptions
 from ._wire import Connection
 
-__all__ = ["HandshakeGate", "LinkOptions", "StreamLink", "accept_link", "dial_link"]
+__all__ = ["LinkOptions", "StreamLink"]
 
 log = logging.getLogger("gotask.transport")
 
@@ -413,167 +410,3 @@ class StreamLink:
         elif isinstance(event, WireError):
             log.warning("link %r (%s): the peer reports %s: %r", self._peer, self.peer_address,
                         event.code, event.message)
-
-
-# -- handshake -------------------------------------------------------------------------
-
-
-@attrs.define
-class HandshakeGate:
-    """Counts one listener's connections still in the handshake, refusing past `limit`."""
-
-    limit: int
-    active: int = 0
-
-    def try_enter(self) -> bool:
-        """Take a slot; False when all `limit` slots are taken."""
-        if self.active >= self.limit:
-            return False
-        self.active += 1
-        return True
-
-    def leave(self) -> None:
-        """Give a slot back."""
-        self.active -= 1
-
-
-async def dial_link(
-    node: Node,
-    stream: trio.abc.Stream,
-    *,
-    secret: bytes | None,
-    options: LinkOptions,
-    peer_address: str,
-) -> StreamLink:
-    """Handshake as the dialer over `stream`, then start the link in `node.nursery`.
-
-    Returns the link, attached to the node. The stream is closed on failure.
-
-    Raises:
-        AuthenticationError: the secrets differ, or one side has none.
-        RemoteProtocolError: the peer broke the protocol or closed during the handshake.
-        TimeoutError: no handshake within `options.handshake_timeout_s`.
-        ConnectionError: the stream broke.
-    """
-    conn = options.connection()
-    shake = DialerHandshake(secret, node.name, secrets.token_bytes(NONCE_BYTES))
-    try:
-        await _handshake(stream, conn, shake, options, listener=False)
-        peer = _peer_name(node, shake)
-    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-        await trio.aclose_forcefully(stream)
-        raise ConnectionError(f"connection to {peer_address} broke: {exc}") from exc
-    except BaseException:
-        await trio.aclose_forcefully(stream)
-        raise
-    link = StreamLink(node, stream, conn, peer=peer, peer_address=peer_address, options=options)
-    await node.nursery.start(link.run)
-    return link
-
-
-async def accept_link(
-    node: Node,
-    stream: trio.abc.Stream,
-    *,
-    secret: bytes | None,
-    options: LinkOptions,
-    gate: HandshakeGate,
-    peer_address: str,
-) -> None:
-    """Handshake as the listener over `stream`, then run the link until it closes.
-
-    Never raises but `Cancelled`: a failed handshake is logged with `peer_address` and
-    the stream closed.
-    """
-    if not gate.try_enter():
-        log.warning("refused %s: %d connections already handshaking", peer_address, gate.limit)
-        await trio.aclose_forcefully(stream)
-        return
-    try:
-        conn, peer = await _accept_handshake(node, stream, secret, options, peer_address)
-    finally:
-        gate.leave()
-    if peer is None:
-        await trio.aclose_forcefully(stream)
-        return
-    link = StreamLink(node, stream, conn, peer=peer, peer_address=peer_address, options=options)
-    await link.run()
-
-
-async def _accept_handshake(
-    node: Node,
-    stream: trio.abc.Stream,
-    secret: bytes | None,
-    options: LinkOptions,
-    peer_address: str,
-) -> tuple[Connection, str | None]:
-    conn = options.connection()
-    shake = ListenerHandshake(secret, node.name, secrets.token_bytes(NONCE_BYTES))
-    try:
-        await _handshake(stream, conn, shake, options, listener=True)
-        return conn, _peer_name(node, shake)
-    except (ProtocolError, *STREAM_ERRORS) as exc:
-        log.warning("handshake from %s failed: %s", peer_address, exc)
-    except Exception:  # a bug must not stop the listener: log it loudly
-        log.exception("handshake from %s failed", peer_address)
-    return conn, None
-
-
-def _peer_name(node: Node, shake: DialerHandshake | ListenerHandshake) -> str:
-    peer = shake.peer_node
-    assert peer is not None
-    if peer == node.name:
-        raise RemoteProtocolError(f"the peer claims this node's own name {peer!r}")
-    return peer
-
-
-async def _handshake(
-    stream: trio.abc.Stream,
-    conn: Connection,
-    shake: DialerHandshake | ListenerHandshake,
-    options: LinkOptions,
-    *,
-    listener: bool,
-) -> None:
-    """Run the handshake; on a protocol failure tell the peer (best effort), then raise."""
-    hs = HandshakeProtocol(conn, shake, now=trio.current_time(),
-                           timeout_s=options.handshake_timeout_s)
-    try:
-        with trio.fail_at(hs.due_at):
-            await _exchange(stream, hs, options.receive_bytes_max)
-    except ProtocolError as exc:
-        await _refuse(stream, hs, hs.failure_frame(exc), options, listener=listener)
-        raise
-    except trio.TooSlowError:
-        await _refuse(stream, hs, hs.failure_frame(None), options, listener=listener)
-        raise hs.timeout_error() from None
-
-
-async def _exchange(stream: trio.abc.Stream, hs: HandshakeProtocol, receive_bytes_max: int) -> None:
-    first = hs.start()
-    if first:
-        await stream.send_all(first)
-    while not hs.done:
-        data = hs.receive_data(cast(bytes, await stream.receive_some(receive_bytes_max)))
-        if data:
-            await stream.send_all(data)
-
-
-async def _refuse(
-    stream: trio.abc.Stream,
-    hs: HandshakeProtocol,
-    error: WireError | None,
-    options: LinkOptions,
-    *,
-    listener: bool,
-) -> None:
-    """Tell the peer why the handshake failed, best effort."""
-    if error is None:
-        return
-    if listener and error.code == "auth":
-        await trio.sleep(options.auth_failure_delay_s)  # slows down guessing the secret
-    with trio.move_on_after(ERROR_FLUSH_S):
-        try:
-            await stream.send_all(hs.conn.send(error))
-        except STREAM_ERRORS:
-            pass  # the peer is gone already; closing is all that is left to do

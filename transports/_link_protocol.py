@@ -335,10 +335,11 @@ class LinkProtocol:
                 if not events:
                     return events
             self._handled += len(events)
-            if not self._correlates:
+            if not self._correlates:  # the hot path: a batch of envelopes and replies
+                envelope, reply = Envelope, Reply
                 for event in events:
                     kind = type(event)
-                    if kind is not Envelope and kind is not Reply:
+                    if kind is not envelope and kind is not reply:
                         break
                 else:
                     return events

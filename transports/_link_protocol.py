@@ -27,8 +27,8 @@ Rules of this module:
   than the shortest link timeout ahead, so a deadline set meanwhile (at least that far
   ahead) is never missed. Only a call started with a shorter timeout needs an earlier
   tick (see `start_call`).
-- After `close(reason)` nothing more is queued; the calls still waiting are returned
-  failed with `ConnectionLost`.
+- After `close(reason)` no control frame is queued (shells check `closed` before they
+  `push`); the calls still waiting are returned failed with `ConnectionLost`.
 """
 
 from __future__ import annotations

@@ -1,148 +1,73 @@
-"""The Broker: the front door of a node for clients.
+"""The Broker: the front door of a node for clients, a thin shell around `BrokerCore`.
 
 Rules of this module:
-- Enqueue: each item is checked (registered task, msgpack `[args, kwargs]` that fit the
-  task's signature, option ranges), task defaults are applied, ids come from the World.
-  All items of all `Enqueue` requests drained in one batch go to storage in ONE
-  `EnqueueJobs`; a request with an invalid item is refused whole, naming the item,
-  and the others in the batch proceed.
-- Reads and DLQ operations in `FORWARDED` go to storage unchanged; clients cannot send
-  worker commands (lease, ack, nack) through the Broker.
-- Waits and watches: the Broker watches the jobs at storage on its own address, fans
-  the `JobChanged` pushes out to its watchers, and answers `WaitJobs` requests when
-  all their jobs are terminal or their timeout passes.
+- The shell only receives, calls the core and carries out its effects
+  (`actors._broker_effects`). It takes everything ready in the inbox, feeds each message
+  to the core, then `Flush` (the batch's enqueues go to storage together) and `Tick`
+  (due waits are answered).
+- No call is awaited in the receive loop: each runs in a task of its own and its answer
+  goes back to the core as an event, so one slow read never holds up the enqueues
+  behind it. Calls in flight are bounded per lane (`ENQUEUES_IN_FLIGHT`,
+  `CALLS_IN_FLIGHT`); a full lane holds the loop, which is the backpressure.
+- A push a watcher cannot take at once drops that watcher (the client watches again);
+  an unwatch waits for room in storage's inbox, like any send.
+- The functions `enqueue`, `get_jobs`, `wait_jobs` and `cancel_jobs` are the typed
+  way for code on a node (simulations, tests) to ask a Broker.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import assert_never
 
 import attrs
 import trio
 
-from gotask._app import App, unpack_args
+from gotask import _protocol as proto
+from gotask._app import App
 from gotask._errors import GoTaskError
-from gotask._job import TERMINAL, JobRecord, NewJob
-from gotask._messages import (
-    Enqueue,
-    EnqueueItem,
-    JobChanged,
-    PauseWorkers,
-    UnwatchJobs,
-    WaitJobs,
-    WatchJobs,
-)
-from gotask.runtime import ActorContext, Address, Envelope, Ok, World
+from gotask._job import JobRecord
+from gotask._messages import BROKER, JobChanged
+from gotask.runtime import ActorContext, Address, Envelope, Node, error_reply
 
-from .storage.base import (
-    CancelJobs,
-    CountJobs,
-    EnqueueJobs,
-    EnqueueReply,
-    GetJobs,
-    GetJobsReply,
-    ListDead,
-    ListJobs,
-    ListNodes,
-    PurgeDead,
-    RetryDead,
+from ._broker_core import BrokerCore
+from ._broker_effects import (
+    Answer,
+    Call,
+    CallDone,
+    CallFailed,
+    Effect,
+    Flush,
+    Lane,
+    Push,
+    PushFailed,
+    Received,
+    Refuse,
+    Target,
+    Tell,
+    Tick,
 )
 
-__all__ = ["FORWARDED", "BrokerCore", "run_broker"]
+__all__ = [
+    "CALLS_IN_FLIGHT",
+    "ENQUEUES_IN_FLIGHT",
+    "BrokerCore",
+    "cancel_jobs",
+    "enqueue",
+    "get_jobs",
+    "run_broker",
+    "wait_jobs",
+]
 
 log = logging.getLogger("gotask.broker")
-FORWARDED = (GetJobs, ListJobs, CountJobs, CancelJobs, ListDead, RetryDead, PurgeDead, ListNodes)
-WAITERS_MAX = 100_000
-WAIT_S_MAX = 3600.0
+#: `EnqueueJobs` calls at storage at once; more enqueues wait and go in bigger batches.
 ENQUEUES_IN_FLIGHT = 4
-
-
-@attrs.define
-class BrokerCore:
-    """Validation and the watch/wait books, pure (ids and clock come from outside)."""
-
-    app: App
-    world: World
-    watchers: dict[str, set[Address]] = attrs.Factory(dict)
-    waiters: dict[int, _Waiter] = attrs.Factory(dict)
-    next_waiter: int = 0
-
-    def new_job(self, index: int, item: EnqueueItem) -> NewJob:
-        """Turn a client's item into a storage job, applying task defaults.
-
-        Raises:
-            TaskNotFound, InvalidArguments, ValueError: the message names the item.
-        """
-        try:
-            task = self.app.get(item.task)
-            args, kwargs = unpack_args(item.args)
-            task.bind_check(args, kwargs)
-            return NewJob(
-                id=self.world.new_id(), task=task.name,
-                queue=item.queue or task.queue,
-                args=item.args,
-                priority=task.priority if item.priority is None else item.priority,
-                delay_s=item.delay_s,
-                max_attempts=item.max_attempts or task.max_attempts,
-                timeout_s=item.timeout_s if item.timeout_s is not None else task.timeout_s,
-                result_ttl_s=task.result_ttl_s if item.result_ttl_s is None else item.result_ttl_s,
-                idempotency_key=item.idempotency_key,
-            )
-        except (GoTaskError, ValueError, TypeError) as exc:
-            raise type(exc)(f"item {index}: {exc}") from None
-
-    def add_waiter(self, request: Envelope, records: tuple[JobRecord | None, ...],
-                   deadline: float) -> int:
-        """Book a `WaitJobs` request; returns its key."""
-        if len(self.waiters) >= WAITERS_MAX:
-            raise ValueError(f"too many waiting requests (limit {WAITERS_MAX})")
-        self.next_waiter += 1
-        pending = {r.id for r in records if r is not None and r.state not in TERMINAL}
-        self.waiters[self.next_waiter] = _Waiter(request, dict(_by_id(records)), pending,
-                                                 deadline)
-        return self.next_waiter
-
-    def changed(self, record: JobRecord) -> list[_Waiter]:
-        """Apply a pushed change; returns the waiters it completed."""
-        done = []
-        for key, waiter in list(self.waiters.items()):
-            if record.id in waiter.records:
-                waiter.records[record.id] = record
-                if record.state in TERMINAL:
-                    waiter.pending.discard(record.id)
-                if not waiter.pending:
-                    done.append(self.waiters.pop(key))
-        return done
-
-    def expired(self, now: float) -> list[_Waiter]:
-        """Waiters whose timeout passed (trio clock)."""
-        keys = [k for k, w in self.waiters.items() if w.deadline <= now]
-        return [self.waiters.pop(k) for k in keys]
-
-    def next_deadline(self) -> float:
-        return min((w.deadline for w in self.waiters.values()), default=math.inf)
-
-    def interested(self, job_id: str) -> bool:
-        """True while a watcher or a waiter still needs changes of this job."""
-        return job_id in self.watchers or any(
-            job_id in w.pending for w in self.waiters.values())
-
-
-@attrs.define
-class _Waiter:
-    request: Envelope
-    records: dict[str, JobRecord | None]
-    pending: set[str]
-    deadline: float
-
-    def reply(self, ids: tuple[str, ...]) -> GetJobsReply:
-        return GetJobsReply(tuple(self.records.get(i) for i in ids))
-
-
-def _by_id(records: Iterable[JobRecord | None]) -> Iterable[tuple[str, JobRecord]]:
-    return ((r.id, r) for r in records if r is not None)
+#: Other calls (reads, watches, DLQ, pause) at once.
+CALLS_IN_FLIGHT = 32
+_CALL_ERRORS = (GoTaskError, trio.BrokenResourceError, trio.ClosedResourceError)
+_GONE = (trio.BrokenResourceError, trio.ClosedResourceError, LookupError)
 
 
 async def run_broker(
@@ -154,141 +79,114 @@ async def run_broker(
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve client requests on this node."""
-    core = BrokerCore(app, ctx.node.world)
-    in_flight = trio.Semaphore(ENQUEUES_IN_FLIGHT)
+    core = BrokerCore(app, ctx.address, ctx.node.world.new_id,
+                      has_dispatcher=dispatcher is not None)
     async with trio.open_nursery() as nursery:
+        shell = _Shell(ctx, core, {Target.STORAGE: storage, Target.DISPATCHER: dispatcher},
+                       nursery)
         task_status.started()
-        await _serve(ctx, core, storage, dispatcher, nursery, in_flight)
+        await shell.serve()
 
 
-async def _serve(ctx: ActorContext, core: BrokerCore, storage: Address,
-                 dispatcher: Address | None, nursery: trio.Nursery,
-                 in_flight: trio.Semaphore) -> None:
-    while True:
-        batch = await ctx.receive_until(core.next_deadline())
-        accepted = await _validate(ctx, core, [e for e in batch if isinstance(e.msg, Enqueue)])
-        if accepted:
-            # Several enqueue batches may be at storage at once; the limiter is the
-            # backpressure when storage falls behind.
-            await in_flight.acquire()
-            nursery.start_soon(_store_enqueued, ctx, storage, accepted, in_flight)
-        for env in batch:
-            if not isinstance(env.msg, Enqueue):
-                await _handle(ctx, core, storage, dispatcher, env)
-        for waiter in core.expired(trio.current_time()):
-            await _answer(ctx, waiter)
+@attrs.define(eq=False)
+class _Shell:
+    ctx: ActorContext
+    core: BrokerCore
+    targets: dict[Target, Address | None]
+    nursery: trio.Nursery
+    lanes: dict[Lane, trio.Semaphore] = attrs.Factory(lambda: {
+        Lane.ENQUEUE: trio.Semaphore(ENQUEUES_IN_FLIGHT),
+        Lane.OTHER: trio.Semaphore(CALLS_IN_FLIGHT),
+    })
 
+    async def serve(self) -> None:
+        handle = self.core.handle
+        while True:
+            deadline = self.core.next_deadline()
+            batch = await self.ctx.receive_until(math.inf if deadline is None else deadline)
+            for env in batch:
+                await self.carry_out(handle(Received(env), trio.current_time()))
+            await self.carry_out(handle(Flush(), trio.current_time()))
+            await self.carry_out(handle(Tick(), trio.current_time()))
 
-async def _validate(ctx: ActorContext, core: BrokerCore,
-                    requests: list[Envelope]) -> list[tuple[Envelope, list[NewJob]]]:
-    accepted: list[tuple[Envelope, list[NewJob]]] = []
-    for env in requests:
-        assert isinstance(env.msg, Enqueue)
+    async def carry_out(self, effects: Iterable[Effect]) -> None:
+        for effect in effects:
+            match effect:
+                case Answer(request=request, msg=msg):
+                    await self._reply(request, msg)
+                case Refuse(request=request, error=error):
+                    await self._reply(request, error_reply(error))
+                case Push(watcher=watcher, msg=msg):
+                    await self._push(watcher, msg)
+                case Call():
+                    lane = self.lanes[effect.lane]
+                    await lane.acquire()
+                    self.nursery.start_soon(self._call, effect, lane)
+                case Tell(target=target, msg=msg):
+                    await self._tell(target, msg)
+                case _:
+                    assert_never(effect)
+
+    async def _reply(self, request: Envelope, msg: object) -> None:
         try:
-            accepted.append((env, [core.new_job(i, it) for i, it in enumerate(env.msg.items)]))
-        except (GoTaskError, ValueError, TypeError) as exc:
-            await ctx.node.reply_error(env, exc)
-    return accepted
+            await self.ctx.reply(request, msg)
+        except _GONE:
+            log.info("a client went away before its answer")
 
-
-async def _store_enqueued(ctx: ActorContext, storage: Address,
-                          accepted: list[tuple[Envelope, list[NewJob]]],
-                          in_flight: trio.Semaphore) -> None:
-    try:
-        jobs = tuple(job for _, batch in accepted for job in batch)
+    async def _push(self, watcher: Address, msg: JobChanged) -> None:
         try:
-            reply = await ctx.call(storage, EnqueueJobs(jobs))
-        except GoTaskError as exc:
-            for env, _ in accepted:
-                await ctx.node.reply_error(env, exc)
+            self.ctx.send_nowait(watcher, msg)
+        except (trio.WouldBlock, *_GONE):
+            await self.carry_out(self.core.handle(PushFailed(watcher), trio.current_time()))
+
+    async def _call(self, call: Call, lane: trio.Semaphore) -> None:
+        dst = self.targets[call.target]
+        try:
+            if dst is None:
+                raise LookupError(f"this node runs no {call.target.value}")
+            event: CallDone | CallFailed = CallDone(call.key, await self.ctx.call(dst, call.msg))
+        except (*_CALL_ERRORS, LookupError) as exc:
+            event = CallFailed(call.key, exc)
+        finally:
+            lane.release()
+        await self.carry_out(self.core.handle(event, trio.current_time()))
+
+    async def _tell(self, target: Target, msg: object) -> None:
+        dst = self.targets[target]
+        if dst is None:
             return
-        assert isinstance(reply, EnqueueReply)
-        start = 0
-        for env, batch in accepted:
-            end = start + len(batch)
-            await ctx.reply(env, EnqueueReply(reply.ids[start:end], reply.created[start:end]))
-            start = end
-    finally:
-        in_flight.release()
-
-
-async def _handle(ctx: ActorContext, core: BrokerCore, storage: Address,
-                  dispatcher: Address | None, env: Envelope) -> None:
-    msg = env.msg
-    try:
-        match msg:
-            case JobChanged(job=record):
-                await _changed(ctx, core, storage, record)
-            case WatchJobs(ids=ids, watcher=watcher):
-                for job_id in ids:
-                    core.watchers.setdefault(job_id, set()).add(watcher)
-                await ctx.reply(env, await _watch(ctx, storage, ids))
-            case UnwatchJobs(ids=ids, watcher=watcher):
-                await _unwatch(ctx, core, storage, ids, watcher)
-                await ctx.reply(env, Ok())
-            case WaitJobs():
-                await _wait(ctx, core, storage, env, msg)
-            case PauseWorkers() if dispatcher is not None:
-                await ctx.reply(env, await ctx.call(dispatcher, msg))
-            case _ if isinstance(msg, FORWARDED):
-                await ctx.reply(env, await ctx.call(storage, msg))
-            case _:
-                raise TypeError(f"the broker does not accept {type(msg).__name__}")
-    except (GoTaskError, ValueError, TypeError) as exc:
-        await ctx.node.reply_error(env, exc)
-
-
-async def _watch(ctx: ActorContext, storage: Address, ids: tuple[str, ...]) -> GetJobsReply:
-    reply = await ctx.call(storage, WatchJobs(ids, ctx.address))
-    assert isinstance(reply, GetJobsReply)
-    return reply
-
-
-async def _wait(ctx: ActorContext, core: BrokerCore, storage: Address, env: Envelope,
-                msg: WaitJobs) -> None:
-    if not 0 <= msg.timeout_s <= WAIT_S_MAX:
-        raise ValueError(f"timeout_s must be between 0 and {WAIT_S_MAX:g}, got {msg.timeout_s}")
-    current = await _watch(ctx, storage, msg.ids)
-    key = core.add_waiter(env, current.jobs, trio.current_time() + msg.timeout_s)
-    if not core.waiters[key].pending:
-        await _answer(ctx, core.waiters.pop(key))
-
-
-async def _answer(ctx: ActorContext, waiter: _Waiter) -> None:
-    msg = waiter.request.msg
-    assert isinstance(msg, WaitJobs)
-    try:
-        await ctx.reply(waiter.request, waiter.reply(msg.ids))
-    except (trio.BrokenResourceError, LookupError):
-        log.info("waiting client went away before its answer")
-
-
-async def _changed(ctx: ActorContext, core: BrokerCore, storage: Address,
-                   record: JobRecord) -> None:
-    for waiter in core.changed(record):
-        await _answer(ctx, waiter)
-    for watcher in list(core.watchers.get(record.id, ())):
         try:
-            ctx.send_nowait(watcher, JobChanged(record))
-        except (trio.WouldBlock, trio.BrokenResourceError, LookupError):
-            core.watchers[record.id].discard(watcher)
-    if record.state in TERMINAL:
-        core.watchers.pop(record.id, None)
-    elif not core.interested(record.id):
-        try:
-            ctx.send_nowait(storage, UnwatchJobs((record.id,), ctx.address))
-        except (trio.WouldBlock, trio.BrokenResourceError, LookupError):
-            log.debug("unwatch of %s deferred: storage busy", record.id)
+            await self.ctx.send(dst, msg)  # a full inbox holds us: backpressure
+        except _GONE as exc:
+            log.info("%s not sent to %s: %s", type(msg).__name__, dst, exc)
 
 
-async def _unwatch(ctx: ActorContext, core: BrokerCore, storage: Address,
-                   ids: tuple[str, ...], watcher: Address) -> None:
-    for job_id in ids:
-        subs = core.watchers.get(job_id)
-        if subs is not None:
-            subs.discard(watcher)
-            if not subs:
-                del core.watchers[job_id]
-    gone = tuple(i for i in ids if not core.interested(i))
-    if gone:
-        await ctx.call(storage, UnwatchJobs(gone, ctx.address))
+# -- asking a Broker -----------------------------------------------------------------------
+
+
+async def enqueue(node: Node, at: str, jobs: Sequence[proto.JobSpec], *,
+                  timeout_s: float = 10.0) -> proto.EnqueueReply:
+    """Enqueue `jobs` through the Broker of node `at`; see `proto.Enqueue`."""
+    return await node.call(Address(at, BROKER), proto.Enqueue(tuple(jobs)), timeout_s=timeout_s)
+
+
+async def get_jobs(node: Node, at: str, ids: Sequence[str], *,
+                   timeout_s: float = 10.0) -> tuple[JobRecord | None, ...]:
+    """The records of `ids` (None: no such job), through the Broker of node `at`."""
+    reply = await node.call(Address(at, BROKER), proto.GetJobs(tuple(ids)), timeout_s=timeout_s)
+    return reply.jobs
+
+
+async def wait_jobs(node: Node, at: str, ids: Sequence[str], wait_s: float, *,
+                    timeout_s: float | None = None) -> tuple[JobRecord | None, ...]:
+    """The records of `ids` once all are terminal, or after `wait_s` seconds."""
+    msg = proto.WaitJobs(tuple(ids), wait_s)
+    call_s = wait_s + 10.0 if timeout_s is None else timeout_s
+    return (await node.call(Address(at, BROKER), msg, timeout_s=call_s)).jobs
+
+
+async def cancel_jobs(node: Node, at: str, ids: Sequence[str], *,
+                      timeout_s: float = 10.0) -> tuple[str, ...]:
+    """Cancel `ids` through the Broker of node `at`; their states after."""
+    msg = proto.CancelJobs(tuple(ids))
+    return (await node.call(Address(at, BROKER), msg, timeout_s=timeout_s)).states

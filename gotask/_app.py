@@ -21,6 +21,7 @@ import attrs
 import msgpack
 
 from gotask._errors import InvalidArguments, TaskNotFound
+from gotask._job import check_job_fields
 from gotask._retry import RetryPolicy, RetryRule
 
 __all__ = ["App", "JobContext", "Task", "current_job", "pack_args", "unpack_args"]
@@ -145,6 +146,12 @@ class App:
 
 
 def _check_options(options: Mapping[str, Any]) -> None:
+    for name in ("priority", "result_ttl_s"):
+        if name in options and (isinstance(options[name], bool)
+                                or not isinstance(options[name], int | float)):
+            raise ValueError(f"{name} must be a number, got {options[name]!r}")
+    check_job_fields(priority=options.get("priority"),
+                     result_ttl_s=options.get("result_ttl_s"))
     if "max_attempts" in options and not (
         isinstance(options["max_attempts"], int) and options["max_attempts"] >= 1
     ):

@@ -21,7 +21,7 @@ import msgpack
 from gotask._app import unpack_args
 from gotask._errors import InvalidArguments
 from gotask._job import JobRecord
-from gotask.actors.storage.base import NodeInfo
+from gotask._protocol import NodeInfo
 
 __all__ = [
     "STATE_COLUMNS",

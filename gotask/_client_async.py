@@ -23,7 +23,7 @@ import random
 import secrets
 import ssl
 from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import anyio.abc
@@ -44,12 +44,11 @@ from gotask._client_conn import (
 from gotask._client_jobs import (
     WAIT_SLICE_S,
     WATCH_REFRESH_S,
-    JobSpec,
+    JobTuple,
     Watch,
-    check_item,
+    check_spec,
     chunks,
     decode_result,
-    expect,
     only_job,
     remote_error,
 )
@@ -63,38 +62,29 @@ from gotask._errors import (
     WaitTimeout,
 )
 from gotask._job import JobRecord
-from gotask._messages import (
+from gotask._protocol import (
+    CancelJobs,
+    CountQueues,
     Enqueue,
-    EnqueueItem,
+    GetJobs,
+    JobSpec,
+    ListDead,
+    ListJobs,
+    ListNodes,
+    NodeInfo,
     PauseWorkers,
+    PurgeDead,
+    RetryDead,
     UnwatchJobs,
     WaitJobs,
     WatchJobs,
 )
-from gotask.actors.storage.base import (
-    CancelJobs,
-    CancelReply,
-    CountJobs,
-    CountJobsReply,
-    EnqueueReply,
-    GetJobs,
-    ListDead,
-    ListDeadReply,
-    ListJobs,
-    ListJobsReply,
-    ListNodes,
-    ListNodesReply,
-    NodeInfo,
-    PurgeDead,
-    PurgeDeadReply,
-    RetryDead,
-    RetryDeadReply,
-)
-from gotask.runtime.message import Address, ErrorReply
+from gotask.runtime.message import Address, Command, ErrorReply, reply_type
 
 __all__ = ["AsyncClient"]
 
 log = logging.getLogger("gotask.client")
+R = TypeVar("R")
 
 
 class AsyncClient:
@@ -287,8 +277,13 @@ class AsyncClient:
 
     # -- requests --------------------------------------------------------------------------
 
-    async def _request(self, msg: object, *, retry: bool, timeout_s: float | None = None) -> object:
-        """Send `msg` to the broker and return its reply; `retry`: safe to send twice."""
+    async def _request(self, msg: Command[R], *, retry: bool,
+                       timeout_s: float | None = None) -> R:
+        """Send `msg` to the broker and return its reply; `retry`: safe to send twice.
+
+        Raises:
+            RemoteProtocolError: the reply is not of the type `msg` declares.
+        """
         timeout_s = self._call_timeout_s if timeout_s is None else timeout_s
         for attempt in (1, 2):
             link = await self._connected()
@@ -305,7 +300,7 @@ class AsyncClient:
                 continue
             if isinstance(reply, ErrorReply):
                 raise remote_error(reply)
-            return reply
+            return _checked(msg, reply)
         raise AssertionError("unreachable")
 
     # -- enqueue ---------------------------------------------------------------------------
@@ -346,7 +341,7 @@ class AsyncClient:
         options = {"queue": queue, "priority": priority, "delay_s": delay_s,
                    "max_attempts": max_attempts, "timeout_s": timeout_s,
                    "result_ttl_s": result_ttl_s, "idempotency_key": idempotency_key}
-        return (await self._enqueue_items([check_item(task, args, kwargs, options)]))[0]
+        return (await self._enqueue_items([check_spec(task, args, kwargs, options)]))[0]
 
     async def enqueue_with(
         self,
@@ -361,9 +356,9 @@ class AsyncClient:
         Raises:
             TypeError: an unknown option. Otherwise as `enqueue`.
         """
-        return (await self._enqueue_items([check_item(task, args, kwargs, options)]))[0]
+        return (await self._enqueue_items([check_spec(task, args, kwargs, options)]))[0]
 
-    async def enqueue_many(self, jobs: Iterable[JobSpec]) -> list[str]:
+    async def enqueue_many(self, jobs: Iterable[JobTuple]) -> list[str]:
         """Enqueue many jobs in few messages; return their ids in order.
 
         Each job is `(task, args, kwargs, options)`; kwargs and options may be None.
@@ -379,10 +374,10 @@ class AsyncClient:
             if not isinstance(spec, tuple) or len(spec) != 4:
                 raise TypeError(f"each job must be (task, args, kwargs, options), got {spec!r}")
             task, args, kwargs, options = spec
-            items.append(check_item(task, args, kwargs, options or {}))
+            items.append(check_spec(task, args, kwargs, options or {}))
         return await self._enqueue_items(items)
 
-    async def _enqueue_items(self, items: Sequence[EnqueueItem]) -> list[str]:
+    async def _enqueue_items(self, items: Sequence[JobSpec]) -> list[str]:
         if (len(items) == 1 and items[0].idempotency_key is None and self._tg is not None
                 and not self._closed):
             # Concurrent one-job enqueues share messages (see _client_batch); a keyed one
@@ -393,10 +388,9 @@ class AsyncClient:
             ids.extend(await self._send_enqueue(chunk))
         return ids
 
-    async def _send_enqueue(self, chunk: tuple[EnqueueItem, ...]) -> list[str]:
+    async def _send_enqueue(self, chunk: tuple[JobSpec, ...]) -> list[str]:
         safe = all(item.idempotency_key is not None for item in chunk)
-        reply = expect(await self._request(Enqueue(chunk), retry=safe), EnqueueReply)
-        return list(reply.ids)
+        return list((await self._request(Enqueue(chunk), retry=safe)).ids)
 
     # -- jobs ------------------------------------------------------------------------------
 
@@ -483,8 +477,7 @@ class AsyncClient:
         Raises:
             JobNotFound: no such job.
         """
-        reply = await self._request(CancelJobs((job_id,)), retry=True)
-        state = expect(reply, CancelReply).states[0]
+        state = (await self._request(CancelJobs((job_id,)), retry=True)).states[0]
         if state == "missing":
             raise JobNotFound(f"no job {job_id!r} (never enqueued, or purged after its TTL)")
         return state
@@ -496,7 +489,7 @@ class AsyncClient:
 
         Only non-zero counts appear; a queue without jobs does not appear at all.
         """
-        reply = expect(await self._request(CountJobs(), retry=True), CountJobsReply)
+        reply = await self._request(CountQueues(), retry=True)
         out: dict[str, dict[str, int]] = {}
         for count in reply.counts:
             out.setdefault(count.queue, {})[count.state] = count.count
@@ -509,8 +502,8 @@ class AsyncClient:
         Raises:
             ValueError: `limit` out of range.
         """
-        msg = ListDead(queue=queue, limit=limit, after_id=after_id)
-        return list(expect(await self._request(msg, retry=True), ListDeadReply).jobs)
+        msg = ListDead(queue=queue, limit=limit, cursor=after_id)
+        return list((await self._request(msg, retry=True)).jobs)
 
     async def list_jobs(self, queue: str | None = None, state: str | None = None,
                         limit: int = 100, after_id: str | None = None) -> list[JobRecord]:
@@ -520,8 +513,8 @@ class AsyncClient:
         Raises:
             ValueError: `limit` out of range.
         """
-        msg = ListJobs(queue=queue, state=state, limit=limit, after_id=after_id)
-        return list(expect(await self._request(msg, retry=True), ListJobsReply).jobs)
+        msg = ListJobs(queue=queue, state=state, limit=limit, cursor=after_id)
+        return list((await self._request(msg, retry=True)).jobs)
 
     async def pause(self, paused: bool = True) -> None:
         """Stop (or with `paused=False` resume) leasing on the connected node; running
@@ -535,8 +528,7 @@ class AsyncClient:
         Raises:
             ValueError: neither or both of `ids` and `all_jobs` given.
         """
-        msg = RetryDead(_dlq_ids(ids, all_jobs))
-        return expect(await self._request(msg, retry=False), RetryDeadReply).requeued
+        return (await self._request(RetryDead(_dlq_ids(ids, all_jobs)), retry=False)).count
 
     async def dlq_purge(self, ids: Sequence[str] | None = None, *, all_jobs: bool = False) -> int:
         """Delete dead jobs: the ones in `ids`, or all with `all_jobs=True`. Returns how
@@ -545,12 +537,19 @@ class AsyncClient:
         Raises:
             ValueError: neither or both of `ids` and `all_jobs` given.
         """
-        msg = PurgeDead(_dlq_ids(ids, all_jobs))
-        return expect(await self._request(msg, retry=False), PurgeDeadReply).purged
+        return (await self._request(PurgeDead(_dlq_ids(ids, all_jobs)), retry=False)).count
 
     async def nodes(self) -> list[NodeInfo]:
         """The live nodes of the cluster, sorted by name."""
-        return list(expect(await self._request(ListNodes(), retry=True), ListNodesReply).nodes)
+        return list((await self._request(ListNodes(), retry=True)).nodes)
+
+
+def _checked(msg: Command[R], reply: object) -> R:
+    expected = reply_type(type(msg))
+    if expected is not None and not isinstance(reply, expected):
+        raise RemoteProtocolError(f"the node answered {type(msg).__name__} with "
+                                  f"{type(reply).__name__}")
+    return reply  # type: ignore[return-value]  # checked against Command[R] just above
 
 
 def _dlq_ids(ids: Sequence[str] | None, all_jobs: bool) -> tuple[str, ...] | None:

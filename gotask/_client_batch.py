@@ -30,7 +30,7 @@ from gotask._errors import (
     RemoteProtocolError,
     TaskNotFound,
 )
-from gotask._messages import EnqueueItem
+from gotask._protocol import JobSpec
 
 __all__ = ["FLUSHERS", "EnqueueBatcher"]
 
@@ -40,12 +40,12 @@ FLUSHERS = 2
 _REFUSED_WHOLE = (TaskNotFound, InvalidArguments)
 _REFUSED_WHOLE_REMOTE = frozenset({"ValueError", "TypeError"})
 
-Send = Callable[[tuple[EnqueueItem, ...]], Awaitable[list[str]]]
+Send = Callable[[tuple[JobSpec, ...]], Awaitable[list[str]]]
 
 
 @attrs.define(eq=False)
 class _Pending:
-    item: EnqueueItem
+    item: JobSpec
     done: anyio.Event
     job_id: str | None = None
     error: BaseException | None = None
@@ -76,7 +76,7 @@ class EnqueueBatcher:
         self._idle = 0
         self._event: Callable[[], anyio.Event] = anyio.Event
 
-    async def submit(self, item: EnqueueItem) -> str:
+    async def submit(self, item: JobSpec) -> str:
         """Enqueue `item` in the next message; return its job id or raise its error."""
         pending = _Pending(item, self._event())
         self._queue.append(pending)

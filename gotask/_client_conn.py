@@ -1,14 +1,17 @@
-"""The client's connection to one node: anyio TCP (or TLS), the handshake, frames.
+"""The client's connection to one node: an anyio shell around the sans-IO link protocol.
 
 Rules of this module:
 - Written on anyio, never on trio directly, so the client runs under trio and asyncio.
-- A client is a peer that hosts no actors. A `ClientLink` runs the same handshake as a
-  node (`DialerHandshake`, nonce from `secrets`) and speaks `Envelope`/`Reply` frames
-  through the sans-IO `Connection`: requests go to the broker of the node it reached,
-  from `Address(client_node, "$call")`, and replies are matched by `corr`. Envelopes for
-  `Address(client_node, "watch")` carrying `JobChanged` are handed to `on_push`.
+- A client is a peer that hosts no actors. A `ClientLink` runs the same handshake and
+  link protocol as a node (`gotask.transports._link_protocol`, nonce from `secrets`):
+  what the link decides (control frames, invalid messages, correlation of replies, every
+  deadline, the bounded outbound buffer) is decided there; this module moves bytes and
+  wakes tasks. Requests go to the broker of the node it reached, from
+  `Address(client_node, "$call")`. Envelopes for `Address(client_node, "watch")` carrying
+  `JobChanged` are handed to `on_push`; a call to any other actor is refused.
 - Every wait has a deadline: connect and handshake (`connect_timeout_s`), silence
-  (`idle_timeout_s`), a stalled write (`write_timeout_s`), each call (its timeout).
+  (`idle_timeout_s`), a frame left incomplete (`frame_timeout_s`), a stalled write
+  (`write_timeout_s`), each call (its timeout). One watchdog task ticks the protocol.
 - A link's tasks never raise into the task group running them: a failure closes the
   link, fails its waiting calls with `ConnectionLost`, and is logged with the address.
 - The outbound buffer is bounded (`outbound_max` frames); one writer sends everything
@@ -21,6 +24,7 @@ from __future__ import annotations
 import ipaddress
 import itertools
 import logging
+import math
 import secrets
 import ssl
 from collections.abc import Awaitable, Callable, Mapping
@@ -30,28 +34,22 @@ import anyio
 import anyio.abc
 import attrs
 
-from gotask._errors import (
-    CallTimeout,
-    ConfigError,
-    ConnectionLost,
-    FramingError,
-    InvalidMessage,
-    ProtocolError,
-    RemoteProtocolError,
-)
+from gotask._errors import ConfigError, ConnectionLost, ProtocolError
 from gotask._job import JobRecord
 from gotask._messages import BROKER, JobChanged
 from gotask.config import DEFAULT_PORT, read_secret
-from gotask.runtime.message import Address, Envelope, ErrorReply, Reply
-from gotask.transports._handshake import (
-    NONCE_BYTES,
-    DialerHandshake,
-    Ping,
-    Pong,
-    WireError,
-    wire_error,
+from gotask.runtime.message import Address, Envelope
+from gotask.transports._handshake import NONCE_BYTES, DialerHandshake, WireError
+from gotask.transports._link_protocol import (
+    CallDone,
+    HandshakeProtocol,
+    InvalidReceived,
+    LinkClosed,
+    LinkOptions,
+    LinkProtocol,
+    failure_reason,
 )
-from gotask.transports._wire import CLOSED, FRAME_BYTES_MAX, NEED_DATA, Connection
+from gotask.transports._wire import FRAME_BYTES_MAX, Connection
 
 __all__ = [
     "CALLER_NAME",
@@ -71,6 +69,8 @@ log = logging.getLogger("gotask.client")
 #: The actor name a client's requests come from, and the one its pushes go to.
 CALLER_NAME: Final = "$call"
 WATCH_NAME: Final = "watch"
+#: Longest wait to deliver a fatal error frame before closing, in seconds.
+ERROR_FLUSH_S: Final = 1.0
 #: Errors a broken or closed stream raises.
 STREAM_ERRORS: Final = (
     OSError,
@@ -88,6 +88,7 @@ class LinkSettings:
         connect_timeout_s: TCP connect, TLS and handshake together must finish within this.
         heartbeat_s: send a `Ping` after this long without sending anything.
         idle_timeout_s: close when nothing arrived for this long (nodes ping every 5 s).
+        frame_timeout_s: a frame that started arriving must complete within this.
         write_timeout_s: close when a write makes no progress for this long.
         outbound_max: encoded frames waiting to be written, at most.
         frame_bytes_max: largest frame body once authenticated, in bytes.
@@ -97,18 +98,43 @@ class LinkSettings:
     connect_timeout_s: float = 5.0
     heartbeat_s: float = 5.0
     idle_timeout_s: float = 20.0
+    frame_timeout_s: float = 30.0
     write_timeout_s: float = 15.0
     outbound_max: int = 1024
     frame_bytes_max: int = FRAME_BYTES_MAX
     receive_bytes_max: int = 256 << 10
 
-
-class _Closed(Exception):
-    """Internal: the link must close; the message is the reason."""
+    def link_options(self) -> LinkOptions:
+        """The link protocol's options for these settings."""
+        return LinkOptions(
+            connect_timeout_s=self.connect_timeout_s,
+            handshake_timeout_s=self.connect_timeout_s,
+            heartbeat_s=self.heartbeat_s,
+            idle_timeout_s=self.idle_timeout_s,
+            frame_timeout_s=self.frame_timeout_s,
+            write_timeout_s=self.write_timeout_s,
+            outbound_max=self.outbound_max,
+            frame_bytes_max=self.frame_bytes_max,
+            receive_bytes_max=self.receive_bytes_max,
+        )
 
 
 class NotSent(ConnectionLost):
     """The link was closed before the request was queued: it never left (safe to retry)."""
+
+
+class _Signal:
+    """Wakes every task waiting when it fires (anyio has no parking lot)."""
+
+    def __init__(self) -> None:
+        self._event = anyio.Event()
+
+    async def wait(self) -> None:
+        await self._event.wait()
+
+    def fire(self) -> None:
+        self._event.set()
+        self._event = anyio.Event()
 
 
 @attrs.define(eq=False)
@@ -140,27 +166,25 @@ class ClientLink:
         on_close: Callable[[ClientLink], None],
     ) -> None:
         self.peer, self.address = peer, address
-        self._stream, self._conn, self._settings = stream, conn, settings
+        self._stream, self._settings = stream, settings
         self._me = Address(client_node, CALLER_NAME)
         self._broker = Address(peer, BROKER)
         self._corr, self._on_push, self._on_close = corr, on_push, on_close
-        self._out_send, self._out_recv = anyio.create_memory_object_stream[bytes](
-            settings.outbound_max
-        )
-        self._pending: dict[int, _Call] = {}
+        self._proto = LinkProtocol(conn, settings.link_options(), now=anyio.current_time(),
+                                   peer=address, calls=True)
+        self._calls: dict[int, _Call] = {}
+        self._queued, self._written, self._rearm = _Signal(), _Signal(), _Signal()
+        self._watch_due_s = math.inf
         self._scope = anyio.CancelScope()
-        self._close_reason: str | None = None
-        self._last_sent_s = anyio.current_time()
-        self._ping_seq = 0
 
     def __repr__(self) -> str:
-        state = "open" if self._close_reason is None else "closed"
+        state = "closed" if self.closed else "open"
         return f"<ClientLink {self._me.node!r}->{self.peer!r} {self.address} {state}>"
 
     @property
     def closed(self) -> bool:
         """Whether the link has closed."""
-        return self._close_reason is not None
+        return self._proto.closed
 
     async def call(self, msg: object, timeout_s: float) -> object:
         """Send `msg` to the node's broker and return the reply (maybe an `ErrorReply`).
@@ -171,201 +195,164 @@ class ClientLink:
             ConnectionLost: the link closed while the request was in flight.
             CallTimeout: no reply within `timeout_s` seconds.
         """
-        corr = next(self._corr)
-        frame = self._conn.send(Envelope(self._broker, self._me, corr, msg))
-        if self._close_reason is not None:
-            raise NotSent(f"connection to {self.address} closed: {self._close_reason}")
-        call = self._pending[corr] = _Call()
+        proto, corr = self._proto, next(self._corr)
+        frame = proto.encode(Envelope(self._broker, self._me, corr, msg))
+        call = self._calls[corr] = _Call()
         try:
             await self._queue(frame)
-            with anyio.move_on_after(timeout_s):
-                await call.done.wait()
+            due_s = proto.start_call(corr, anyio.current_time(), timeout_s, type(msg).__name__)
+            if due_s < self._watch_due_s:
+                self._rearm.fire()
+            await call.done.wait()
         finally:
-            del self._pending[corr]
+            del self._calls[corr]
+            proto.forget_call(corr)
         if call.error is not None:
             raise call.error
-        if not call.done.is_set():
-            raise CallTimeout(
-                f"no reply from {self.address} within {timeout_s:g}s to {type(msg).__name__}"
-            )
         return call.reply
 
     async def send(self, msg: object) -> None:
         """Send `msg` to the node's broker, no reply expected; dropped if the link closed."""
         try:
-            await self._queue(self._conn.send(Envelope(self._broker, self._me, 0, msg)))
+            await self._queue(self._proto.encode(Envelope(self._broker, self._me, 0, msg)))
         except NotSent:
             log.debug("client link to %s: %s not sent, link closed", self.address,
                       type(msg).__name__)
 
     async def _queue(self, frame: bytes) -> None:
-        try:
-            await self._out_send.send(frame)
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-            raise NotSent(f"connection to {self.address} closed: {self._close_reason}") from None
+        """Queue `frame`, waiting while the outbound buffer is full."""
+        proto = self._proto
+        while proto.close_reason is None and not proto.has_room(len(frame)):
+            await self._written.wait()
+        if proto.close_reason is not None:
+            raise NotSent(f"connection to {self.address} closed: {proto.close_reason}")
+        proto.push(frame)
+        self._queued.fire()
 
     # -- lifetime ----------------------------------------------------------------------
 
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        """Run reader, writer and heartbeat until the link closes; then close the stream.
+        """Run reader, writer and watchdog until the link closes; then close the stream.
 
         Never raises but cancellation: every failure closes the link and is logged.
         """
         try:
             with self._scope:
                 async with anyio.create_task_group() as tg:
-                    tg.start_soon(self._guard, self._read_loop)
-                    tg.start_soon(self._guard, self._write_loop)
-                    tg.start_soon(self._guard, self._heartbeat_loop)
+                    for loop in (self._read_loop, self._write_loop, self._watch_loop):
+                        tg.start_soon(self._guard, loop)
                     task_status.started()
         finally:
-            self.close(self._close_reason or "cancelled")
+            self.close(self._proto.close_reason or "cancelled")
             await anyio.aclose_forcefully(self._stream)
             log.info("client link to %s (%s) closed: %s", self.peer, self.address,
-                     self._close_reason)
+                     self._proto.close_reason)
 
     def close(self, reason: str = "closed by the client") -> None:
         """Close now: stop the tasks and fail every waiting call with `ConnectionLost`."""
-        if self._close_reason is not None:
+        if self._proto.closed:
             return
-        self._close_reason = reason
+        for done in self._proto.close(reason):
+            self._finish(done)
         self._scope.cancel()
-        self._out_recv.close()  # first: wakes senders waiting for room, with an error
-        self._out_send.close()
-        for call in self._pending.values():
-            if not call.done.is_set():
-                call.error = ConnectionLost(
-                    f"connection to {self.address} lost with a request in flight: {reason}"
-                )
-                call.done.set()
+        self._written.fire()  # wakes senders waiting for room, to fail with NotSent
         self._on_close(self)
 
     async def _guard(self, loop: Callable[[], Awaitable[None]]) -> None:
         try:
             await loop()
-            reason = "stopped"
-        except _Closed as exc:
-            reason = str(exc)
-        except STREAM_ERRORS as exc:
-            reason = f"connection lost: {type(exc).__name__}: {exc}"
-        except ProtocolError as exc:
-            reason = f"protocol error: {exc}"
-        except Exception as exc:  # a bug must fail the calls, not hang them: log it loudly
-            log.exception("client link to %s failed", self.address)
-            reason = f"internal error: {type(exc).__name__}: {exc}"
-        self.close(reason)
+            self.close("stopped")
+        except Exception as exc:
+            reason, bug = failure_reason(exc, STREAM_ERRORS)
+            if bug:  # it must fail the calls, not hang them: log it loudly
+                log.exception("client link to %s failed", self.address)
+            elif isinstance(exc, LinkClosed) and exc.flush:
+                await self._flush()
+            self.close(reason)
+
+    def _finish(self, done: CallDone) -> None:
+        call = self._calls.get(done.corr)
+        if call is not None and not call.done.is_set():
+            call.reply, call.error = done.reply, done.error
+            call.done.set()
 
     # -- writing -----------------------------------------------------------------------
 
     async def _write_loop(self) -> None:
-        timeout_s = self._settings.write_timeout_s
+        proto, send = self._proto, self._stream.send
         while True:
-            frames = [await self._out_recv.receive()]
-            try:
-                while True:
-                    frames.append(self._out_recv.receive_nowait())
-            except anyio.WouldBlock:
-                pass
-            with anyio.move_on_after(timeout_s) as scope:
-                await self._stream.send(b"".join(frames))
-            if scope.cancelled_caught:
-                raise _Closed(f"write stalled for {timeout_s:g}s: the node is not reading")
-            self._last_sent_s = anyio.current_time()
+            while not proto.out:
+                await self._queued.wait()
+            data = proto.take_outbound()
+            self._written.fire()
+            proto.write_started(anyio.current_time())
+            await send(data)
+            proto.write_finished(anyio.current_time())
 
-    def _send_control(self, msg: object) -> None:
-        try:
-            self._out_send.send_nowait(self._conn.send(msg))
-        except anyio.WouldBlock:
-            log.debug("client link to %s: %s dropped, buffer full", self.address,
-                      type(msg).__name__)
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-            pass
+    async def _flush(self) -> None:
+        """Wait (briefly) until the fatal error frame the protocol queued is written."""
+        self._queued.fire()
+        with anyio.move_on_after(ERROR_FLUSH_S):
+            while self._proto.out:
+                await self._written.wait()
 
-    async def _heartbeat_loop(self) -> None:
-        every_s = self._settings.heartbeat_s
+    async def _watch_loop(self) -> None:
+        """Ticks the protocol when a deadline is due, or earlier when a call asks."""
+        proto = self._proto
         while True:
-            due_s = self._last_sent_s + every_s
-            if anyio.current_time() < due_s:
-                await anyio.sleep(due_s - anyio.current_time())
-                continue
-            self._ping_seq += 1
-            self._send_control(Ping(self._ping_seq))
-            await anyio.sleep(every_s)
+            now_s = anyio.current_time()
+            for done in proto.tick(now_s):
+                self._finish(done)
+            if proto.out:
+                self._queued.fire()
+            self._watch_due_s = proto.next_due(now_s)
+            with anyio.CancelScope(deadline=self._watch_due_s):
+                await self._rearm.wait()
 
     # -- reading -----------------------------------------------------------------------
 
     async def _read_loop(self) -> None:
-        idle_s = self._settings.idle_timeout_s
+        proto, receive = self._proto, self._stream.receive
+        receive_bytes_max = self._settings.receive_bytes_max
         while True:
             self._drain()
-            with anyio.move_on_after(idle_s):
-                try:
-                    data = await self._stream.receive(self._settings.receive_bytes_max)
-                except anyio.EndOfStream:
-                    data = b""
-                self._conn.receive_data(data)
-                continue
-            raise _Closed(f"nothing received for {idle_s:g}s")
+            proto.wait_reading(anyio.current_time())
+            try:
+                data = await receive(receive_bytes_max)
+            except anyio.EndOfStream:
+                data = b""
+            proto.receive_data(data)
 
     def _drain(self) -> None:
-        """Handle every complete frame."""
-        while True:
-            try:
-                event = self._conn.next_event()
-            except InvalidMessage as exc:
-                self._on_invalid(exc)
-                continue
-            except FramingError as exc:
-                self._send_control(wire_error(exc))
-                raise _Closed(f"framing error: {exc}") from None
-            if event is NEED_DATA:
-                return
-            if event is CLOSED:
-                raise _Closed("the node closed the connection")
-            self._on_event(event)
+        """Handle every complete message; raises `LinkClosed` when the link must close."""
+        proto = self._proto
+        while events := proto.next_events():
+            for event in events:
+                self._on_event(event)
+        if proto.out:
+            self._queued.fire()  # an answer to a control frame
 
     def _on_event(self, event: object) -> None:
-        if isinstance(event, Reply):
-            self._resolve(event.corr, event.msg)
+        if isinstance(event, CallDone):
+            self._finish(event)
         elif isinstance(event, Envelope):
             self._on_envelope(event)
-        elif isinstance(event, Ping):
-            self._send_control(Pong(event.seq))
+        elif isinstance(event, InvalidReceived):
+            log.warning("client link to %s: invalid message: %s", self.address, event.error)
+            if event.reply is not None:
+                self._proto.send_control(event.reply)
         elif isinstance(event, WireError):
             log.warning("client link to %s: the node reports %s: %s", self.address,
                         event.code, event.message)
-            if event.fatal:
-                raise _Closed(f"the node reported a fatal error: {event.code}: {event.message}")
-        elif not isinstance(event, Pong):
-            text = f"unexpected {type(event).__name__} after the handshake"
-            self._send_control(WireError("invalid", text, fatal=False))
-
-    def _resolve(self, corr: int, msg: object) -> None:
-        call = self._pending.get(corr)
-        if call is None or call.done.is_set():
-            log.debug("client link to %s: late reply %d dropped", self.address, corr)
-            return
-        call.reply = msg
-        call.done.set()
 
     def _on_envelope(self, env: Envelope) -> None:
         if env.dst.name == WATCH_NAME and isinstance(env.msg, JobChanged):
             self._on_push(env.msg.job)
-        elif env.corr and env.src is not None:
-            error = ErrorReply("ActorNotFound", f"no actor {env.dst.name!r}: clients host none", "")
-            self._send_control(Reply(env.src.node, env.corr, error))
         else:
-            log.debug("client link to %s: dropped %s for %s", self.address,
-                      type(env.msg).__name__, env.dst)
-
-    def _on_invalid(self, exc: InvalidMessage) -> None:
-        log.warning("client link to %s: invalid message: %s", self.address, exc)
-        call = self._pending.get(exc.corr) if exc.corr else None
-        if call is not None and not call.done.is_set():
-            call.error = RemoteProtocolError(f"the node answered with an invalid message: {exc}")
-            call.done.set()
+            text = f"no actor {env.dst.name!r}: clients host none"
+            self._proto.refuse(env, "ActorNotFound", text)
 
 
 # -- dialing -------------------------------------------------------------------------------
@@ -399,44 +386,36 @@ async def dial(
         try:
             conn = Connection(frame_bytes_max=settings.frame_bytes_max)
             shake = DialerHandshake(secret, client_node, secrets.token_bytes(NONCE_BYTES))
-            await _handshake(stream, conn, shake, settings.receive_bytes_max)
+            hs = HandshakeProtocol(conn, shake, now=anyio.current_time(),
+                                   timeout_s=settings.connect_timeout_s)
+            await _handshake(stream, hs, settings.receive_bytes_max)
         except BaseException:
             await anyio.aclose_forcefully(stream)
             raise
-    assert shake.peer_node is not None
-    return stream, conn, shake.peer_node
+    assert hs.peer_node is not None
+    return stream, conn, hs.peer_node
 
 
-async def _handshake(
-    stream: anyio.abc.ByteStream, conn: Connection, shake: DialerHandshake, receive_max: int
-) -> None:
-    await stream.send(conn.send_many(shake.start()))
-    while not shake.done:
-        try:
-            replies = shake.receive(await _next_message(stream, conn, receive_max))
-        except ProtocolError:
-            if shake.error_reply is not None:
-                with anyio.move_on_after(1.0):
-                    await stream.send(conn.send(shake.error_reply))
-            raise
-        if shake.done:
-            conn.mark_authenticated()
-        if replies:
-            await stream.send(conn.send_many(replies))
-
-
-async def _next_message(stream: anyio.abc.ByteStream, conn: Connection, receive_max: int) -> object:
-    while True:
-        event = conn.next_event()
-        if event is NEED_DATA:
+async def _handshake(stream: anyio.abc.ByteStream, hs: HandshakeProtocol, receive_max: int) -> None:
+    try:
+        await stream.send(hs.start())
+        while not hs.done:
             try:
-                conn.receive_data(await stream.receive(receive_max))
+                data = await stream.receive(receive_max)
             except anyio.EndOfStream:
-                conn.receive_data(b"")
-        elif event is CLOSED:
-            raise RemoteProtocolError("the node closed the connection during the handshake")
-        else:
-            return event
+                data = b""
+            replies = hs.receive_data(data)
+            if replies:
+                await stream.send(replies)
+    except ProtocolError as exc:
+        error = hs.failure_frame(exc)
+        if error is not None:
+            with anyio.move_on_after(ERROR_FLUSH_S):
+                try:
+                    await stream.send(hs.conn.send(error))
+                except STREAM_ERRORS:
+                    pass  # the node is gone already; the error says what went wrong
+        raise
 
 
 # -- addresses and the environment -----------------------------------------------------

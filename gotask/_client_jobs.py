@@ -2,9 +2,9 @@
 
 Rules of this module:
 - No IO. Functions are pure; `Watch` (one live watch's mailbox) holds an anyio Event.
-- Arguments and options are checked as the node would check them, so a bad value never
-  leaves the client: `pack_args` refuses what is not msgpack (`InvalidArguments`), and
-  option ranges are those of storage's `NewJob`.
+- Arguments and options are checked here, once, so a bad value never leaves the client:
+  `pack_args` refuses what is not msgpack (`InvalidArguments`), option types are checked
+  here and their ranges by `JobSpec` itself (the node checks the same when it decodes it).
 - A failure the node reports is raised as the `gotask._errors` class it names (looked up
   in that module only, `GoTaskError` subclasses only), otherwise as `RemoteActorError`.
 """
@@ -12,7 +12,7 @@ Rules of this module:
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
 import anyio
 import attrs
@@ -27,28 +27,25 @@ from gotask._errors import (
     RemoteActorError,
     RemoteProtocolError,
 )
-from gotask._job import NAME_CHARS_MAX, JobRecord, JobState, NewJob
-from gotask._messages import EnqueueItem
-from gotask.actors.storage.base import BATCH_MAX, GetJobsReply
+from gotask._job import JobRecord, JobState
+from gotask._protocol import IDS_MAX, JobSpec, JobsReply
 from gotask.runtime.message import ErrorReply
 
 __all__ = [
     "ENQUEUE_BYTES_MAX",
     "WAIT_SLICE_S",
     "WATCH_REFRESH_S",
-    "JobSpec",
+    "JobTuple",
     "Watch",
-    "check_item",
+    "check_spec",
     "chunks",
     "decode_result",
-    "expect",
     "only_job",
     "remote_error",
 ]
 
-T = TypeVar("T")
 #: One job for `enqueue_many`: (task, args, kwargs, options); kwargs/options may be None.
-JobSpec = tuple[str, Sequence[Any], Mapping[str, Any] | None, Mapping[str, Any] | None]
+JobTuple = tuple[str, Sequence[Any], Mapping[str, Any] | None, Mapping[str, Any] | None]
 
 #: Longest single `WaitJobs` the client asks for, in seconds; `wait` loops on it.
 WAIT_SLICE_S: Final = 30.0
@@ -104,9 +101,9 @@ def remote_error(reply: ErrorReply) -> Exception:
     return RemoteActorError(reply.type_name, reply.message, reply.traceback)
 
 
-def check_item(task: str, args: Sequence[Any], kwargs: Mapping[str, Any] | None,
-          options: Mapping[str, Any]) -> EnqueueItem:
-    """Check one job locally and build its wire item.
+def check_spec(task: str, args: Sequence[Any], kwargs: Mapping[str, Any] | None,
+               options: Mapping[str, Any]) -> JobSpec:
+    """Check one job locally and build its spec, as it goes on the wire.
 
     Raises:
         InvalidArguments: an argument is not a msgpack value.
@@ -122,57 +119,34 @@ def check_item(task: str, args: Sequence[Any], kwargs: Mapping[str, Any] | None,
     for name, value in opts.items():
         if isinstance(value, bool) or not isinstance(value, _OPTIONS[name]):
             raise TypeError(f"{name} must be {_OPTIONS[name][0].__name__}, got {value!r}")
-    if "delay_s" in opts:
-        opts["delay_s"] = float(opts["delay_s"])
-        if not opts["delay_s"]:
-            del opts["delay_s"]
-    item = EnqueueItem(task, pack_args(args, kwargs), **opts)
-    if opts or not 0 < len(task) <= NAME_CHARS_MAX:  # the defaults are in range
-        _check_ranges(item)
-    return item
+    for name in ("delay_s", "timeout_s", "result_ttl_s"):
+        if name in opts:
+            opts[name] = float(opts[name])
+    return JobSpec(task, pack_args(args, kwargs), **opts)
 
 
-def _check_ranges(item: EnqueueItem) -> None:
-    """Raise ValueError as storage would, so a bad value never leaves the client."""
-    NewJob(
-        id="x", task=item.task, queue="default" if item.queue is None else item.queue,
-        args=b"", priority=item.priority or 0, delay_s=item.delay_s,
-        max_attempts=3 if item.max_attempts is None else item.max_attempts,
-        timeout_s=item.timeout_s, idempotency_key=item.idempotency_key,
-        result_ttl_s=0.0 if item.result_ttl_s is None else item.result_ttl_s,
-    )
-
-
-def chunks(items: Sequence[EnqueueItem]) -> Iterator[tuple[EnqueueItem, ...]]:
-    """Split items into messages that fit one frame and one storage batch."""
-    chunk: list[EnqueueItem] = []
+def chunks(specs: Sequence[JobSpec]) -> Iterator[tuple[JobSpec, ...]]:
+    """Split specs into messages that fit one frame and one request."""
+    chunk: list[JobSpec] = []
     size = 0
-    for item in items:
-        cost = len(item.args) + len(item.task) + _ITEM_OVERHEAD_BYTES
-        if chunk and (size + cost > ENQUEUE_BYTES_MAX or len(chunk) >= BATCH_MAX):
+    for spec in specs:
+        cost = len(spec.args) + len(spec.task) + _ITEM_OVERHEAD_BYTES
+        if chunk and (size + cost > ENQUEUE_BYTES_MAX or len(chunk) >= IDS_MAX):
             yield tuple(chunk)
             chunk, size = [], 0
-        chunk.append(item)
+        chunk.append(spec)
         size += cost
     if chunk:
         yield tuple(chunk)
 
 
-def expect(reply: object, cls: type[T]) -> T:
-    """Return `reply` if it is a `cls`; raise `RemoteProtocolError` otherwise."""
-    if not isinstance(reply, cls):
-        got = type(reply).__name__
-        raise RemoteProtocolError(f"expected {cls.__name__} from the node, got {got}")
-    return reply
-
-
-def only_job(reply: object, job_id: str) -> JobRecord:
-    """The one job of a `GetJobsReply`.
+def only_job(reply: JobsReply, job_id: str) -> JobRecord:
+    """The one job of a `JobsReply`.
 
     Raises:
         JobNotFound: the node has no such job. RemoteProtocolError: not one job.
     """
-    jobs = expect(reply, GetJobsReply).jobs
+    jobs = reply.jobs
     if len(jobs) != 1:
         raise RemoteProtocolError(f"expected 1 job in the reply, got {len(jobs)}")
     if jobs[0] is None:

@@ -20,9 +20,9 @@ import attrs
 
 from gotask._client_async import AsyncClient
 from gotask._client_conn import nodes_from_env, secret_from_env
-from gotask._client_jobs import JobSpec
+from gotask._client_jobs import JobTuple
 from gotask._job import JobRecord
-from gotask.actors.storage.base import NodeInfo
+from gotask._protocol import NodeInfo
 
 __all__ = ["Client"]
 
@@ -145,7 +145,7 @@ class Client:
         """Enqueue with explicit args and kwargs. See `AsyncClient.enqueue_with`."""
         return self._run(AsyncClient.enqueue_with, task, args, kwargs, **options)
 
-    def enqueue_many(self, jobs: Iterable[JobSpec]) -> list[str]:
+    def enqueue_many(self, jobs: Iterable[JobTuple]) -> list[str]:
         """Enqueue many jobs; return their ids. See `AsyncClient.enqueue_many`."""
         return self._run(AsyncClient.enqueue_many, list(jobs))
 

@@ -1,13 +1,13 @@
-"""Messages between clients, the Broker, the Dispatcher and the WorkerSupervisor.
+"""Messages between the actors of a node: the Broker, storage, the Dispatcher and the
+WorkerSupervisor.
 
 Rules of this module:
-- Every message is an attrs frozen class registered with a tag (prefix "b." for the
-  client-facing protocol, "d."/"w." for actors inside a node). Storage commands live in
-  `gotask.actors.storage.base`; a client may also send the read-only and DLQ storage
-  commands listed in `CLIENT_STORAGE_COMMANDS` to the Broker, which forwards them.
-- Client requests are answered through `call`: a failure comes back as `ErrorReply`
-  whose `type_name` is a class of `gotask._errors` (the client re-raises that class).
-- Pushes to a client (`JobChanged`) are plain sends to the address the client gave.
+- Every message is an attrs frozen class registered with a tag ("b." for what the
+  Broker asks storage, "d."/"w." for the Dispatcher and the WorkerSupervisor). Clients
+  never send these: the client protocol is `gotask._protocol`; storage commands live in
+  `gotask.actors.storage.base`.
+- Pushes (`JobChanged`, defined with the client protocol and re-exported here) are plain
+  sends to the address a watcher gave.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import attrs
 
 from gotask._job import JobRecord, LeaseToken
+from gotask._protocol import JobChanged as JobChanged
 from gotask.runtime.message import Address, Message, message
 
 __all__ = [
@@ -26,8 +27,6 @@ __all__ = [
     "WORKERS",
     "CancelRunning",
     "Drain",
-    "Enqueue",
-    "EnqueueItem",
     "JobChanged",
     "LeaseWait",
     "PauseWorkers",
@@ -35,7 +34,6 @@ __all__ = [
     "SlotsFreed",
     "Unpark",
     "UnwatchJobs",
-    "WaitJobs",
     "WatchJobs",
 ]
 
@@ -48,53 +46,13 @@ SCHEDULER = "scheduler"
 REAPER = "reaper"
 
 
-@message("b.item")
-@attrs.frozen
-class EnqueueItem:
-    """One job a client asks for. None fields take the task's defaults.
-
-    `args` is `pack_args(args, kwargs)`: msgpack `[args_list, kwargs_map]`.
-    """
-
-    task: str
-    args: bytes
-    queue: str | None = None
-    priority: int | None = None
-    delay_s: float = 0.0
-    max_attempts: int | None = None
-    timeout_s: float | None = None
-    result_ttl_s: float | None = None
-    idempotency_key: str | None = None
-
-
-@message("b.enqueue")
-@attrs.frozen
-class Enqueue:
-    """Enqueue jobs; answered by storage's `EnqueueReply` (ids in order, created flags).
-
-    The whole batch is refused (nothing enqueued) if any item is invalid; the error
-    names the item's index.
-    """
-
-    items: tuple[EnqueueItem, ...]
-
-
-@message("b.wait")
-@attrs.frozen
-class WaitJobs:
-    """Answer with `GetJobsReply` once every job is terminal, or after `timeout_s`."""
-
-    ids: tuple[str, ...]
-    timeout_s: float
-
-
 @message("b.watch")
 @attrs.frozen
 class WatchJobs:
-    """Push `JobChanged` to `watcher` on every change of these jobs (state, progress).
+    """Broker -> storage: push `JobChanged` to `watcher` on every change of these jobs.
 
-    Answered with `GetJobsReply` holding the jobs' current records, so a change that
-    happened before the watch began is never missed.
+    Answered with storage's `GetJobsReply` holding the jobs' current records, so a change
+    that happened before the watch began is never missed.
     """
 
     ids: tuple[str, ...]
@@ -104,18 +62,10 @@ class WatchJobs:
 @message("b.unwatch")
 @attrs.frozen
 class UnwatchJobs:
-    """Stop pushing changes of these jobs to `watcher`."""
+    """Broker -> storage: stop pushing changes of these jobs to `watcher`."""
 
     ids: tuple[str, ...]
     watcher: Address
-
-
-@message("b.changed")
-@attrs.frozen
-class JobChanged:
-    """A job changed (pushed to watchers)."""
-
-    job: JobRecord
 
 
 # -- inside a node ----------------------------------------------------------------
@@ -147,12 +97,12 @@ class SlotsFreed:
     count: int
 
 
-@message("b.pause")
+@message("d.pause")
 @attrs.frozen
 class PauseWorkers:
-    """Stop (`paused=True`) or resume leasing on the node that receives it.
+    """Broker -> Dispatcher: stop (`paused=True`) or resume leasing on this node.
 
-    Running jobs are not interrupted. Answered with None.
+    Running jobs are not interrupted. Answered with `Ok`.
     """
 
     paused: bool

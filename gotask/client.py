@@ -10,8 +10,8 @@ Rules of this module: it only re-exports; the implementation lives in `_client_*
 from __future__ import annotations
 
 from gotask._client_async import AsyncClient as AsyncClient
-from gotask._client_jobs import JobSpec as JobSpec
+from gotask._client_jobs import JobTuple as JobTuple
 from gotask._client_jobs import decode_result as decode_result
 from gotask._client_sync import Client as Client
 
-__all__ = ["AsyncClient", "Client", "JobSpec", "decode_result"]
+__all__ = ["AsyncClient", "Client", "JobTuple", "decode_result"]

@@ -21,9 +21,9 @@ import attrs
 import trio
 
 from gotask._errors import ActorError, RemoteActorError
-from gotask._messages import BROKER, Enqueue, EnqueueItem
-from gotask.actors.storage.base import CancelJobs, CancelReply, EnqueueReply
-from gotask.runtime import Address, Node
+from gotask._protocol import JobSpec
+from gotask.actors import broker
+from gotask.runtime import Node
 
 from .history import CancelDone, EnqueueDone, EnqueueSent, History
 from .workload import Op
@@ -80,11 +80,11 @@ def _wants_cancel(state: OpState) -> bool:
 
 async def _run_op(env: ClientEnv, state: OpState) -> None:
     while state.open:
-        broker = _pick(env)
-        if broker is None:  # every worker is down: wait, this is no try
+        at = _pick(env)
+        if at is None:  # every worker is down: wait, this is no try
             await trio.sleep(1.0)
             continue
-        await _enqueue_once(env, state, broker)
+        await _enqueue_once(env, state, at)
         if state.open:
             await trio.sleep(env.rng.uniform(*BACKOFF_S))
     if _wants_cancel(state):
@@ -98,19 +98,17 @@ def _pick(env: ClientEnv) -> str | None:
     return env.rng.choice(brokers) if brokers else None
 
 
-async def _enqueue_once(env: ClientEnv, state: OpState, broker: str) -> None:
+async def _enqueue_once(env: ClientEnv, state: OpState, at: str) -> None:
     op, node = state.op, env.node
     state.tries += 1
-    env.history.add(EnqueueSent(trio.current_time(), node.name, op.op_id, broker, state.tries))
-    item = EnqueueItem(op.task, op.args, delay_s=op.delay_s, max_attempts=op.max_attempts,
-                       idempotency_key=op.key)
+    env.history.add(EnqueueSent(trio.current_time(), node.name, op.op_id, at, state.tries))
+    spec = JobSpec(op.task, op.args, delay_s=op.delay_s, max_attempts=op.max_attempts,
+                   idempotency_key=op.key)
     outcome, job_id, created, error = "indeterminate", None, None, ""
     if state.outcome == "pending":
         state.outcome = "indeterminate"  # until answered: a crash here leaves it so
     try:
-        reply = await node.call(Address(broker, BROKER), Enqueue((item,)),
-                                timeout_s=CALL_TIMEOUT_S)
-        assert isinstance(reply, EnqueueReply)
+        reply = await broker.enqueue(node, at, (spec,), timeout_s=CALL_TIMEOUT_S)
         outcome, job_id, created = "ok", reply.ids[0], reply.created[0]
     except RemoteActorError as exc:
         outcome = "failed" if exc.type_name in DEFINITE else "indeterminate"
@@ -125,18 +123,16 @@ async def _enqueue_once(env: ClientEnv, state: OpState, broker: str) -> None:
 
 async def _cancel(env: ClientEnv, state: OpState, job_id: str) -> None:
     for _ in range(3):
-        broker = _pick(env)
-        if broker is None:
+        at = _pick(env)
+        if at is None:
             await trio.sleep(1.0)
             continue
         try:
-            reply = await env.node.call(Address(broker, BROKER), CancelJobs((job_id,)),
-                                        timeout_s=CALL_TIMEOUT_S)
+            states = await broker.cancel_jobs(env.node, at, (job_id,), timeout_s=CALL_TIMEOUT_S)
         except ActorError as exc:
             result = f"error:{type(exc).__name__}"
         else:
-            assert isinstance(reply, CancelReply)
-            result = reply.states[0]
+            result = states[0]
         env.history.add(CancelDone(trio.current_time(), env.node.name, state.op.op_id,
                                    job_id, result))
         if not result.startswith("error"):

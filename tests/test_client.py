@@ -41,28 +41,32 @@ from gotask._errors import (
     WaitTimeout,
 )
 from gotask._job import TERMINAL, JobRecord
-from gotask._messages import Enqueue, EnqueueItem, JobChanged, UnwatchJobs, WaitJobs, WatchJobs
-from gotask.actors.storage.base import (
+from gotask._protocol import (
     CancelJobs,
     CancelReply,
-    CountJobs,
-    CountJobsReply,
+    CountQueues,
+    CountReply,
+    Enqueue,
     EnqueueReply,
     GetJobs,
-    GetJobsReply,
+    JobChanged,
+    JobPage,
+    JobSpec,
+    JobsReply,
     ListDead,
-    ListDeadReply,
     ListNodes,
-    ListNodesReply,
     NodeInfo,
+    NodesReply,
     PurgeDead,
-    PurgeDeadReply,
     QueueCount,
+    QueuesReply,
     RetryDead,
-    RetryDeadReply,
+    UnwatchJobs,
+    WaitJobs,
+    WatchJobs,
 )
 from gotask.client import AsyncClient, Client, decode_result
-from gotask.runtime import Address, Envelope, ErrorReply, Node, open_node
+from gotask.runtime import Address, Envelope, ErrorReply, Node, Ok, open_node
 from gotask.transports._link import LinkOptions
 from gotask.transports.tcp import serve_tcp
 
@@ -114,23 +118,23 @@ class FakeBroker:
     async def _handle(self, env: Envelope, nursery: trio.Nursery) -> None:
         msg = env.msg
         if isinstance(msg, Enqueue):
-            await self.node.reply(env, self._enqueue(msg.items, nursery))
+            await self.node.reply(env, self._enqueue(msg.jobs, nursery))
         elif isinstance(msg, GetJobs):
-            await self.node.reply(env, GetJobsReply(tuple(map(self.table.jobs.get, msg.ids))))
+            await self.node.reply(env, JobsReply(tuple(map(self.table.jobs.get, msg.ids))))
         elif isinstance(msg, WaitJobs):
             nursery.start_soon(self._wait, env, msg)
         elif isinstance(msg, WatchJobs):
             for job_id in msg.ids:
                 self.watchers.setdefault(job_id, set()).add(msg.watcher)
-            await self.node.reply(env, GetJobsReply(tuple(map(self.table.jobs.get, msg.ids))))
+            await self.node.reply(env, JobsReply(tuple(map(self.table.jobs.get, msg.ids))))
         elif isinstance(msg, UnwatchJobs):
             for job_id in msg.ids:
                 self.watchers.get(job_id, set()).discard(msg.watcher)
-            await self.node.reply(env, None)
+            await self.node.reply(env, Ok())
         else:
             await self.node.reply(env, self._admin(msg))
 
-    def _enqueue(self, items: tuple[EnqueueItem, ...], nursery: trio.Nursery) -> EnqueueReply:
+    def _enqueue(self, items: tuple[JobSpec, ...], nursery: trio.Nursery) -> EnqueueReply:
         for index, item in enumerate(items):
             if item.task not in ("add", "boom", "slow"):
                 raise TaskNotFound(f"item {index}: unknown task {item.task!r}")
@@ -186,7 +190,7 @@ class FakeBroker:
         with trio.move_on_after(msg.timeout_s):
             while not all(self._terminal(i) for i in msg.ids):
                 await self.changed.wait()
-        await self.node.reply(env, GetJobsReply(tuple(map(self.table.jobs.get, msg.ids))))
+        await self.node.reply(env, JobsReply(tuple(map(self.table.jobs.get, msg.ids))))
 
     def _terminal(self, job_id: str) -> bool:
         job = self.table.jobs.get(job_id)
@@ -200,18 +204,18 @@ class FakeBroker:
                     if job_id in jobs and jobs[job_id].state in ("queued", "scheduled"):
                         self.set(attrs.evolve(jobs[job_id], state="cancelled"))
                 return CancelReply(tuple(jobs[i].state if i in jobs else "missing" for i in ids))
-            case CountJobs():
+            case CountQueues():
                 counts: dict[tuple[str, str], int] = {}
                 for job in jobs.values():
                     counts[job.queue, job.state] = counts.get((job.queue, job.state), 0) + 1
-                return CountJobsReply(tuple(QueueCount(q, s, n)
-                                            for (q, s), n in sorted(counts.items())))
+                return QueuesReply(tuple(QueueCount(q, s, n)
+                                         for (q, s), n in sorted(counts.items())))
             case ListDead(queue="storage-full"):
                 raise RemoteActorError("StorageFull", "the job table is full")
             case ListDead(queue=queue, limit=limit):
                 dead = [j for j in jobs.values() if j.state == "dead"
                         and queue in (None, j.queue)]
-                return ListDeadReply(tuple(dead[:limit]), None)
+                return JobPage(tuple(dead[:limit]), None)
             case RetryDead(ids=ids) | PurgeDead(ids=ids):
                 chosen = [i for i in (ids or list(jobs)) if i in jobs and jobs[i].state == "dead"]
                 for job_id in chosen:
@@ -219,11 +223,10 @@ class FakeBroker:
                         jobs[job_id] = attrs.evolve(jobs[job_id], state="queued")
                     else:
                         del jobs[job_id]
-                return (RetryDeadReply(len(chosen)) if isinstance(msg, RetryDead)
-                        else PurgeDeadReply(len(chosen)))
+                return CountReply(len(chosen))
             case ListNodes():
                 info = {"pid": 1, "queues": ["default:1"], "concurrency": 4}
-                return ListNodesReply((NodeInfo(self.node.name, info, 1.0e9, 1.0e9 + 5, 2e9),))
+                return NodesReply((NodeInfo(self.node.name, info, 1.0e9, 1.0e9 + 5, 2e9),))
         raise TypeError(f"the broker does not accept {type(msg).__name__}")
 
 
@@ -356,7 +359,7 @@ async def test_idempotency_key_and_enqueue_many(fake: FakeBroker) -> None:
 
 
 def test_large_batches_are_split_to_fit_a_frame() -> None:
-    item = EnqueueItem("add", b"x" * 300_000)
+    item = JobSpec("add", b"x" * 300_000)
     assert [len(c) for c in chunks([item] * 5)] == [2, 2, 1]
 
 

@@ -10,7 +10,7 @@ import trio
 
 from gotask._client_batch import FLUSHERS, EnqueueBatcher
 from gotask._errors import ConnectionLost, RemoteActorError, RemoteProtocolError, TaskNotFound
-from gotask._messages import Enqueue, EnqueueItem
+from gotask._protocol import Enqueue, JobSpec
 from gotask.client import AsyncClient
 
 from .test_client import FakeBroker, start_fake
@@ -24,7 +24,7 @@ class FakeSend:
         self.fail_with: BaseException | None = None
         self.gate: trio.Event | None = None
 
-    async def __call__(self, items: tuple[EnqueueItem, ...]) -> list[str]:
+    async def __call__(self, items: tuple[JobSpec, ...]) -> list[str]:
         self.messages.append(tuple(item.task for item in items))
         if self.gate is not None:
             await self.gate.wait()
@@ -37,8 +37,8 @@ class FakeSend:
         return [f"id-{item.task}" for item in items]
 
 
-def item(task: str) -> EnqueueItem:
-    return EnqueueItem(task, b"\x92\x90\x80")
+def item(task: str) -> JobSpec:
+    return JobSpec(task, b"\x92\x90\x80")
 
 
 async def submit_all(batcher: EnqueueBatcher, tasks: list[str]) -> dict[str, Any]:
@@ -121,7 +121,7 @@ async def test_other_failures_reach_every_caller_and_nothing_is_resent(
 
 
 async def test_an_answer_with_the_wrong_count_is_a_protocol_error(nursery: trio.Nursery) -> None:
-    async def short(items: tuple[EnqueueItem, ...]) -> list[str]:
+    async def short(items: tuple[JobSpec, ...]) -> list[str]:
         return ["only-one"]
 
     batcher = EnqueueBatcher(short)
@@ -188,7 +188,7 @@ async def test_client_enqueues_from_many_tasks_share_messages(fake: FakeBroker) 
     assert isinstance(got.pop("nope0"), TaskNotFound)
     assert len(set(got.values())) == 40
     enqueues = [m for m in fake.received if isinstance(m, Enqueue)]
-    assert sum(len(m.items) for m in enqueues) >= 41
+    assert sum(len(m.jobs) for m in enqueues) >= 41
     assert len(enqueues) < 41
 
 

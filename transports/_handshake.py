@@ -52,7 +52,7 @@ __all__ = [
     "wire_error",
 ]
 
-PROTOCOL_VERSION: Final = 1
+PROTOCOL_VERSION: Final = 2
 SUPPORTED_VERSIONS: Final[tuple[int, ...]] = (PROTOCOL_VERSION,)
 NONCE_BYTES: Final = 32
 #: Longest node name, in characters.

@@ -18,7 +18,8 @@ import trio
 
 from gotask.runtime.node import Node
 
-from ._link import HandshakeGate, LinkOptions, StreamLink, accept_link, dial_link
+from ._link import LinkOptions, StreamLink
+from ._link_dial import HandshakeGate, accept_link, dial_link
 
 __all__ = ["MemoryNetwork"]
 

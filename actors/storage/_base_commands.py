@@ -8,12 +8,12 @@ duration is a ValueError before it reaches any backend.
 from __future__ import annotations
 
 import math
-from typing import Any, Generic, TypeAlias, TypeVar
+from typing import Any, TypeAlias
 
 import attrs
 
 from gotask._job import LeaseToken, NewJob
-from gotask.runtime.message import message
+from gotask.runtime.message import Command, message
 
 from ._base_items import AckItem, NackItem, ProgressItem, QueueWeight
 from ._base_replies import (
@@ -73,15 +73,6 @@ BATCH_MAX = 10_000
 LIMIT_MAX = 10_000
 #: Most queues one lease request may name.
 QUEUES_MAX = 64
-
-R_co = TypeVar("R_co", covariant=True)
-
-
-class Command(Generic[R_co]):
-    """Base of every storage command; `R_co` is the type of its reply."""
-
-    __slots__ = ()
-
 
 def _batch(_inst: object, attribute: attrs.Attribute[Any], value: tuple[object, ...]) -> None:
     if len(value) > BATCH_MAX:

@@ -11,17 +11,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, TypeVar, overload
 
 import attrs
 import trio
 
-from gotask.runtime.message import Address, Envelope
+from gotask.runtime.message import Address, Command, Envelope
 from gotask.runtime.node import CALL_TIMEOUT_S, Node
 
 __all__ = ["BATCH_MAX", "ActorContext", "Outgoing", "Respond", "Send"]
 
 BATCH_MAX = 256
+R = TypeVar("R")
 
 
 @attrs.frozen
@@ -85,8 +86,15 @@ class ActorContext:
         """Send without waiting; raises `trio.WouldBlock` when `dst` is full."""
         self.node.send_nowait(dst, msg, src=self.address)
 
+    @overload
+    async def call(self, dst: Address, msg: Command[R], *,
+                   timeout_s: float = CALL_TIMEOUT_S) -> R: ...
+
+    @overload
+    async def call(self, dst: Address, msg: Any, *, timeout_s: float = CALL_TIMEOUT_S) -> Any: ...
+
     async def call(self, dst: Address, msg: Any, *, timeout_s: float = CALL_TIMEOUT_S) -> Any:
-        """Request/response with another actor; see `Node.call`."""
+        """Request/response with another actor; see `Node.call` (a `Command[R]` gives an R)."""
         return await self.node.call(dst, msg, timeout_s=timeout_s)
 
     async def reply(self, request: Envelope, msg: Any) -> None:

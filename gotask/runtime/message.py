@@ -13,19 +13,23 @@ Rules of this module:
 
 from __future__ import annotations
 
-from typing import Annotated, Any, TypeVar
+import types
+import typing
+from typing import Annotated, Any, Generic, TypeVar
 
 import attrs
 
 __all__ = [
     "REGISTRY",
     "Address",
+    "Command",
     "Envelope",
     "ErrorReply",
     "Message",
     "Ok",
     "Reply",
     "message",
+    "reply_type",
     "tag_of",
 ]
 
@@ -38,6 +42,7 @@ MESSAGE_MARK = "gotask.message"
 Message = Annotated[Any, MESSAGE_MARK]
 
 T = TypeVar("T", bound=type)
+R_co = TypeVar("R_co", covariant=True)
 
 
 def message(tag: str) -> Any:
@@ -123,3 +128,38 @@ class ErrorReply:
 @attrs.frozen
 class Ok:
     """An answer that carries nothing but success."""
+
+
+class Command(Generic[R_co]):
+    """Base of a request whose reply has the type `R_co`: `class GetJobs(Command[JobsReply])`.
+
+    `call` returns an `R_co` for it (checked: a reply of another type is a protocol error).
+    """
+
+    __slots__ = ()
+
+
+_REPLY_TYPES: dict[type, type | types.UnionType | None] = {}
+
+
+def reply_type(cls: type) -> type | types.UnionType | None:
+    """The reply type a `Command` subclass declares, or None when it declares none.
+
+    Read once per class from its `Command[...]` base and cached.
+    """
+    try:
+        return _REPLY_TYPES[cls]
+    except KeyError:
+        pass
+    found: type | types.UnionType | None = None
+    for klass in cls.__mro__:
+        for base in getattr(klass, "__orig_bases__", ()):
+            if typing.get_origin(base) is Command:
+                (arg,) = typing.get_args(base)
+                if isinstance(arg, type | types.UnionType):
+                    found = arg
+                break
+        if found is not None:
+            break
+    _REPLY_TYPES[cls] = found
+    return found

@@ -27,13 +27,13 @@ import math
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar, overload
 
 import attrs
 import trio
 
-from gotask._errors import ActorNotFound, CallTimeout, RemoteActorError
-from gotask.runtime.message import Address, Envelope, ErrorReply, Reply
+from gotask._errors import ActorNotFound, CallTimeout, RemoteActorError, RemoteProtocolError
+from gotask.runtime.message import Address, Command, Envelope, ErrorReply, Reply, reply_type
 from gotask.runtime.world import World, real_world
 
 __all__ = ["CALL_TIMEOUT_S", "INBOX_MAX", "Link", "Node", "open_node"]
@@ -43,6 +43,7 @@ log = logging.getLogger("gotask.runtime")
 INBOX_MAX = 1024
 CALL_TIMEOUT_S = 10.0
 CALLER_NAME = "$call"
+R = TypeVar("R")
 
 
 class Link(Protocol):
@@ -239,18 +240,23 @@ class Node:
         except trio.WouldBlock:
             await self._route_waiting(env)
 
-    async def call(
-        self,
-        dst: Address,
-        msg: Any,
-        *,
-        timeout_s: float = CALL_TIMEOUT_S,
-    ) -> Any:
+    @overload
+    async def call(self, dst: Address, msg: Command[R], *,
+                   timeout_s: float = CALL_TIMEOUT_S) -> R: ...
+
+    @overload
+    async def call(self, dst: Address, msg: Any, *, timeout_s: float = CALL_TIMEOUT_S) -> Any: ...
+
+    async def call(self, dst: Address, msg: Any, *, timeout_s: float = CALL_TIMEOUT_S) -> Any:
         """Send a request and return the reply.
+
+        For a `Command[R]` the reply is an `R`: the type is checked here, so callers
+        need no `isinstance` of their own.
 
         Raises:
             CallTimeout: no reply within `timeout_s` seconds.
             RemoteActorError: the actor raised while handling the request.
+            RemoteProtocolError: the reply to a `Command` is not of its declared type.
             ActorNotFound: no such actor, or its node is (or became) unreachable.
             ValueError: `timeout_s` is negative or NaN.
         """
@@ -273,14 +279,7 @@ class Node:
                 await self._wait_settled(corr, pending)
         finally:
             self._pending.pop(corr, None)
-        if pending.timed_out:
-            raise CallTimeout(f"no reply from {dst} within {timeout_s:g}s to {type(msg).__name__}")
-        if pending.error is not None:
-            raise pending.error
-        if isinstance(pending.reply, ErrorReply):
-            err = pending.reply
-            raise RemoteActorError(err.type_name, err.message, err.traceback)
-        return pending.reply
+        return _outcome(dst, msg, timeout_s, pending)
 
     async def _wait_settled(self, corr: int, pending: _Pending) -> None:
         """Park until call `corr` is settled or its deadline passes (`timed_out` is set).
@@ -448,15 +447,16 @@ class Node:
     async def deliver(self, item: Envelope | Reply) -> None:
         """Take an item that arrived from a link: deliver it here or relay it.
 
-        A request for an actor that does not exist is answered with an error; a plain
-        message for one is logged and dropped (there is no one to tell).
+        A request that cannot be delivered (no such actor, its inbox closed, its node
+        unreachable) is answered with an error, so its caller never waits for a timeout;
+        a plain message that cannot be delivered is logged and dropped (there is no one
+        to tell).
         """
         try:
             await self._route(item)
-        except ActorNotFound as exc:
+        except _UNDELIVERABLE as exc:
             if isinstance(item, Envelope) and item.corr:
-                await self._route(Reply(item.src.node if item.src else "", item.corr,
-                                        error_reply(exc)))
+                await self._route(_refusal(item, exc))
             else:
                 log.warning("dropped %s for %s: %s", type(item).__name__, _dst(item), exc)
 
@@ -465,22 +465,20 @@ class Node:
 
         Raises:
             trio.WouldBlock: the way on (an inbox, a link, or the way back for the error
-                answering a request to a missing actor) is full. Nothing was delivered:
+                answering an undeliverable request) is full. Nothing was delivered:
                 `await deliver(item)` does it, waiting.
             ActorNotFound: the error answering a request could not be routed either.
-            trio.BrokenResourceError: the destination actor's inbox is closed.
         """
-        if type(item) is Envelope and item.dst.node == self.name:
-            inbox = self._inboxes.get(item.dst.name)
-            if inbox is not None:
-                inbox.send_nowait(item)  # the common case, without the layers below
-                return
         try:
+            if type(item) is Envelope and item.dst.node == self.name:
+                inbox = self._inboxes.get(item.dst.name)
+                if inbox is not None:
+                    inbox.send_nowait(item)  # the common case, without the layers below
+                    return
             self._route_nowait(item)
-        except ActorNotFound as exc:
+        except _UNDELIVERABLE as exc:
             if type(item) is Envelope and item.corr:
-                self._route_nowait(Reply(item.src.node if item.src else "", item.corr,
-                                         error_reply(exc)))
+                self._route_nowait(_refusal(item, exc))
             else:
                 log.warning("dropped %s for %s: %s", type(item).__name__, _dst(item), exc)
 
@@ -501,6 +499,32 @@ class Node:
     def connected_nodes(self) -> list[str]:
         """Names of the nodes with a link attached."""
         return sorted(self._links)
+
+
+def _outcome(dst: Address, msg: Any, timeout_s: float, pending: _Pending) -> Any:
+    """What a settled call returns or raises."""
+    if pending.timed_out:
+        raise CallTimeout(f"no reply from {dst} within {timeout_s:g}s to {type(msg).__name__}")
+    if pending.error is not None:
+        raise pending.error
+    reply = pending.reply
+    if isinstance(reply, ErrorReply):
+        raise RemoteActorError(reply.type_name, reply.message, reply.traceback)
+    expected = reply_type(type(msg)) if isinstance(msg, Command) else None
+    if expected is not None and not isinstance(reply, expected):
+        raise RemoteProtocolError(f"{dst} answered {type(msg).__name__} with "
+                                  f"{type(reply).__name__}")
+    return reply
+
+
+#: Why an item may not reach its actor: answered with an error when it is a request.
+_UNDELIVERABLE = (ActorNotFound, trio.BrokenResourceError, trio.ClosedResourceError)
+
+
+def _refusal(request: Envelope, exc: BaseException) -> Reply:
+    if isinstance(exc, trio.BrokenResourceError | trio.ClosedResourceError):
+        exc = ActorNotFound(f"actor {request.dst} is not running")
+    return Reply(request.src.node if request.src else "", request.corr, error_reply(exc))
 
 
 def _dst(item: Envelope | Reply) -> str:

@@ -8,9 +8,8 @@ import trio
 
 import gotask
 from gotask._app import App, pack_args
-from gotask._messages import Enqueue, EnqueueItem, WaitJobs
+from gotask._protocol import Enqueue, GetJobs, JobSpec, WaitJobs
 from gotask._server import Server, open_server
-from gotask.actors.storage.base import EnqueueReply, GetJobs, GetJobsReply
 from gotask.config import NodeConfig
 from gotask.runtime import sim_world
 
@@ -85,16 +84,14 @@ async def server(config: NodeConfig) -> AsyncIterator[Server]:
 
 async def enqueue(server: Server, task: str, *args: Any, **options: Any) -> str:
     kwargs = options.pop("kwargs", {})
-    item = EnqueueItem(task, pack_args(args, kwargs), **options)
-    reply = await server.node.call(server.broker, Enqueue((item,)))
-    assert isinstance(reply, EnqueueReply)
+    spec = JobSpec(task, pack_args(args, kwargs), **options)
+    reply = await server.node.call(server.broker, Enqueue((spec,)))
     return reply.ids[0]
 
 
 async def wait(server: Server, job_id: str, timeout_s: float = 60) -> Any:
     reply = await server.node.call(server.broker, WaitJobs((job_id,), timeout_s),
                                    timeout_s=timeout_s + 5)
-    assert isinstance(reply, GetJobsReply)
     return reply.jobs[0]
 
 

@@ -7,9 +7,8 @@ import pytest
 import trio
 
 from gotask._errors import InvalidArguments, RemoteActorError
-from gotask._messages import Enqueue, EnqueueItem
+from gotask._protocol import CancelJobs, CountQueues, Enqueue, JobSpec
 from gotask._server import Server
-from gotask.actors.storage.base import CancelJobs
 
 from .conftest import calls, enqueue, get, wait
 
@@ -102,7 +101,7 @@ async def test_unknown_task_and_bad_arguments_are_refused(server: Server) -> Non
         await enqueue(server, "add", 1)
     assert info.value.type_name == "InvalidArguments"
     assert "missing a required argument" in info.value.message
-    bad = EnqueueItem("add", b"\xc1")
+    bad = JobSpec("add", b"\xc1")
     with pytest.raises(RemoteActorError, match="not valid msgpack"):
         await server.node.call(server.broker, Enqueue((bad,)))
 
@@ -132,17 +131,15 @@ async def test_many_jobs_all_finish(server: Server, autojump_clock: Any) -> None
     ids = []
     for chunk in range(10):
         items = tuple(
-            EnqueueItem("add", msgpack.packb([[chunk, i], {}])) for i in range(100)
+            JobSpec("add", msgpack.packb([[chunk, i], {}])) for i in range(100)
         )
         reply = await server.node.call(server.broker, Enqueue(items))
         ids.extend(reply.ids)
     assert len(set(ids)) == 1000
     for job_id in ids[::97]:
         assert (await wait(server, job_id)).state == "succeeded"
-    from gotask.actors.storage.base import CountJobs
-
     while True:
-        counts = await server.node.call(server.broker, CountJobs())
+        counts = await server.node.call(server.broker, CountQueues())
         done = sum(c.count for c in counts.counts if c.state == "succeeded")
         if done == 1000:
             break

@@ -10,8 +10,8 @@ import msgpack
 import pytest
 import trio
 
+from gotask._protocol import CancelJobs
 from gotask._server import Server
-from gotask.actors.storage.base import CancelJobs
 from gotask.config import NodeConfig
 
 from .conftest import app, enqueue, get, wait

@@ -10,9 +10,9 @@ import pytest
 import trio
 import trio.testing
 
-from gotask._errors import ActorNotFound, CallTimeout, RemoteActorError
+from gotask._errors import ActorNotFound, CallTimeout, RemoteActorError, RemoteProtocolError
 from gotask.runtime import ActorContext, Address, message, open_node
-from gotask.runtime.message import Envelope, ErrorReply, Reply
+from gotask.runtime.message import Command, Envelope, ErrorReply, Reply, reply_type
 from gotask.runtime.node import Node
 from gotask.transports import LinkOptions
 from gotask.transports.memory import MemoryNetwork
@@ -350,3 +350,46 @@ async def test_call_refuses_a_negative_or_nan_timeout(timeout_s: float) -> None:
         assert await a.call(dst, Ping(2), timeout_s=0.5) == Pong(2)
         assert await a.call(dst, Ping(3), timeout_s=float("inf")) == Pong(3)
         assert a._pending == {}
+
+
+# -- typed calls and undeliverable requests ---------------------------------------------
+
+
+@message("t.nl.typed")
+@attrs.frozen
+class TypedPing(Command[Pong]):
+    n: int
+
+
+async def test_a_typed_call_returns_its_declared_reply_or_a_protocol_error() -> None:
+    async def wrong(ctx: ActorContext, *, task_status: Any) -> None:
+        task_status.started()
+        while True:
+            for env in await ctx.receive_batch():
+                await ctx.reply(env, Ping(env.msg.n))  # not the Pong TypedPing declares
+
+    async with open_node("a") as a:
+        assert reply_type(TypedPing) is Pong
+        good = await a.start_actor("echo", echo)
+        pong: Pong = await a.call(good, TypedPing(3))
+        assert pong == Pong(3)
+        bad = await a.start_actor("wrong", wrong)
+        with pytest.raises(RemoteProtocolError, match="wrong@a answered TypedPing with Ping"):
+            await a.call(bad, TypedPing(4))
+        assert await a.call(bad, Ping(5)) == Ping(5)  # an untyped request is not checked
+
+
+async def test_a_request_for_an_actor_whose_inbox_closed_is_answered_at_once(
+        autojump_clock: Any) -> None:
+    # The actor's receiving end is gone but its name is still routed: the caller must
+    # get an error, never wait for its CallTimeout.
+    async with open_node("a") as a:
+        inbox = a.open_inbox("gone")
+        await inbox.aclose()
+        link = RecordingLink()
+        a.attach_link(link)
+        a.deliver_nowait(Envelope(Address("a", "gone"), Address("b", "$call"), 9, Ping(1)))
+        await a.deliver(Envelope(Address("a", "gone"), Address("b", "$call"), 10, Ping(2)))
+        assert [(r.corr, r.msg.type_name) for r in link.sent] == [
+            (9, "ActorNotFound"), (10, "ActorNotFound")]
+        assert link.sent[0].msg.message == "actor gone@a is not running"

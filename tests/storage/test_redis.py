@@ -25,14 +25,12 @@ from gotask._messages import (
     STORAGE,
     WORKERS,
     CancelRunning,
-    Enqueue,
-    EnqueueItem,
     JobChanged,
     LeaseWait,
     Unpark,
-    WaitJobs,
     WatchJobs,
 )
+from gotask._protocol import Enqueue, JobSpec, WaitJobs
 from gotask._server import open_server
 from gotask.actors.storage._redis_backend import RedisBackend, RedisSettings, redact
 from gotask.actors.storage._redis_codec import Leased, WatchRead
@@ -46,7 +44,6 @@ from gotask.actors.storage.base import (
     EnqueueJobs,
     EnqueueReply,
     GetJobs,
-    GetJobsReply,
     LeaseJobs,
     LeaseReply,
     ListNodes,
@@ -455,10 +452,9 @@ async def test_two_nodes_share_jobs_through_redis() -> None:
     try:
         async with open_server(config_a, listen=False) as a, \
                 open_server(config_b, listen=False) as b:
-            item = EnqueueItem("add", pack_args([2, 3], {}))
+            item = JobSpec("add", pack_args([2, 3], {}))
             ids = (await a.node.call(a.broker, Enqueue((item,) * 20))).ids
             done = await b.node.call(b.node.address(BROKER), WaitJobs(ids, 20.0))
-            assert isinstance(done, GetJobsReply)
             assert {j.state for j in done.jobs if j is not None} == {"succeeded"}
             await a.node.call(a.storage, RegisterNode("a", {"v": 1}, 15.0))
             await b.node.call(b.storage, RegisterNode("b", {"v": 1}, 15.0))

@@ -15,6 +15,7 @@ from gotask._errors import (
     LocalProtocolError,
 )
 from gotask.transports._handshake import (
+    PROTOCOL_VERSION,
     Auth,
     AuthOk,
     DialerHandshake,
@@ -27,6 +28,7 @@ from gotask.transports._handshake import (
 )
 from gotask.transports._wire import NEED_DATA, Connection
 
+V = PROTOCOL_VERSION
 SECRET = b"correct horse battery staple"
 OTHER = b"wrong secret entirely"
 
@@ -67,7 +69,7 @@ def test_same_secret_authenticates_both_sides() -> None:
     run(d, lis)
     assert d.done and lis.done
     assert (d.peer_node, lis.peer_node) == ("owner", "worker-1")
-    assert d.version == lis.version == 1
+    assert d.version == lis.version == V
 
 
 def test_no_secret_on_either_side_is_accepted() -> None:
@@ -81,11 +83,11 @@ def test_proofs_are_hmac_sha256_over_both_nonces_and_names() -> None:
     (hello,) = d.start()
     lis.start()
     (welcome,) = lis.receive(hello)
-    assert welcome == Welcome(1, "owner", nonce(2))
+    assert welcome == Welcome(V, "owner", nonce(2))
     (auth,) = d.receive(welcome)
     assert isinstance(auth, Auth)
     names = b"\x00\x08worker-1" + b"\x00\x05owner"
-    data = b"gotask-dialer" + b"\x00\x00\x00\x01" + nonce(1) + nonce(2) + names
+    data = b"gotask-dialer" + V.to_bytes(4, "big") + nonce(1) + nonce(2) + names
     assert auth.proof == hmac.new(SECRET, data, hashlib.sha256).digest()
     (ok,) = lis.receive(auth)
     assert isinstance(ok, AuthOk)
@@ -103,8 +105,8 @@ def test_welcome_carries_no_proof_and_does_not_depend_on_the_secret() -> None:
     for secret in (SECRET, OTHER, None):
         lis = listener(secret)
         lis.start()
-        welcomes += lis.receive(Hello((1,), "worker-1", nonce(1)))
-    assert welcomes == [Welcome(1, "owner", nonce(2))] * 3
+        welcomes += lis.receive(Hello((V,), "worker-1", nonce(1)))
+    assert welcomes == [Welcome(V, "owner", nonce(2))] * 3
 
 
 def test_wrong_secret_is_refused_by_the_listener_before_it_proves_anything() -> None:
@@ -116,7 +118,7 @@ def test_wrong_secret_is_refused_by_the_listener_before_it_proves_anything() -> 
     with pytest.raises(AuthenticationError, match="dialer 'worker-1' did not prove"):
         lis.receive(over_the_wire(auth))
     # The listener's whole side of the exchange: a Welcome without proof, then the error.
-    assert sent_by_listener == [Welcome(1, "owner", nonce(2))]
+    assert sent_by_listener == [Welcome(V, "owner", nonce(2))]
     assert lis.error_reply == WireError("auth", "authentication failed", True)
     assert d.error_reply is None
     assert not d.done and not lis.done
@@ -168,7 +170,7 @@ def test_listener_without_secret_is_refused_by_dialer_with_one() -> None:
 
 
 def test_version_mismatch() -> None:
-    d, lis = dialer(versions=(2, 3)), listener()
+    d, lis = dialer(versions=(V + 1, V + 2)), listener()
     with pytest.raises(AuthenticationError, match="no common protocol version"):
         run(d, lis)
     assert lis.error_reply is not None
@@ -195,7 +197,7 @@ def test_listener_rejects_a_bad_nonce(bad: bytes) -> None:
     lis = listener()
     lis.start()
     with pytest.raises(AuthenticationError, match="32 bytes"):
-        lis.receive(Hello((1,), "worker-1", bad))
+        lis.receive(Hello((V,), "worker-1", bad))
     assert lis.error_reply is not None and lis.error_reply.code == "handshake"
 
 
@@ -203,21 +205,21 @@ def test_dialer_rejects_a_short_nonce() -> None:
     d = dialer()
     d.start()
     with pytest.raises(AuthenticationError, match="32 bytes"):
-        d.receive(Welcome(1, "owner", b"\x02" * 8))
+        d.receive(Welcome(V, "owner", b"\x02" * 8))
 
 
 def test_listener_rejects_its_own_nonce_replayed() -> None:
     lis = listener()
     lis.start()
     with pytest.raises(AuthenticationError, match="replayed our own nonce"):
-        lis.receive(Hello((1,), "worker-1", nonce(2)))
+        lis.receive(Hello((V,), "worker-1", nonce(2)))
 
 
 def test_dialer_rejects_its_own_nonce_replayed() -> None:
     d = dialer()
     d.start()
     with pytest.raises(AuthenticationError, match="replayed our own nonce"):
-        d.receive(Welcome(1, "owner", nonce(1)))
+        d.receive(Welcome(V, "owner", nonce(1)))
 
 
 def test_replayed_auth_from_another_connection_is_refused() -> None:
@@ -253,7 +255,7 @@ def test_dialer_proof_reflected_in_authok_is_refused() -> None:
     # A fake listener without the secret echoes the dialer's own proof back as its own.
     d = dialer()
     d.start()
-    (auth,) = d.receive(Welcome(1, "owner", nonce(2)))
+    (auth,) = d.receive(Welcome(V, "owner", nonce(2)))
     assert isinstance(auth, Auth)
     with pytest.raises(AuthenticationError, match="listener 'owner' did not prove"):
         d.receive(AuthOk(auth.proof))
@@ -273,7 +275,7 @@ def test_dialer_rejects_an_impersonating_listener(proof: bytes) -> None:
     # An impersonator accepts any Auth; the dialer catches it at AuthOk.
     d = dialer()
     d.start()
-    (auth,) = d.receive(Welcome(1, "owner", nonce(2)))
+    (auth,) = d.receive(Welcome(V, "owner", nonce(2)))
     assert isinstance(auth, Auth)
     with pytest.raises(AuthenticationError, match="listener 'owner' did not prove"):
         d.receive(AuthOk(proof))
@@ -302,11 +304,11 @@ def test_peer_node_name_is_checked() -> None:
     lis = listener()
     lis.start()
     with pytest.raises(AuthenticationError, match="node name"):
-        lis.receive(Hello((1,), "", nonce(1)))
+        lis.receive(Hello((V,), "", nonce(1)))
     d = dialer()
     d.start()
     with pytest.raises(AuthenticationError, match="node name"):
-        d.receive(Welcome(1, "x" * 201, nonce(2)))
+        d.receive(Welcome(V, "x" * 201, nonce(2)))
 
 
 def test_messages_out_of_order_fail_the_handshake() -> None:
@@ -326,14 +328,14 @@ def test_messages_out_of_order_fail_the_handshake() -> None:
         d.receive(AuthOk(b"x" * 32))  # AuthOk before Welcome
     lis = listener()
     lis.start()
-    lis.receive(Hello((1,), "worker-1", nonce(1)))
+    lis.receive(Hello((V,), "worker-1", nonce(1)))
     with pytest.raises(AuthenticationError, match="unexpected Hello"):
-        lis.receive(Hello((1,), "worker-1", nonce(1)))
+        lis.receive(Hello((V,), "worker-1", nonce(1)))
 
 
 def test_receive_before_start_or_after_done_is_a_local_error() -> None:
     with pytest.raises(LocalProtocolError, match="start"):
-        listener().receive(Hello((1,), "worker-1", nonce(1)))
+        listener().receive(Hello((V,), "worker-1", nonce(1)))
     d, lis = dialer(), listener()
     run(d, lis)
     with pytest.raises(LocalProtocolError, match="done"):

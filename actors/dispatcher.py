@@ -1,34 +1,46 @@
 """The Dispatcher: leases jobs for its node's free worker slots.
 
 Rules of this module:
-- `DispatcherCore` counts slots: `capacity` = concurrency plus a prefetch, so workers
-  find the next job already leased when they finish one. It is pure and synchronous.
-- The shell leases with `LeaseWait`: storage answers at once when jobs are due, or
-  parks the request until some are (the wake-up). It never busy-polls.
+- `DispatcherCore` is pure. It counts slots: `capacity` = concurrency plus a prefetch, so
+  workers find the next job already leased when they finish one. Slots are reserved
+  when a lease is asked for and given back for every job storage did not grant.
+- It leases with `LeaseWait`: storage answers at once when jobs are due, or parks the
+  request until some are (the wake-up). It never busy-polls. At most `leases_in_flight`
+  requests are at storage at once, each for at most `lease_max` slots, so storage works
+  on the next lease while the previous answer travels.
 - One lease carries many jobs and becomes one `RunJobs` message; freed slots come back
   as one `SlotsFreed` per batch of acknowledgements. The cost is per message, not per job.
-- Storage unreachable: back off with jitter and try again; leased jobs are never lost,
-  since a lease nobody acts on expires and the Reaper requeues it.
+- Storage unreachable: lease again after a jittered backoff (a `Tick` past the core's
+  deadline); leased jobs are never lost, since a lease nobody acts on expires and the
+  Reaper requeues it.
+- `PauseWorkers(True)` stops leasing and answers once storage has let go of this node's
+  parked lease (`Unpark`); `PauseWorkers(False)` resumes.
+- `run_dispatcher` is the thin shell (`actors._shell`).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import math
+from typing import assert_never
 
 import attrs
 import trio
 
-from gotask._errors import ActorError
-from gotask._job import JobRecord
 from gotask._messages import LeaseWait, PauseWorkers, RunJobs, SlotsFreed, Unpark
-from gotask.runtime import ActorContext, Address, Ok
+from gotask.runtime import ActorContext, Address, Envelope, ErrorReply, Ok, Respond, Send
 
+from ._effects import Call, Called, CallFailed, Effect, Log, Tick, unknown_message
+from ._shell import Shell
 from .storage.base import LeaseJobs, LeaseReply, QueueWeight
 
-__all__ = ["DispatcherConfig", "DispatcherCore", "run_dispatcher"]
+__all__ = ["DispatcherConfig", "DispatcherCore", "DispatcherMsg", "run_dispatcher"]
 
 log = logging.getLogger("gotask.dispatcher")
+
+#: Everything the Dispatcher's inbox may hold.
+DispatcherMsg = SlotsFreed | PauseWorkers | Tick | Called | CallFailed
+DISPATCHER_MSGS = (SlotsFreed, PauseWorkers, Tick, Called, CallFailed)
 
 
 @attrs.frozen
@@ -47,31 +59,117 @@ class DispatcherConfig:
     retry_backoff_s: float = 0.5
 
 
+@attrs.frozen
+class _Lease:
+    """Tag of a lease request: the slots it reserved."""
+
+    want: int
+
+
+@attrs.frozen
+class _Unpark:
+    """Tag of the `Unpark` a pause makes: the pause request to answer."""
+
+    request: Envelope | None
+
+
 @attrs.define
 class DispatcherCore:
-    """Free-slot accounting, pure."""
+    """The Dispatcher's decisions, pure: how many jobs to lease, when, and where to."""
 
-    capacity: int
+    node: str
+    storage: Address
+    workers: Address
+    config: DispatcherConfig = attrs.Factory(DispatcherConfig)
+    capacity: int = attrs.field()
     free: int = attrs.field()
     paused: bool = False
+    in_flight: int = 0
+    started: bool = False
+    #: No lease before this time: a failed lease's backoff (None: no backoff).
+    retry_at: float | None = None
+
+    @capacity.default
+    def _capacity(self) -> int:
+        return self.config.concurrency + self.config.prefetch
 
     @free.default
     def _all_free(self) -> int:
         return self.capacity
 
-    def want(self, lease_max: int) -> int:
-        """How many jobs to lease now (0 when paused or full)."""
-        return 0 if self.paused else min(self.free, lease_max)
+    def deadline(self) -> float:
+        """When a tick may start a lease: at once before the first lease, at the end of
+        a backoff, else never (a message starts it)."""
+        if not self.started:
+            return -math.inf
+        return math.inf if self.retry_at is None else self.retry_at
 
-    def granted(self, count: int) -> None:
-        """`count` jobs were leased and handed to workers."""
-        if count > self.free:
-            raise ValueError(f"granted {count} jobs with only {self.free} free slots")
-        self.free -= count
+    def handle(
+        self, msg: DispatcherMsg, now: float, request: Envelope | None = None
+    ) -> list[Effect]:
+        """Apply one message; return the effects to carry out."""
+        match msg:
+            case SlotsFreed(count=count):
+                self.free = min(self.capacity, self.free + count)
+                return self._lease(now)
+            case PauseWorkers(paused=paused):
+                return self._pause(paused, request, now)
+            case Tick():
+                self.started = True
+                return self._lease(now)
+            case Called(tag=_Lease(want=want), reply=reply):
+                return self._granted(want, reply, now)
+            case CallFailed(tag=_Lease(want=want), error=error, jitter=jitter):
+                self.in_flight -= 1
+                self.free = min(self.capacity, self.free + want)
+                self.retry_at = now + self.config.retry_backoff_s * jitter
+                return [Log(logging.WARNING,
+                            f"lease from {self.storage} failed ({error}); retrying")]
+            case Called(tag=_Unpark(request=pause)):
+                return [Respond(pause, Ok())] if pause is not None else []
+            case CallFailed(tag=_Unpark(request=pause), error_type=kind, error=error):
+                return [Respond(pause, ErrorReply(kind, error, ""))] if pause is not None else []
+            case Called() | CallFailed():
+                return []  # an answer to a call of an earlier life of this actor
+            case _:
+                assert_never(msg)
 
-    def freed(self, count: int) -> None:
-        """`count` slots became free again."""
-        self.free = min(self.capacity, self.free + count)
+    def want(self) -> int:
+        """How many jobs the next lease asks for (0 when paused or full)."""
+        if self.paused or self.in_flight >= self.config.leases_in_flight:
+            return 0
+        return min(self.free, self.config.lease_max)
+
+    def _lease(self, now: float) -> list[Effect]:
+        if self.retry_at is not None:
+            if now < self.retry_at:
+                return []
+            self.retry_at = None
+        effects: list[Effect] = []
+        while (want := self.want()) > 0:
+            self.free -= want  # reserved: another lease request cannot take these slots
+            self.in_flight += 1
+            lease = LeaseJobs(self.node, self.config.queues, want, self.config.lease_timeout_s)
+            effects.append(Call(self.storage, LeaseWait(lease, self.config.wait_s),
+                                _Lease(want), self.config.wait_s + 10))
+        return effects
+
+    def _granted(self, want: int, reply: object, now: float) -> list[Effect]:
+        self.in_flight -= 1
+        if not isinstance(reply, LeaseReply):
+            self.free = min(self.capacity, self.free + want)
+            return unknown_message("dispatcher", reply, None) + self._lease(now)
+        jobs = reply.jobs
+        self.free = min(self.capacity, self.free + want - len(jobs))
+        effects: list[Effect] = [Send(self.workers, RunJobs(jobs))] if jobs else []
+        return effects + self._lease(now)
+
+    def _pause(self, paused: bool, request: Envelope | None, now: float) -> list[Effect]:
+        self.paused = paused
+        if paused:
+            return [Call(self.storage, Unpark(self.node), _Unpark(request))]
+        effects: list[Effect] = [Respond(request, Ok())] if request is not None else []
+        return effects + self._lease(now)
 
 
 async def run_dispatcher(
@@ -82,77 +180,9 @@ async def run_dispatcher(
     config: DispatcherConfig,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Lease jobs for free slots and hand them to the WorkerSupervisor.
-
-    `config.leases_in_flight` lease requests run at once, each for at most
-    `lease_max` slots reserved up front, so storage is working on the next lease while
-    the answer to the previous one travels and is handed on.
-    """
-    core = DispatcherCore(config.concurrency + config.prefetch)
-    wake = _Wake()
+    """Lease jobs for free slots and hand them to the WorkerSupervisor."""
+    core = DispatcherCore(ctx.node.name, storage, workers, config)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_inbox_loop, ctx, core, storage, wake.set)
-        for _ in range(config.leases_in_flight):
-            nursery.start_soon(_lease_loop, ctx, core, wake, storage, workers, config)
         task_status.started()
-
-
-@attrs.define
-class _Wake:
-    """An event that can be waited on again after it fired."""
-
-    event: trio.Event = attrs.Factory(trio.Event)
-
-    def set(self) -> None:
-        self.event.set()
-        self.event = trio.Event()
-
-
-async def _lease_loop(ctx: ActorContext, core: DispatcherCore, wake: _Wake, storage: Address,
-                      workers: Address, config: DispatcherConfig) -> None:
-    while True:
-        want = core.want(config.lease_max)
-        if want == 0:
-            await wake.event.wait()
-            continue
-        core.granted(want)  # reserved: the other lease request cannot take these slots
-        jobs = await _lease(ctx, storage, config, want)
-        core.freed(want - len(jobs))
-        if jobs:
-            await ctx.send(workers, RunJobs(jobs))
-        if len(jobs) < want:
-            wake.set()
-
-
-async def _lease(
-    ctx: ActorContext, storage: Address, config: DispatcherConfig, want: int
-) -> tuple[JobRecord, ...]:
-    lease = LeaseJobs(ctx.node.name, config.queues, want, config.lease_timeout_s)
-    try:
-        reply = await ctx.call(
-            storage, LeaseWait(lease, config.wait_s), timeout_s=config.wait_s + 10
-        )
-    except (ActorError, trio.BrokenResourceError) as exc:
-        log.warning("lease from %s failed (%s); retrying", storage, exc)
-        await trio.sleep(config.retry_backoff_s * ctx.node.world.jitter(0.5, 1.5))
-        return ()
-    assert isinstance(reply, LeaseReply), reply
-    return reply.jobs
-
-
-async def _inbox_loop(
-    ctx: ActorContext, core: DispatcherCore, storage: Address, notify: Callable[[], None]
-) -> None:
-    while True:
-        for env in await ctx.receive_batch():
-            match env.msg:
-                case SlotsFreed(count=count):
-                    core.freed(count)
-                case PauseWorkers(paused=paused):
-                    core.paused = paused
-                    if paused:
-                        await ctx.call(storage, Unpark(ctx.node.name))
-                    await ctx.reply(env, Ok())
-                case other:
-                    log.warning("dispatcher ignored unexpected %s", type(other).__name__)
-            notify()
+        await Shell(ctx, nursery, log, DISPATCHER_MSGS).serve(core)
+        nursery.cancel_scope.cancel()

@@ -1,27 +1,102 @@
 """The Scheduler: makes delayed and retry jobs due on time.
 
 Rules of this module:
-- Every `interval_s` it asks storage to promote due `scheduled` jobs (`PromoteDue`),
-  again at once while a full batch came back. Due times are judged by the storage clock.
-- Several nodes may run a Scheduler against the same storage: promotion is idempotent.
-- Cron entries (issue: recurring jobs) will live here too.
+- `SchedulerCore` is pure: it keeps a heap of timers (when each periodic duty next
+  fires) and turns a `Tick` past the earliest into a storage call. Today one duty,
+  `promote`, asks storage every `interval_s` to promote due `scheduled` jobs
+  (`PromoteDue`), again at once while a full batch came back. Cron entries (issue 15)
+  join the same heap, one timer per entry.
+- A duty never has two calls in flight: its timer is re-armed only when storage has
+  answered (or failed, in which case it is logged and tried at the next interval).
+- Due times are judged by the storage clock. Several nodes may run a Scheduler against
+  the same storage: promotion is idempotent.
+- `run_scheduler` is the thin shell (`actors._shell`).
 """
 
 from __future__ import annotations
 
+import heapq
 import logging
+import math
+from typing import assert_never
 
+import attrs
 import trio
 
-from gotask._errors import ActorError
-from gotask.runtime import ActorContext, Address
+from gotask.runtime import ActorContext, Address, Envelope
 
+from ._effects import Call, Called, CallFailed, Effect, Log, Tick, unknown_message
+from ._shell import Shell
 from .storage.base import PromoteDue, PromoteDueReply
 
-__all__ = ["run_scheduler"]
+__all__ = ["PROMOTE_LIMIT", "SchedulerCore", "SchedulerMsg", "run_scheduler"]
 
 log = logging.getLogger("gotask.scheduler")
 PROMOTE_LIMIT = 1000
+PROMOTE = "promote"
+
+#: Everything the Scheduler's inbox may hold.
+SchedulerMsg = Tick | Called | CallFailed
+SCHEDULER_MSGS = (Tick, Called, CallFailed)
+
+
+@attrs.define
+class SchedulerCore:
+    """The Scheduler's decisions, pure: which duty is due and what to ask storage."""
+
+    storage: Address
+    interval_s: float = 0.2
+    limit: int = PROMOTE_LIMIT
+    #: (when, duty) for every duty waiting for its time; a duty in flight is absent.
+    timers: list[tuple[float, str]] = attrs.Factory(list)
+    started: bool = False
+
+    def deadline(self) -> float:
+        """When the earliest timer fires (-inf before the first tick)."""
+        if not self.started:
+            return -math.inf
+        return self.timers[0][0] if self.timers else math.inf
+
+    def handle(
+        self, msg: SchedulerMsg, now: float, request: Envelope | None = None
+    ) -> list[Effect]:
+        """Apply one message; return the effects to carry out."""
+        match msg:
+            case Tick():
+                return self._tick(now)
+            case Called(tag=tag, reply=reply):
+                return self._answered(tag, reply, now)
+            case CallFailed(tag=tag, error=error):
+                if tag != PROMOTE:
+                    return []
+                heapq.heappush(self.timers, (now + self.interval_s, PROMOTE))
+                return [Log(logging.WARNING, f"promoting due jobs at {self.storage} failed: "
+                                             f"{error}")]
+            case _:
+                assert_never(msg)
+
+    def _tick(self, now: float) -> list[Effect]:
+        if not self.started:  # the first promotion comes one interval after start
+            self.started = True
+            heapq.heappush(self.timers, (now + self.interval_s, PROMOTE))
+        effects: list[Effect] = []
+        while self.timers and self.timers[0][0] <= now:
+            _, duty = heapq.heappop(self.timers)
+            effects.append(self._fire(duty))
+        return effects
+
+    def _fire(self, duty: str) -> Effect:
+        return Call(self.storage, PromoteDue(self.limit), duty)
+
+    def _answered(self, tag: object, reply: object, now: float) -> list[Effect]:
+        if tag != PROMOTE:
+            return []
+        if isinstance(reply, PromoteDueReply) and reply.promoted >= self.limit:
+            return [self._fire(PROMOTE)]  # more may be due: go on at once
+        heapq.heappush(self.timers, (now + self.interval_s, PROMOTE))
+        if not isinstance(reply, PromoteDueReply):
+            return unknown_message("scheduler", reply, None)
+        return []
 
 
 async def run_scheduler(
@@ -32,14 +107,8 @@ async def run_scheduler(
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Promote due jobs every `interval_s` seconds."""
-    task_status.started()
-    while True:
-        await trio.sleep(interval_s)
-        try:
-            while True:
-                reply = await ctx.call(storage, PromoteDue(PROMOTE_LIMIT))
-                assert isinstance(reply, PromoteDueReply)
-                if reply.promoted < PROMOTE_LIMIT:
-                    break
-        except (ActorError, trio.BrokenResourceError) as exc:
-            log.warning("promoting due jobs at %s failed: %s", storage, exc)
+    core = SchedulerCore(storage, interval_s)
+    async with trio.open_nursery() as nursery:
+        task_status.started()
+        await Shell(ctx, nursery, log, SCHEDULER_MSGS).serve(core)
+        nursery.cancel_scope.cancel()

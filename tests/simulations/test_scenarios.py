@@ -32,8 +32,10 @@ def test_faults_do_what_they_claim() -> None:
     """The scenarios' faults leave their marks: duplicates of the right kind, a poison
     job in the DLQ, a repeated ack answered "duplicate", a full link buffer."""
     reports = {name: check(simulate(load()[name], 1))
-               for name in ("node_crash", "zombie_worker", "rolling_restart", "poison_job")}
-    assert reports["node_crash"].duplicates.get("worker loss", 0) > 0
+               for name in ("zombie_worker", "rolling_restart", "poison_job")}
+    # Whether a crash catches a job mid-run depends on the schedule: one of three seeds.
+    crashes = (check(simulate(load()["node_crash"], seed)) for seed in (1, 2, 3))
+    assert any(r.duplicates.get("worker loss", 0) > 0 for r in crashes)
     assert reports["zombie_worker"].duplicates.get("stalled worker", 0) > 0
     assert reports["rolling_restart"].duplicates.get("drain", 0) > 0
     assert reports["poison_job"].outcomes.get("dead", 0) >= 2

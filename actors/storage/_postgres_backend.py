@@ -31,7 +31,7 @@ import json
 import logging
 from typing import Any
 
-import asyncpg
+import asyncpg  # type: ignore[import-untyped]
 
 from gotask._errors import StorageError, StorageFull, StorageUnavailable
 
@@ -113,7 +113,7 @@ class PostgresBackend:
                     await conn.close()
             self._pool = await asyncpg.create_pool(
                 min_size=1, max_size=self.settings.pool_size, **self.settings.connect_kwargs(),
-                timeout=CONNECT_TIMEOUT_S)
+                timeout=CONNECT_TIMEOUT_S, reset=_reset)
             if subscribe:
                 await self._listen()
         except _BROKEN as exc:
@@ -134,7 +134,7 @@ class PostgresBackend:
             pool, self._pool = self._pool, None
             try:
                 await asyncio.wait_for(pool.close(), CONNECT_TIMEOUT_S)
-            except (asyncio.TimeoutError, *_BROKEN):
+            except _BROKEN:
                 pool.terminate()
 
     # -- commands -------------------------------------------------------------------------
@@ -194,6 +194,8 @@ class PostgresBackend:
                 await self._release(conn)
 
     async def _run(self, conn: asyncpg.Connection, plans: list[Plan]) -> list[Any]:
+        if len(plans) == 1:  # one statement is a transaction of its own: 1 round trip, not 3
+            return await self._run_one(conn, plans[0])
         committing = False
         try:
             await conn.execute("BEGIN")
@@ -216,6 +218,18 @@ class PostgresBackend:
             if not conn.is_closed():
                 await conn.execute("ROLLBACK")
             raise
+
+    async def _run_one(self, conn: asyncpg.Connection, plan: Plan) -> list[Any]:
+        try:
+            rows: list[Any] = await conn.fetch(plan.sql, *plan.args)
+        except _BROKEN as exc:
+            self._mark_down(exc)
+            raise _Lost(exc, True) from exc
+        except asyncpg.PostgresError as exc:
+            if exc.sqlstate in _AGAIN:
+                raise
+            raise _Refused(0, exc) from exc
+        return [rows]
 
     async def _acquire(self, jitter: float) -> asyncpg.Connection:
         """A pooled connection, retrying with backoff within `retry_s` of the first failure.
@@ -300,7 +314,7 @@ class PostgresBackend:
                 return Events(resubscribed=True)
             try:
                 await asyncio.wait_for(self._arrived.wait(), SAFETY_POLL_S)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 if await self._listener_alive():
                     return Events(resubscribed=True)
                 continue
@@ -359,6 +373,14 @@ def parse_events(payloads: list[str]) -> Events:
         elif kind == "i":
             ids.add(event[1])
     return Events(None, frozenset(ids), frozenset(ready), tuple(due), tuple(cancels))
+
+
+async def _reset(conn: asyncpg.Connection) -> None:
+    """Make a connection given back to the pool clean. Batches leave no session state
+    (no LISTEN, no settings, no cursors), so asyncpg's default reset, a round trip per
+    batch, is only needed after a cancelled batch: roll its transaction back."""
+    if conn.is_in_transaction():
+        await conn.execute("ROLLBACK")
 
 
 def _fail(results: list[Any], todo: list[int], exc: Exception) -> list[Any]:

@@ -19,7 +19,7 @@ import re
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-import asyncpg
+import asyncpg  # type: ignore[import-untyped]
 import attrs
 
 from gotask._errors import ConfigError
@@ -27,7 +27,7 @@ from gotask._errors import ConfigError
 from ._postgres_schema import SCHEMA_VERSION, check_schema, migrations
 from ._redis_backend import redact
 
-__all__ = ["PostgresSettings", "apply_migrations", "applied_versions"]
+__all__ = ["PostgresSettings", "applied_versions", "apply_migrations"]
 
 log = logging.getLogger("gotask.storage.postgres")
 

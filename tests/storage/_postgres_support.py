@@ -2,19 +2,22 @@
 
 The tests run against `GOTASK_TEST_POSTGRES_DSN` (default
 postgresql://postgres@127.0.0.1:5432/gotask_test), created when missing. Every harness
-uses a schema of its own (pid and a counter in its name) and drops it when closed, so
-parallel runs do not collide.
+uses a schema of its own (pid and a counter in its name), so parallel runs do not
+collide; a closed harness empties its schema for the next harness of the same process
+(creating one per Hypothesis example would take most of the test's time), and the
+process drops its schemas when it exits.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import itertools
 import os
 from typing import TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
+import asyncpg  # type: ignore[import-untyped]
 
 from gotask.actors.storage._postgres_backend import PostgresBackend
 from gotask.actors.storage._postgres_settings import PostgresSettings
@@ -26,6 +29,7 @@ START_S = 1_700_000_000.0
 DSN = os.environ.get("GOTASK_TEST_POSTGRES_DSN",
                      "postgresql://postgres@127.0.0.1:5432/gotask_test")
 _schemas = itertools.count(1)
+_TABLES = ("jobs", "counts", "count_deltas", "fair", "nodes")
 
 
 async def _ensure_database() -> None:
@@ -49,7 +53,7 @@ def unreachable() -> str | None:
     """Why the test database cannot be used, or None."""
     try:
         asyncio.run(_ensure_database())
-    except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
         return f"no PostgreSQL at {DSN} ({exc}); set GOTASK_TEST_POSTGRES_DSN"
     return None
 
@@ -76,19 +80,42 @@ def drop_schema(schema: str) -> None:
     asyncio.run(drop())
 
 
+_LOOP = asyncio.new_event_loop()
+_free: list[tuple[str, PostgresBackend]] = []
+_made: list[str] = []
+_admin: list[asyncpg.Connection] = []
+
+
+def _drop_all() -> None:
+    for _, backend in _free:
+        _LOOP.run_until_complete(backend.close())
+    for schema in _made:
+        drop_schema(schema)
+
+
+atexit.register(_drop_all)
+
+
 class PostgresHarness:
-    """The PostgreSQL backend in a loop of its own, with a pinned storage clock."""
+    """The PostgreSQL backend in a loop of its own, with a pinned storage clock.
+
+    Harnesses of one process share one asyncio loop and reuse the schemas (and open
+    backends) of closed ones, emptied.
+    """
 
     def __init__(self) -> None:
-        self.schema = unique_schema()
-        self.url = url_for(self.schema, pool_size="1")
         self.clock = START_S
-        self.loop = asyncio.new_event_loop()
-        self.backend = PostgresBackend(PostgresSettings.from_url(self.url))
-        self.loop.run_until_complete(self.backend.open(subscribe=False))
+        if _free:
+            self.schema, self.backend = _free.pop()
+            return
+        self.schema = unique_schema()
+        _made.append(self.schema)
+        url = url_for(self.schema, pool_size="1", synchronous_commit="off")
+        self.backend = PostgresBackend(PostgresSettings.from_url(url))
+        _LOOP.run_until_complete(self.backend.open(subscribe=False))
 
     def execute(self, cmd: Command[R]) -> R:
-        (reply,) = self.loop.run_until_complete(self.backend.execute([cmd], self.clock))
+        (reply,) = _LOOP.run_until_complete(self.backend.execute([cmd], self.clock))
         if isinstance(reply, Exception):
             raise reply
         return reply.reply if isinstance(reply, Leased) else reply  # type: ignore[no-any-return]
@@ -100,6 +127,11 @@ class PostgresHarness:
         return self.clock
 
     def close(self) -> None:
-        self.loop.run_until_complete(self.backend.close())
-        self.loop.close()
-        drop_schema(self.schema)
+        _LOOP.run_until_complete(self._empty())
+        _free.append((self.schema, self.backend))
+
+    async def _empty(self) -> None:
+        if not _admin:
+            _admin.append(await asyncpg.connect(DSN))
+        await _admin[0].execute(
+            "; ".join(f'DELETE FROM "{self.schema}".{t}' for t in _TABLES))

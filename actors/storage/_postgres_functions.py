@@ -30,6 +30,12 @@ BEGIN
     PERFORM pg_notify('@CHAN@', json_build_array('r', q)::text)
     FROM (SELECT DISTINCT q FROM unnest(p_queues) q WHERE q IS NOT NULL) d;
 END $$;
+CREATE FUNCTION @S@.notify_due(p_queues text[], p_due double precision[]) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('@CHAN@', json_build_array('d', q, min(d))::text)
+    FROM unnest(p_queues, p_due) AS x(q, d) WHERE q IS NOT NULL GROUP BY q;
+END $$;
 CREATE FUNCTION @S@.notify_ids(p_ids text[]) RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM pg_notify('@CHAN@', json_build_array('i', i)::text)
@@ -47,6 +53,9 @@ CREATE FUNCTION @S@.enqueue(
 DECLARE
     v_now double precision := @S@.clock(p_now);
     v_ids text[];
+    v_ready text[];
+    v_queues text[];
+    v_due double precision[];
 BEGIN
     WITH ins AS (
         INSERT INTO @S@.jobs AS j (id, task, queue, args, priority, state, created_at,
@@ -60,13 +69,13 @@ BEGIN
         ORDER BY i.ord
         ON CONFLICT DO NOTHING
         RETURNING j.id, j.queue, j.state, j.due_at
-    ), notes AS (
-        SELECT pg_notify('@CHAN@', CASE WHEN state = 'queued'
-                THEN json_build_array('r', queue)::text
-                ELSE json_build_array('d', queue, min(due_at))::text END)
-        FROM ins GROUP BY queue, state
     )
-    SELECT array_agg(ins.id) INTO v_ids FROM ins LEFT JOIN (SELECT count(*) FROM notes) n ON true;
+    SELECT array_agg(id), array_agg(queue) FILTER (WHERE state = 'queued'),
+        array_agg(queue) FILTER (WHERE state = 'scheduled'),
+        array_agg(due_at) FILTER (WHERE state = 'scheduled')
+    INTO v_ids, v_ready, v_queues, v_due FROM ins;
+    PERFORM @S@.notify_ready(v_ready);
+    PERFORM @S@.notify_due(v_queues, v_due);
     RETURN QUERY
     SELECT CASE WHEN c.made THEN c.id ELSE coalesce(k.id, c.id) END, c.made
     FROM (
@@ -237,6 +246,9 @@ RETURNS TABLE (statuses text[], states text[]) LANGUAGE plpgsql AS $$
 DECLARE
     v_now double precision := @S@.clock(p_now);
     v_done bigint[];
+    v_queues text[];
+    v_due double precision[];
+    v_watched text[];
 BEGIN
     WITH u AS (
         SELECT DISTINCT ON (id, attempt) *
@@ -261,13 +273,13 @@ BEGIN
                 ELSE NULL END
         FROM plan p WHERE j.id = p.id
         RETURNING p.ord, j.id, j.queue, j.state, j.due_at, j.watched
-    ), notes AS (
-        SELECT pg_notify('@CHAN@', json_build_array('d', queue, min(due_at))::text)
-        FROM upd WHERE state = 'scheduled' GROUP BY queue
-        UNION ALL
-        SELECT pg_notify('@CHAN@', json_build_array('i', id)::text) FROM upd WHERE watched
     )
-    SELECT array_agg(ord) INTO v_done FROM upd LEFT JOIN (SELECT count(*) FROM notes) n ON true;
+    SELECT array_agg(ord), array_agg(queue) FILTER (WHERE state = 'scheduled'),
+        array_agg(due_at) FILTER (WHERE state = 'scheduled'),
+        array_agg(id) FILTER (WHERE watched)
+    INTO v_done, v_queues, v_due, v_watched FROM upd;
+    PERFORM @S@.notify_due(v_queues, v_due);
+    PERFORM @S@.notify_ids(v_watched);
     RETURN QUERY SELECT @S@.fence(p_ids, p_attempts, v_done), @S@.states(p_ids);
 END $$;
 
@@ -340,6 +352,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
     v_now double precision := @S@.clock(p_now);
     v_watched text[];
+    v_requested text[];
     v_count bigint;
 BEGIN
     WITH upd AS (
@@ -351,10 +364,11 @@ BEGIN
     WITH a AS (
         UPDATE @S@.jobs SET cancel_requested = true
         WHERE id = ANY(p_ids) AND state = 'active'
-        RETURNING id, lease_node, attempt
-    ) SELECT count(pg_notify('@CHAN@', json_build_array('c', id, lease_node, attempt)::text))
-    INTO v_count FROM a;
-    PERFORM @S@.notify_ids(v_watched);
+        RETURNING id, lease_node, attempt, watched
+    ) SELECT count(pg_notify('@CHAN@', json_build_array('c', id, lease_node, attempt)::text)),
+        array_agg(id) FILTER (WHERE watched)
+    INTO v_count, v_requested FROM a;
+    PERFORM @S@.notify_ids(v_watched || v_requested);
     RETURN @S@.states(p_ids);
 END $$;
 
@@ -363,8 +377,12 @@ RETURNS TABLE (requeued text[], dead text[], cancelled text[]) LANGUAGE plpgsql 
 #variable_conflict use_column
 DECLARE
     v_now double precision := @S@.clock(p_now);
+    v_queued text[];
+    v_dead text[];
+    v_cancelled text[];
+    v_ready text[];
+    v_watched text[];
 BEGIN
-    RETURN QUERY
     WITH e AS (
         SELECT id FROM @S@.jobs WHERE state = 'active' AND lease_expires_at <= v_now
         ORDER BY lease_expires_at LIMIT p_limit FOR UPDATE SKIP LOCKED
@@ -381,15 +399,16 @@ BEGIN
                 WHEN @S@.exhausted(j) THEN NULL ELSE j.expires_at END
         FROM e WHERE j.id = e.id AND j.state = 'active' AND j.lease_expires_at <= v_now
         RETURNING j.id, j.queue, j.state, j.watched
-    ), notes AS (
-        SELECT @S@.notify_ready(array_agg(queue) FILTER (WHERE state = 'queued')),
-               @S@.notify_ids(array_agg(id) FILTER (WHERE watched))
-        FROM upd
     )
     SELECT coalesce(array_agg(id) FILTER (WHERE state = 'queued'), '{}'),
            coalesce(array_agg(id) FILTER (WHERE state = 'dead'), '{}'),
-           coalesce(array_agg(id) FILTER (WHERE state = 'cancelled'), '{}')
-    FROM upd LEFT JOIN (SELECT count(*) FROM notes) n ON true;
+           coalesce(array_agg(id) FILTER (WHERE state = 'cancelled'), '{}'),
+           array_agg(queue) FILTER (WHERE state = 'queued'),
+           array_agg(id) FILTER (WHERE watched)
+    INTO v_queued, v_dead, v_cancelled, v_ready, v_watched FROM upd;
+    PERFORM @S@.notify_ready(v_ready);
+    PERFORM @S@.notify_ids(v_watched);
+    RETURN QUERY SELECT v_queued, v_dead, v_cancelled;
 END $$;
 
 CREATE FUNCTION @S@.promote(p_limit integer, p_now double precision) RETURNS integer

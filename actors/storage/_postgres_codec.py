@@ -139,8 +139,7 @@ def _get(cmd: b.GetJobs, s: str, now: float | None) -> Plan:
 
 
 def _watch(cmd: WatchRead, s: str, now: float | None) -> Plan:
-    sql = (f"WITH w AS (UPDATE {s}.jobs SET watched = true WHERE id = ANY($1) AND NOT watched) "
-           f"SELECT {JOB_COLUMNS} FROM {s}.jobs WHERE id = ANY($1)")
+    sql = f"SELECT {JOB_COLUMNS} FROM {s}.watch($1)"
     return Plan(sql, (list(set(cmd.ids)),), _get_decoder(cmd.ids))
 
 
@@ -226,9 +225,7 @@ _ENCODERS: dict[type, _Encoder] = {
     b.RetryDead: lambda c, s, now: _scalar(
         f"SELECT {s}.retry_dead($1, $2)", (_targets(c.ids), now), b.RetryDeadReply),
     b.PurgeDead: lambda c, s, now: _scalar(
-        f"WITH d AS (DELETE FROM {s}.jobs WHERE state = 'dead' AND "
-        "($1::text[] IS NULL OR id = ANY($1)) RETURNING 1) SELECT count(*) FROM d",
-        (_targets(c.ids),), b.PurgeDeadReply),
+        f"SELECT {s}.purge_dead($1)", (_targets(c.ids),), b.PurgeDeadReply),
     b.ListNodes: _nodes,
     b.ExpireNodes: lambda c, s, now: _scalar(
         f"SELECT {s}.expire_nodes($1)", (now,), lambda v: b.ExpireNodesReply(tuple(v))),

@@ -69,6 +69,9 @@ BEGIN
         ORDER BY i.ord
         ON CONFLICT DO NOTHING
         RETURNING j.id, j.queue, j.state, j.due_at
+    ), moved AS (
+        INSERT INTO @S@.count_deltas (queue, state, n)
+        SELECT queue, state, count(*) FROM ins GROUP BY queue, state
     )
     SELECT array_agg(id), array_agg(queue) FILTER (WHERE state = 'queued'),
         array_agg(queue) FILTER (WHERE state = 'scheduled'),
@@ -165,12 +168,25 @@ DECLARE
     v_now double precision := @S@.clock(p_now);
     v_ids text[];
     v_next double precision;
+    v_promoted text[];
 BEGIN
-    UPDATE @S@.jobs SET state = 'queued' WHERE id IN (
-        SELECT s.id FROM unnest(p_queues) AS q(name), LATERAL (
-            SELECT id FROM @S@.jobs WHERE state = 'scheduled' AND queue = q.name
-                AND due_at <= v_now ORDER BY due_at LIMIT p_promote FOR UPDATE SKIP LOCKED
-        ) s);
+    WITH upd AS (
+        UPDATE @S@.jobs SET state = 'queued' WHERE id IN (
+            SELECT s.id FROM unnest(p_queues) AS q(name), LATERAL (
+                SELECT id FROM @S@.jobs WHERE state = 'scheduled' AND queue = q.name
+                    AND due_at <= v_now ORDER BY due_at LIMIT p_promote FOR UPDATE SKIP LOCKED
+            ) s)
+        RETURNING queue, state
+    ), moved AS (
+        INSERT INTO @S@.count_deltas (queue, state, n)
+        SELECT queue, state, sum(n) FROM (
+            SELECT queue, 'scheduled'::text AS state, -1 AS n FROM upd
+            UNION ALL SELECT queue, state, 1 FROM upd
+        ) m GROUP BY queue, state HAVING sum(n) <> 0
+    )
+    SELECT array_agg(DISTINCT queue) INTO v_promoted FROM upd;
+    -- Leases elsewhere skipped the promoted rows while locked: announce them at commit.
+    PERFORM @S@.notify_ready(v_promoted);
     IF cardinality(p_queues) = 1 THEN
         v_ids := @S@.pick(p_queues[1], p_limit);
     ELSE
@@ -185,7 +201,13 @@ BEGIN
         UPDATE @S@.jobs j SET state = 'active', attempt = j.attempt + 1, leased_at = v_now,
             lease_expires_at = v_now + p_timeout, lease_node = p_node
         FROM picked WHERE j.id = picked.id
-        RETURNING picked.ord, j
+        RETURNING picked.ord, j, j.queue, j.state
+    ), moved AS (
+        INSERT INTO @S@.count_deltas (queue, state, n)
+        SELECT queue, state, sum(n) FROM (
+            SELECT queue, 'queued'::text AS state, -1 AS n FROM upd
+            UNION ALL SELECT queue, state, 1 FROM upd
+        ) m GROUP BY queue, state HAVING sum(n) <> 0
     )
     SELECT upd.ord, v_now, v_next, upd.j FROM upd
     UNION ALL SELECT 0, v_now, v_next, NULL::@S@.jobs ORDER BY 1;
@@ -231,7 +253,13 @@ BEGIN
             result = u.result, progress = 1.0, finished_at = v_now, lease_expires_at = NULL,
             expires_at = v_now + j.result_ttl_s
         FROM u WHERE j.id = u.id AND j.state = 'active' AND j.attempt = u.attempt
-        RETURNING u.ord, j.id, j.watched
+        RETURNING u.ord, j.id, j.watched, j.queue, j.state
+    ), moved AS (
+        INSERT INTO @S@.count_deltas (queue, state, n)
+        SELECT queue, state, sum(n) FROM (
+            SELECT queue, 'active'::text AS state, -1 AS n FROM upd
+            UNION ALL SELECT queue, state, 1 FROM upd
+        ) m GROUP BY queue, state HAVING sum(n) <> 0
     )
     SELECT array_agg(ord), array_agg(id) FILTER (WHERE watched) INTO v_done, v_watched
     FROM upd;
@@ -273,6 +301,12 @@ BEGIN
                 ELSE NULL END
         FROM plan p WHERE j.id = p.id
         RETURNING p.ord, j.id, j.queue, j.state, j.due_at, j.watched
+    ), moved AS (
+        INSERT INTO @S@.count_deltas (queue, state, n)
+        SELECT queue, state, sum(n) FROM (
+            SELECT queue, 'active'::text AS state, -1 AS n FROM upd
+            UNION ALL SELECT queue, state, 1 FROM upd
+        ) m GROUP BY queue, state HAVING sum(n) <> 0
     )
     SELECT array_agg(ord), array_agg(queue) FILTER (WHERE state = 'scheduled'),
         array_agg(due_at) FILTER (WHERE state = 'scheduled'),
@@ -303,6 +337,12 @@ BEGIN
                 ELSE j.expires_at END
         FROM u WHERE j.id = u.id AND j.state = 'active' AND j.attempt = u.attempt
         RETURNING u.ord, j.id, j.queue, j.state, j.watched
+    ), moved AS (
+        INSERT INTO @S@.count_deltas (queue, state, n)
+        SELECT queue, state, sum(n) FROM (
+            SELECT queue, 'active'::text AS state, -1 AS n FROM upd
+            UNION ALL SELECT queue, state, 1 FROM upd
+        ) m GROUP BY queue, state HAVING sum(n) <> 0
     )
     SELECT array_agg(ord), array_agg(queue) FILTER (WHERE state = 'queued'),
         array_agg(id) FILTER (WHERE watched)
@@ -356,11 +396,20 @@ DECLARE
     v_count bigint;
 BEGIN
     WITH upd AS (
-        UPDATE @S@.jobs SET state = 'cancelled', finished_at = v_now, lease_expires_at = NULL,
-            expires_at = v_now + result_ttl_s
-        WHERE id = ANY(p_ids) AND state IN ('queued', 'scheduled')
-        RETURNING id, watched
-    ) SELECT array_agg(id) FILTER (WHERE watched) INTO v_watched FROM upd;
+        UPDATE @S@.jobs j SET state = 'cancelled', finished_at = v_now,
+            lease_expires_at = NULL, expires_at = v_now + j.result_ttl_s
+        FROM (SELECT id, state FROM @S@.jobs WHERE id = ANY(p_ids)
+              AND state IN ('queued', 'scheduled') ORDER BY id FOR UPDATE) o
+        WHERE j.id = o.id AND j.state = o.state
+        RETURNING j.id, j.watched, j.queue, j.state, o.state AS old_state
+    ), moved AS (
+        INSERT INTO @S@.count_deltas (queue, state, n)
+        SELECT queue, state, sum(n) FROM (
+            SELECT queue, old_state AS state, -1 AS n FROM upd
+            UNION ALL SELECT queue, state, 1 FROM upd
+        ) m GROUP BY queue, state HAVING sum(n) <> 0
+    )
+    SELECT array_agg(id) FILTER (WHERE watched) INTO v_watched FROM upd;
     WITH a AS (
         UPDATE @S@.jobs SET cancel_requested = true
         WHERE id = ANY(p_ids) AND state = 'active'
@@ -399,6 +448,12 @@ BEGIN
                 WHEN @S@.exhausted(j) THEN NULL ELSE j.expires_at END
         FROM e WHERE j.id = e.id AND j.state = 'active' AND j.lease_expires_at <= v_now
         RETURNING j.id, j.queue, j.state, j.watched
+    ), moved AS (
+        INSERT INTO @S@.count_deltas (queue, state, n)
+        SELECT queue, state, sum(n) FROM (
+            SELECT queue, 'active'::text AS state, -1 AS n FROM upd
+            UNION ALL SELECT queue, state, 1 FROM upd
+        ) m GROUP BY queue, state HAVING sum(n) <> 0
     )
     SELECT coalesce(array_agg(id) FILTER (WHERE state = 'queued'), '{}'),
            coalesce(array_agg(id) FILTER (WHERE state = 'dead'), '{}'),
@@ -422,8 +477,15 @@ BEGIN
         ORDER BY due_at, seq LIMIT p_limit FOR UPDATE SKIP LOCKED
     ), upd AS (
         UPDATE @S@.jobs j SET state = 'queued' FROM d
-        WHERE j.id = d.id AND j.state = 'scheduled' RETURNING j.queue
-    ) SELECT array_agg(queue) INTO v_queues FROM upd;
+        WHERE j.id = d.id AND j.state = 'scheduled' RETURNING j.queue, j.state
+    ), moved AS (
+        INSERT INTO @S@.count_deltas (queue, state, n)
+        SELECT queue, state, sum(n) FROM (
+            SELECT queue, 'scheduled'::text AS state, -1 AS n FROM upd
+            UNION ALL SELECT queue, state, 1 FROM upd
+        ) m GROUP BY queue, state HAVING sum(n) <> 0
+    )
+    SELECT array_agg(queue) INTO v_queues FROM upd;
     PERFORM @S@.notify_ready(v_queues);
     RETURN coalesce(cardinality(v_queues), 0);
 END $$;
@@ -439,7 +501,10 @@ BEGIN
             AND expires_at <= v_now
         ORDER BY expires_at LIMIT p_limit FOR UPDATE SKIP LOCKED
     ), del AS (
-        DELETE FROM @S@.jobs j USING d WHERE j.id = d.id RETURNING j.id
+        DELETE FROM @S@.jobs j USING d WHERE j.id = d.id RETURNING j.id, j.queue, j.state
+    ), moved AS (
+        INSERT INTO @S@.count_deltas (queue, state, n)
+        SELECT queue, state, -count(*) FROM del GROUP BY queue, state
     ) SELECT count(*) INTO v_count FROM del;
     PERFORM @S@.fold_counts();
     RETURN v_count;
@@ -454,10 +519,46 @@ BEGIN
     WITH upd AS (
         UPDATE @S@.jobs SET state = 'queued', attempt_base = attempt - releases,
             due_at = v_now, finished_at = NULL, expires_at = NULL, cancel_requested = false
-        WHERE state = 'dead' AND (p_ids IS NULL OR id = ANY(p_ids)) RETURNING queue
-    ) SELECT array_agg(queue) INTO v_queues FROM upd;
+        WHERE state = 'dead' AND (p_ids IS NULL OR id = ANY(p_ids)) RETURNING queue, state
+    ), moved AS (
+        INSERT INTO @S@.count_deltas (queue, state, n)
+        SELECT queue, state, sum(n) FROM (
+            SELECT queue, 'dead'::text AS state, -1 AS n FROM upd
+            UNION ALL SELECT queue, state, 1 FROM upd
+        ) m GROUP BY queue, state HAVING sum(n) <> 0
+    )
+    SELECT array_agg(queue) INTO v_queues FROM upd;
     PERFORM @S@.notify_ready(v_queues);
     RETURN coalesce(cardinality(v_queues), 0);
+END $$;
+
+CREATE FUNCTION @S@.watch(p_ids text[]) RETURNS SETOF @S@.jobs LANGUAGE plpgsql AS $$
+DECLARE
+    v_ready text[];
+BEGIN
+    -- Flag first (waiting on the row locks of batches changing them), then read in a new
+    -- snapshot: a change committed before the flag is read here, one after it notified.
+    -- Leases skip the rows it locks: their queues are announced ready again at commit.
+    WITH upd AS (
+        UPDATE @S@.jobs SET watched = true WHERE id = ANY(p_ids) AND NOT watched
+        RETURNING queue, state
+    ) SELECT array_agg(queue) FILTER (WHERE state = 'queued') INTO v_ready FROM upd;
+    PERFORM @S@.notify_ready(v_ready);
+    RETURN QUERY SELECT * FROM @S@.jobs WHERE id = ANY(p_ids);
+END $$;
+
+CREATE FUNCTION @S@.purge_dead(p_ids text[]) RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+    v_count integer;
+BEGIN
+    WITH del AS (
+        DELETE FROM @S@.jobs WHERE state = 'dead' AND (p_ids IS NULL OR id = ANY(p_ids))
+        RETURNING queue, state
+    ), moved AS (
+        INSERT INTO @S@.count_deltas (queue, state, n)
+        SELECT queue, state, -count(*) FROM del GROUP BY queue, state
+    ) SELECT count(*) INTO v_count FROM del;
+    RETURN v_count;
 END $$;
 
 CREATE FUNCTION @S@.fold_counts() RETURNS void LANGUAGE sql AS $$

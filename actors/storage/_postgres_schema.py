@@ -10,9 +10,10 @@ Rules of this module:
   storage clock of the contract (microseconds kept; tests use whole seconds).
 - `jobs` keeps the columns of `JobRecord` in its field order (so `JOB_COLUMNS` builds a
   record positionally), then `seq` (enqueue order) and `watched` (a watcher asked: its
-  changes are notified). Job counts live in `counts` plus `count_deltas`: statement
-  triggers append one delta per (queue, state) and statement, with no lock shared
-  between transactions; `count_jobs()` folds the deltas into `counts`.
+  changes are notified). Job counts live in `counts` plus `count_deltas`: every job
+  function appends, in the statement that moves jobs, one delta per (queue, state) it
+  changed, with no lock shared between transactions; `count_jobs()` (and each purge)
+  folds the deltas into `counts`. So jobs change only through the functions.
 - The job functions (module `_postgres_functions`) come with migration 1.
 """
 
@@ -89,7 +90,6 @@ CREATE INDEX jobs_leases ON @S@.jobs (lease_expires_at) WHERE state = 'active';
 CREATE INDEX jobs_finished ON @S@.jobs (expires_at)
     WHERE state IN ('succeeded', 'cancelled');
 CREATE INDEX jobs_dead ON @S@.jobs (id) WHERE state = 'dead';
-CREATE INDEX jobs_queue ON @S@.jobs (queue, id);
 
 CREATE TABLE @S@.counts (
     queue text COLLATE "C" NOT NULL,
@@ -117,34 +117,6 @@ CREATE TABLE @S@.nodes (
     expires_at double precision NOT NULL
 );
 
-CREATE FUNCTION @S@.count_insert() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    INSERT INTO @S@.count_deltas (queue, state, n)
-    SELECT queue, state, count(*) FROM new_rows GROUP BY queue, state;
-    RETURN NULL;
-END $$;
-CREATE FUNCTION @S@.count_update() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    INSERT INTO @S@.count_deltas (queue, state, n)
-    SELECT queue, state, sum(n) FROM (
-        SELECT queue, state, 1 AS n FROM new_rows
-        UNION ALL SELECT queue, state, -1 FROM old_rows
-    ) c GROUP BY queue, state HAVING sum(n) <> 0;
-    RETURN NULL;
-END $$;
-CREATE FUNCTION @S@.count_delete() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    INSERT INTO @S@.count_deltas (queue, state, n)
-    SELECT queue, state, -count(*) FROM old_rows GROUP BY queue, state;
-    RETURN NULL;
-END $$;
-CREATE TRIGGER jobs_count_insert AFTER INSERT ON @S@.jobs
-    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION @S@.count_insert();
-CREATE TRIGGER jobs_count_update AFTER UPDATE ON @S@.jobs
-    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION @S@.count_update();
-CREATE TRIGGER jobs_count_delete AFTER DELETE ON @S@.jobs
-    REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION @S@.count_delete();
 """
 
 

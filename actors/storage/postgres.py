@@ -16,8 +16,11 @@ Rules of this module:
 
 from __future__ import annotations
 
+import asyncio
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import attrs
 import trio
@@ -38,11 +41,14 @@ from .redis import run_redis_storage
 __all__ = [
     "PostgresSettings",
     "PostgresStorage",
+    "drop_schema",
     "enqueue_statement",
     "migrate",
     "migration_script",
     "open_postgres_storage",
     "run_postgres_storage",
+    "server_cpu_s",
+    "with_schema",
 ]
 
 
@@ -179,3 +185,48 @@ def _new_job(item: EnqueueItem, app: App | None, job_id: str) -> NewJob:
         timeout_s=item.timeout_s if item.timeout_s is not None else spec.timeout_s,
         result_ttl_s=spec.result_ttl_s if item.result_ttl_s is None else item.result_ttl_s,
         idempotency_key=item.idempotency_key)
+
+
+# -- tests and benchmarks ----------------------------------------------------------------
+
+
+def with_schema(url: str, schema: str) -> str:
+    """`url` with its schema replaced by `schema`."""
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "schema"]
+    return urlunsplit(parts._replace(query=urlencode([*query, ("schema", schema)])))
+
+
+def drop_schema(url: str) -> None:
+    """Drop the URL's schema and everything in it (tests, benchmarks). Synchronous."""
+    settings = PostgresSettings.from_url(url)
+    asyncio.run(_sql(settings, f'DROP SCHEMA IF EXISTS "{settings.schema}" CASCADE'))
+
+
+def server_cpu_s(url: str) -> float:
+    """CPU seconds used so far by the server's background processes and GoTask's
+    connections, read from /proc (0 when the server is on another machine).
+    Approximate: connections that ended no longer count."""
+    settings = PostgresSettings.from_url(url)
+    pids = asyncio.run(_sql(settings, (
+        "SELECT coalesce(array_agg(pid), '{}') FROM pg_stat_activity "
+        "WHERE backend_type <> 'client backend' OR application_name = 'gotask'")))
+    total = 0.0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                fields = stat.read().rpartition(")")[2].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+async def _sql(settings: PostgresSettings, sql: str) -> Any:
+    import asyncpg  # type: ignore[import-untyped]
+
+    conn = await asyncpg.connect(**settings.connect_kwargs(), timeout=5.0)
+    try:
+        return await conn.fetchval(sql)
+    finally:
+        await conn.close()

@@ -140,16 +140,6 @@ def test_unreachable_database_is_storage_unavailable() -> None:
         trio.run(main)
 
 
-def test_node_exits_with_one_clear_line_when_the_database_is_unreachable() -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "gotask.cli", "node", "--app", "examples.tasks:app",
-         "--storage", "postgresql://postgres@127.0.0.1:1/nothing", "--listen", "127.0.0.1:0"],
-        capture_output=True, text=True, timeout=60)
-    assert proc.returncode != 0
-    assert "cannot reach PostgreSQL at postgresql://postgres@127.0.0.1:1/nothing" in proc.stderr
-    assert "Traceback" not in proc.stderr
-
-
 # -- the backend's own rules ---------------------------------------------------------------------
 
 

@@ -188,6 +188,25 @@ def test_a_refused_command_fails_alone_and_its_batch_runs(schema: str, monkeypat
     assert counts.counts == (QueueCount("default", "queued", 1),)
 
 
+def test_counts_come_from_counters_not_from_a_scan_of_the_jobs(schema: str) -> None:
+    async def body(backend: PostgresBackend) -> Any:
+        await backend.execute([EnqueueJobs((new_job(), new_job(), new_job("b")))], 1000.0)
+        (first,) = await backend.execute([CountJobs()])
+        conn = await asyncpg.connect(DSN)
+        try:
+            await conn.execute(f'DELETE FROM "{schema}".jobs')  # behind the functions' back
+            deltas = await conn.fetchval(f'SELECT count(*) FROM "{schema}".count_deltas')
+        finally:
+            await conn.close()
+        (second,) = await backend.execute([CountJobs()])
+        return first, deltas, second
+
+    first, deltas, second = _backend_run(schema, body)
+    assert first.counts == (QueueCount("b", "queued", 1), QueueCount("default", "queued", 2))
+    assert deltas == 0  # folded into the counters by the count
+    assert second == first
+
+
 def test_events_merge_notifications() -> None:
     events = parse_events(['["r", "a"]', '["r", "a"]', '["d", "b", 12.5]',
                            '["c", "J1", "n1", 3]', '["i", "J2"]'])

@@ -9,7 +9,8 @@ Rules of this module:
   once on several connections; the functions are fenced and lock rows, so they may.
 - A command the database refuses (an error raised by its statement) is answered with
   that error; the rest of its batch runs again in a new transaction. A deadlock or
-  serialization failure runs the batch again. Nothing is dropped silently.
+  serialization failure runs the batch again (at most `SENDS_MAX` times). Nothing is
+  dropped silently.
 - A broken connection before COMMIT: the transaction did not happen, the batch runs
   again (at most `SENDS_MAX` times). Broken during COMMIT, the outcome is unknown:
   leases fail with `StorageUnavailable` (their jobs expire and are requeued), the rest
@@ -183,15 +184,16 @@ class PostgresBackend:
             _Refused: a statement failed (rolled back).
             _Lost: the connection broke.
         """
-        while True:
+        for again in range(SENDS_MAX):
             conn = await self._acquire(jitter)
             try:
                 return await self._run(conn, plans)
             except asyncpg.PostgresError as exc:
-                if exc.sqlstate not in _AGAIN or isinstance(exc, _BROKEN):
-                    raise
+                if exc.sqlstate not in _AGAIN or again == SENDS_MAX - 1:
+                    raise _Refused(0, exc) if len(plans) == 1 else _Lost(exc, False) from exc
             finally:
                 await self._release(conn)
+        raise AssertionError("unreachable")
 
     async def _run(self, conn: asyncpg.Connection, plans: list[Plan]) -> list[Any]:
         if len(plans) == 1:  # one statement is a transaction of its own: 1 round trip, not 3

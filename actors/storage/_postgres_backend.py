@@ -5,8 +5,9 @@ Rules of this module:
   loop): a `PostgresBackend` is created, used and closed in one event loop. Its surface
   is the Redis backend's: `open`, `execute(cmds, now, jitter)`, `next_events`, `close`.
 - A batch is one transaction on one pooled connection: each command one SQL call (see
-  `_postgres_codec`), then one COMMIT, so one WAL flush per batch. Batches may run at
-  once on several connections; the functions are fenced and lock rows, so they may.
+  `_postgres_codec`; adjacent enqueues, and adjacent acks, are merged into one), then
+  one COMMIT, so one WAL flush per batch. Batches may run at once on several
+  connections; the functions are fenced and lock rows, so they may.
 - A command the database refuses (an error raised by its statement) is answered with
   that error; the rest of its batch runs again in a new transaction. A deadlock or
   serialization failure runs the batch again (at most `SENDS_MAX` times). Nothing is
@@ -36,7 +37,7 @@ import asyncpg  # type: ignore[import-untyped]
 
 from gotask._errors import StorageError, StorageFull, StorageUnavailable
 
-from ._postgres_codec import Plan, encode, enqueue_resent
+from ._postgres_codec import Plan, encode, enqueue_resent, merge, split
 from ._postgres_schema import channel
 from ._postgres_settings import PostgresSettings, apply_migrations
 from ._redis_backend import Events
@@ -144,6 +145,16 @@ class PostgresBackend:
                       jitter: float = 1.0) -> list[Any]:
         """Run a batch of storage commands in one transaction; return each one's reply
         or exception (see the module rules)."""
+        groups = merge(cmds)
+        merged = [cmd for _, cmd in groups]
+        replies = await self._execute(merged, now, jitter)
+        results: list[Any] = [None] * len(cmds)
+        for (indexes, _), reply in zip(groups, replies, strict=True):
+            for i, part in zip(indexes, split([cmds[i] for i in indexes], reply), strict=True):
+                results[i] = part
+        return results
+
+    async def _execute(self, cmds: list[Any], now: float | None, jitter: float) -> list[Any]:
         results: list[Any] = [None] * len(cmds)
         plans: dict[int, Plan] = {}
         for i, cmd in enumerate(cmds):

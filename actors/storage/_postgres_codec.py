@@ -10,6 +10,8 @@ Rules of this module:
   for the jobs whose ids it carries (ids are unique), like the Redis backend.
 - Statements name the schema explicitly; the storage time `now` is a parameter (None:
   the database clock).
+- `merge` joins adjacent enqueues (and acks) of a batch into one call; `split` gives
+  each its part of the answer.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from . import base as b
 from ._postgres_schema import JOB_COLUMNS
 from ._redis_codec import LEASE_PROMOTE_MAX, Leased, WatchRead
 
-__all__ = ["Plan", "encode", "record"]
+__all__ = ["Plan", "encode", "merge", "record", "split"]
 
 Rows = Sequence[Any]
 _JOB_OF = ", ".join(f"(job).{c.strip()}" for c in JOB_COLUMNS.split(","))
@@ -246,3 +248,56 @@ def encode(cmd: object, schema: str, now: float | None, nodes_max: int = 10_000)
     if encoder is None:
         raise TypeError(f"not a storage command: {type(cmd).__name__}")
     return encoder(cmd, schema, now)
+
+
+# -- merging a batch's commands ---------------------------------------------------------------
+
+_MERGED = (b.EnqueueJobs, b.AckJobs)
+
+
+def merge(cmds: list[Any]) -> list[tuple[list[int], Any]]:
+    """Group adjacent enqueues (and adjacent acks) of a batch into one command each, so
+    that fifty one-job enqueues cost one SQL call, not fifty. Answers are the same as
+    one by one: the functions treat the items of one call in order.
+
+    Returns (the indexes of the commands it stands for, the command) per SQL call.
+    """
+    groups: list[tuple[list[int], Any]] = []
+    for i, cmd in enumerate(cmds):
+        if groups and _joins(groups[-1][1], cmd):
+            indexes, last = groups[-1]
+            groups[-1] = ([*indexes, i], _join(last, cmd))
+        else:
+            groups.append(([i], cmd))
+    return groups
+
+
+def _joins(last: Any, cmd: Any) -> bool:
+    return (type(last) is type(cmd) and isinstance(cmd, _MERGED)
+            and len(_items(last)) + len(_items(cmd)) <= b.BATCH_MAX)
+
+
+def _items(cmd: Any) -> tuple[Any, ...]:
+    return cmd.jobs if isinstance(cmd, b.EnqueueJobs) else cmd.items  # type: ignore[no-any-return]
+
+
+def _join(last: Any, cmd: Any) -> Any:
+    if isinstance(cmd, b.EnqueueJobs):
+        return b.EnqueueJobs(last.jobs + cmd.jobs)
+    return b.AckJobs(last.items + cmd.items)
+
+
+def split(cmds: list[Any], reply: Any) -> list[Any]:
+    """The reply of each of `cmds` from the reply to their merged command."""
+    if len(cmds) == 1 or isinstance(reply, Exception):
+        return [reply] * len(cmds)
+    out: list[Any] = []
+    start = 0
+    for cmd in cmds:
+        end = start + len(_items(cmd))
+        if isinstance(reply, b.EnqueueReply):
+            out.append(b.EnqueueReply(reply.ids[start:end], reply.created[start:end]))
+        else:
+            out.append(b.AckReply(reply.statuses[start:end]))
+        start = end
+    return out

@@ -38,6 +38,8 @@ from gotask.actors.storage._postgres_backend import PostgresBackend, parse_event
 from gotask.actors.storage._postgres_schema import SCHEMA_VERSION
 from gotask.actors.storage._postgres_settings import PostgresSettings, applied_versions
 from gotask.actors.storage.base import (
+    AckItem,
+    AckJobs,
     CancelJobs,
     CountJobs,
     EnqueueJobs,
@@ -416,3 +418,26 @@ async def test_two_nodes_share_jobs_through_postgres(schema: str) -> None:
         assert {msgpack.unpackb(j.result) for j in done.jobs if j is not None} == {5}
         counts = await a.node.call(a.storage, CountJobs())
         assert counts.counts == (QueueCount("sums", "succeeded", 200),)
+
+
+def test_adjacent_enqueues_and_acks_of_a_batch_answer_as_one_by_one(schema: str) -> None:
+    a, b, c = new_job(), new_job(idempotency_key="k"), new_job(idempotency_key="k")
+
+    async def body(backend: PostgresBackend) -> Any:
+        enqueued = await backend.execute(
+            [EnqueueJobs((a,)), EnqueueJobs((b, a)), EnqueueJobs((c,)), CountJobs()], 1000.0)
+        (leased,) = await backend.execute(
+            [LeaseJobs("n", (QueueWeight("default"),), 10, 30.0)], 1000.0)
+        t1, t2 = (LeaseToken(j.id, j.attempt) for j in leased.reply.jobs)
+        acked = await backend.execute(
+            [AckJobs((AckItem(t1.job_id, t1.attempt, b"\xc0"),)),
+             AckJobs((AckItem(t1.job_id, t1.attempt, b"\xc0"),
+                      AckItem(t2.job_id, t2.attempt + 1, b"\xc0"))),
+             AckJobs((AckItem(t2.job_id, t2.attempt, b"\xc0"),))], 1000.0)
+        return enqueued, acked
+
+    enqueued, acked = _backend_run(schema, body)
+    assert [(r.ids, r.created) for r in enqueued[:3]] == [
+        ((a.id,), (True,)), ((b.id, a.id), (True, False)), ((b.id,), (False,))]
+    assert enqueued[3].counts == (QueueCount("default", "queued", 2),)
+    assert [r.statuses for r in acked] == [("ok",), ("duplicate", "stale"), ("ok",)]

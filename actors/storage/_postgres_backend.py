@@ -101,7 +101,8 @@ class PostgresBackend:
     # -- lifecycle -----------------------------------------------------------------------
 
     async def open(self, *, subscribe: bool = True, migrate: bool = True) -> None:
-        """Connect, apply missing migrations, LISTEN for events.
+        """Connect, apply missing migrations, warn when autovacuum is off, LISTEN for
+        events.
 
         Raises:
             StorageUnavailable: the database cannot be reached.
@@ -116,12 +117,20 @@ class PostgresBackend:
             self._pool = await asyncpg.create_pool(
                 min_size=1, max_size=self.settings.pool_size, **self.settings.connect_kwargs(),
                 timeout=CONNECT_TIMEOUT_S, reset=_reset)
+            await self._check_server()
             if subscribe:
                 await self._listen()
         except _BROKEN as exc:
             await self.close()
             raise StorageUnavailable(
                 f"cannot reach PostgreSQL at {self.settings.display}: {exc}") from None
+
+    async def _check_server(self) -> None:
+        assert self._pool is not None
+        if await self._pool.fetchval("SHOW autovacuum") != "on":
+            log.warning("PostgreSQL at %s runs with autovacuum off: the jobs table and its "
+                        "indexes grow with every job until VACUUM runs (docs/postgres.md)",
+                        self.settings.display)
 
     async def _connect(self) -> asyncpg.Connection:
         return await asyncpg.connect(**self.settings.connect_kwargs(),

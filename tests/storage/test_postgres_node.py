@@ -441,3 +441,17 @@ def test_adjacent_enqueues_and_acks_of_a_batch_answer_as_one_by_one(schema: str)
         ((a.id,), (True,)), ((b.id, a.id), (True, False)), ((b.id,), (False,))]
     assert enqueued[3].counts == (QueueCount("default", "queued", 2),)
     assert [r.statuses for r in acked] == [("ok",), ("duplicate", "stale"), ("ok",)]
+
+
+def test_a_server_without_autovacuum_is_warned_about(schema: str, caplog: Any) -> None:
+    async def body(backend: PostgresBackend) -> Any:
+        conn = await asyncpg.connect(DSN)
+        try:
+            return await conn.fetchval("SHOW autovacuum")
+        finally:
+            await conn.close()
+
+    with caplog.at_level("WARNING", logger="gotask.storage.postgres"):
+        setting = _backend_run(schema, body)
+    warned = any("autovacuum off" in r.getMessage() for r in caplog.records)
+    assert warned == (setting != "on"), (setting, caplog.text)

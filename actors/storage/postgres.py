@@ -26,9 +26,9 @@ import attrs
 import trio
 
 from gotask._app import App, unpack_args
-from gotask._client_jobs import check_item
+from gotask._client_jobs import check_spec
 from gotask._job import NewJob
-from gotask._messages import EnqueueItem
+from gotask._protocol import JobSpec
 from gotask.runtime import ActorContext
 from gotask.runtime.world import World, real_world
 
@@ -153,8 +153,8 @@ def enqueue_statement(
     Raises:
         InvalidArguments, TypeError, ValueError: as `Client.enqueue` would.
     """
-    item = check_item(task, args, kwargs, options)
-    job = _new_job(item, app, (world or real_world()).new_id())
+    spec = check_spec(task, args, kwargs, options)
+    job = _new_job(spec, app, (world or real_world()).new_id())
     params = (job.id, job.task, job.queue, job.args, job.priority,
               float(job.delay_s), job.max_attempts, job.timeout_s, float(job.result_ttl_s),
               job.idempotency_key)
@@ -168,23 +168,25 @@ def enqueue_statement(
     return sql, params
 
 
-def _new_job(item: EnqueueItem, app: App | None, job_id: str) -> NewJob:
+def _new_job(spec: JobSpec, app: App | None, job_id: str) -> NewJob:
+    """The stored job, built as the Broker builds it (its defaults when `app` is None:
+    queue "default", 3 attempts, no timeout, results kept a day)."""
     if app is None:
         return NewJob(
-            id=job_id, task=item.task, queue=item.queue or "default", args=item.args,
-            priority=item.priority or 0, delay_s=item.delay_s,
-            max_attempts=item.max_attempts or 3, timeout_s=item.timeout_s,
-            result_ttl_s=86_400.0 if item.result_ttl_s is None else item.result_ttl_s,
-            idempotency_key=item.idempotency_key)
-    spec = app.get(item.task)
-    spec.bind_check(*unpack_args(item.args))
+            id=job_id, task=spec.task, queue=spec.queue or "default", args=spec.args,
+            priority=spec.priority or 0, delay_s=spec.delay_s,
+            max_attempts=spec.max_attempts or 3, timeout_s=spec.timeout_s,
+            result_ttl_s=86_400.0 if spec.result_ttl_s is None else spec.result_ttl_s,
+            idempotency_key=spec.idempotency_key)
+    task = app.get(spec.task)
+    task.bind_check(*unpack_args(spec.args))
     return NewJob(
-        id=job_id, task=spec.name, queue=item.queue or spec.queue, args=item.args,
-        priority=spec.priority if item.priority is None else item.priority,
-        delay_s=item.delay_s, max_attempts=item.max_attempts or spec.max_attempts,
-        timeout_s=item.timeout_s if item.timeout_s is not None else spec.timeout_s,
-        result_ttl_s=spec.result_ttl_s if item.result_ttl_s is None else item.result_ttl_s,
-        idempotency_key=item.idempotency_key)
+        id=job_id, task=task.name, queue=spec.queue or task.queue, args=spec.args,
+        priority=task.priority if spec.priority is None else spec.priority,
+        delay_s=spec.delay_s, max_attempts=spec.max_attempts or task.max_attempts,
+        timeout_s=task.timeout_s if spec.timeout_s is None else spec.timeout_s,
+        result_ttl_s=task.result_ttl_s if spec.result_ttl_s is None else spec.result_ttl_s,
+        idempotency_key=spec.idempotency_key)
 
 
 # -- tests and benchmarks ----------------------------------------------------------------

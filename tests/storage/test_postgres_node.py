@@ -26,13 +26,11 @@ from gotask._messages import (
     STORAGE,
     WORKERS,
     CancelRunning,
-    Enqueue,
-    EnqueueItem,
     JobChanged,
     LeaseWait,
-    WaitJobs,
     WatchJobs,
 )
+from gotask._protocol import Enqueue, JobSpec, WaitJobs
 from gotask._server import open_server
 from gotask.actors.storage._postgres_backend import PostgresBackend, parse_events
 from gotask.actors.storage._postgres_schema import SCHEMA_VERSION
@@ -44,7 +42,6 @@ from gotask.actors.storage.base import (
     CountJobs,
     EnqueueJobs,
     GetJobs,
-    GetJobsReply,
     LeaseJobs,
     QueueCount,
     QueueWeight,
@@ -407,13 +404,12 @@ async def test_two_nodes_share_jobs_through_postgres(schema: str) -> None:
     config_b = NodeConfig(app=app, name="b", storage=url, listen=None, queues=(("sums", 1),))
     async with open_server(config_a, listen=False) as a, \
             open_server(config_b, listen=False) as b:
-        item = EnqueueItem("add", pack_args([2, 3], {}))
+        item = JobSpec("add", pack_args([2, 3], {}))
         ids = (await a.node.call(a.broker, Enqueue((item,) * 200))).ids
         started = trio.current_time()
         done = await b.node.call(b.node.address(BROKER), WaitJobs(ids, 30.0), timeout_s=40)
         # Woken by notifications, not by a parked lease's 5 s timeout.
         assert trio.current_time() - started < 4.0
-        assert isinstance(done, GetJobsReply)
         assert {j.state for j in done.jobs if j is not None} == {"succeeded"}
         assert {msgpack.unpackb(j.result) for j in done.jobs if j is not None} == {5}
         counts = await a.node.call(a.storage, CountJobs())

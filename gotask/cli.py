@@ -258,25 +258,10 @@ def _node(args: argparse.Namespace) -> int:
 
 
 def _migrate(args: argparse.Namespace) -> int:
-    import asyncio
+    from gotask._node_main import migrate  # storage code lives with the node's
 
-    from gotask.actors.storage.postgres import PostgresSettings, migrate, migration_script
-
-    settings = PostgresSettings.from_url(args.storage)
-    if args.print_sql:
-        print(migration_script(settings.schema), end="")
-        return 0
-    try:
-        applied = asyncio.run(migrate(args.storage))
-    except OSError as exc:
-        return _fail(f"cannot reach PostgreSQL at {settings.display}: {exc}", EXIT_FAILURE)
-    except Exception as exc:  # asyncpg's errors: a refused login, missing rights
-        if not type(exc).__module__.startswith("asyncpg"):
-            raise
-        return _fail(f"PostgreSQL at {settings.display} refused: {exc}", EXIT_FAILURE)
-    print(f"schema {settings.schema}: " + (
-        f"applied migration {', '.join(map(str, applied))}" if applied else "up to date"))
-    return 0
+    code: int = migrate(args)
+    return code
 
 
 def _bench(argv_rest: list[str]) -> int:

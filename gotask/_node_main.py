@@ -1,4 +1,5 @@
-"""`gotask node`: run one node until SIGINT/SIGTERM, then drain gracefully.
+"""`gotask node`: run one node until SIGINT/SIGTERM, then drain gracefully; and
+`gotask migrate`, which brings a PostgreSQL schema up to date as a node does at start.
 
 Rules of this module:
 - Everything the operator passes is checked before anything starts; a bad setting or an
@@ -24,7 +25,7 @@ from gotask.config import (
     read_secret,
 )
 
-__all__ = ["config_from_args", "main"]
+__all__ = ["config_from_args", "main", "migrate"]
 
 log = logging.getLogger("gotask.node")
 
@@ -81,3 +82,35 @@ def _announce(server: Server) -> None:
     where = f"{config.listen[0]}:{server.port}" if config.listen else "no listener"
     log.info("node %s ready on %s; storage %s; tasks: %s", server.node.name, where,
              server.storage, ", ".join(config.app.names()) or "(none)")
+
+
+def migrate(args: argparse.Namespace) -> int:
+    """`gotask migrate --storage URL [--print-sql]`; returns the exit code.
+
+    Raises:
+        ConfigError: a malformed URL or option.
+    """
+    import asyncio
+
+    from gotask.actors.storage.postgres import PostgresSettings, migration_script
+    from gotask.actors.storage.postgres import migrate as apply
+
+    settings = PostgresSettings.from_url(args.storage)
+    if args.print_sql:
+        print(migration_script(settings.schema), end="")
+        return 0
+    try:
+        applied = asyncio.run(apply(args.storage))
+    except OSError as exc:
+        print(f"gotask: error: cannot reach PostgreSQL at {settings.display}: {exc}",
+              file=sys.stderr)
+        return 1
+    except Exception as exc:  # asyncpg's errors: a refused login, missing rights
+        if not type(exc).__module__.startswith("asyncpg"):
+            raise
+        print(f"gotask: error: PostgreSQL at {settings.display} refused: {exc}",
+              file=sys.stderr)
+        return 1
+    print(f"schema {settings.schema}: " + (
+        f"applied migration {', '.join(map(str, applied))}" if applied else "up to date"))
+    return 0

@@ -4,8 +4,8 @@ Rules of this module:
 - `open_server(config)` starts, in order: storage (memory, unless the node joins
   another node's storage), Broker, WorkerSupervisor, Dispatcher, Scheduler, Reaper, and
   the TCP listener. It is ready when every actor is.
-- With `redis://` storage every node runs its own storage actor against the shared
-  Redis; nodes share all state through it and need no `--join`.
+- With `redis://` or `postgresql://` storage every node runs its own storage actor
+  against the shared database; nodes share all state through it and need no `--join`.
 - A node that `--join`s another keeps a link to it (reconnecting with backoff) and uses
   the actor named "storage" there. Its own Broker, Scheduler and Reaper use it too.
 - `Server.drain()` is the graceful shutdown: stop leasing, finish or release running
@@ -39,6 +39,7 @@ from gotask.runtime import Address, Node, World, open_node, real_world
 __all__ = ["Server", "open_server"]
 
 JOIN_TIMEOUT_S = 15.0
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
 
 @attrs.define(eq=False)
@@ -108,10 +109,16 @@ async def _open_storage(node: Node, config: NodeConfig, redis: Any) -> Address:
         raise StorageUnavailable(f"cannot reach the node to join at {host}:{port} "
                                  f"within {JOIN_TIMEOUT_S:g}s")
     if redis is not None:
-        # Every node runs its own Redis storage actor; they share state through Redis.
+        # Every node runs its own Redis (or PostgreSQL) storage actor; they share state
+        # through the database.
         from gotask.actors.storage.redis import run_redis_storage
 
-        await node.start_actor(STORAGE, functools.partial(run_redis_storage, storage=redis),
+        run_shared: Any = run_redis_storage
+        if config.storage.startswith(POSTGRES_SCHEMES):
+            from gotask.actors.storage.postgres import run_postgres_storage
+
+            run_shared = run_postgres_storage
+        await node.start_actor(STORAGE, functools.partial(run_shared, storage=redis),
                                inbox_max=4096)
         return node.address(STORAGE)
     core = MemoryStorageCore()
@@ -120,9 +127,15 @@ async def _open_storage(node: Node, config: NodeConfig, redis: Any) -> Address:
 
 
 async def _connect_redis(config: NodeConfig, resources: AsyncExitStack) -> Any:
-    from gotask.actors.storage.redis import open_redis_storage
+    redis: Any
+    if config.storage.startswith(POSTGRES_SCHEMES):
+        from gotask.actors.storage.postgres import open_postgres_storage
 
-    redis = await open_redis_storage(config.storage)
+        redis = await open_postgres_storage(config.storage)
+    else:
+        from gotask.actors.storage.redis import open_redis_storage
+
+        redis = await open_redis_storage(config.storage)
     resources.push_async_callback(redis.aclose)
     return redis
 

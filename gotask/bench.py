@@ -152,6 +152,10 @@ def _process_cpu_s(pid: int) -> float:
 
 
 def _storage_cpu_s(storage: str) -> float:
+    if storage.startswith(("postgresql://", "postgres://")):
+        from gotask.actors.storage.postgres import server_cpu_s
+
+        return server_cpu_s(storage)
     if not storage.startswith("redis"):
         return 0.0  # memory storage runs in the node
     import redis
@@ -189,10 +193,16 @@ async def _one_run(args: argparse.Namespace, port: int, pid: int,
 
 
 def _fresh_storage(storage: str, run: int) -> str:
-    """A shared store (Redis) gets a key prefix of its own per run, so every run starts
-    empty and nothing of the operator's is touched; memory is fresh anyway."""
+    """A shared store gets a key prefix (Redis) or a schema (PostgreSQL) of its own per
+    run, so every run starts empty and nothing of the operator's is touched; memory is
+    fresh anyway."""
     if storage.startswith("memory://"):
         return storage
+    if storage.startswith(("postgresql://", "postgres://")):
+        from gotask.actors.storage.postgres import PostgresSettings, with_schema
+
+        schema = PostgresSettings.from_url(storage).schema
+        return with_schema(storage, f"{schema}_bench_{os.getpid()}_{run}")
     from gotask.actors.storage.redis import RedisSettings, with_prefix
 
     prefix = RedisSettings.from_url(storage).prefix
@@ -200,7 +210,11 @@ def _fresh_storage(storage: str, run: int) -> str:
 
 
 def _forget_storage(storage: str) -> None:
-    if not storage.startswith("memory://"):
+    if storage.startswith(("postgresql://", "postgres://")):
+        from gotask.actors.storage.postgres import drop_schema
+
+        drop_schema(storage)
+    elif not storage.startswith("memory://"):
         from gotask.actors.storage.redis import delete_prefix
 
         delete_prefix(storage)

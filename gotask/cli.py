@@ -60,6 +60,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         if args.command == "node":
             return _node(args)
+        if args.command == "migrate":
+            return _migrate(args)
         _check_together(args)
         return trio.run(_client_command, args, _client_options(args))
     except SystemExit as exc:  # --help and --version
@@ -108,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     cancel.add_argument("id", metavar="ID")
     sub.add_parser("nodes", parents=[client], help="the live nodes of the cluster")
     _add_node(sub)
+    _add_migrate(sub)
     sub.add_parser("bench", add_help=False, help="run a benchmark (gotask bench --help)")
     return parser
 
@@ -195,6 +198,14 @@ def _add_node(sub: Any) -> None:
                    help="seconds running jobs get to finish on SIGTERM (default 30)")
 
 
+def _add_migrate(sub: Any) -> None:
+    p = sub.add_parser("migrate", help="create or update GoTask's tables in PostgreSQL")
+    p.add_argument("--storage", required=True, metavar="URL",
+                   help="postgresql://user@host:port/db[?schema=S] (schema default gotask)")
+    p.add_argument("--print-sql", action="store_true",
+                   help="print the SQL for a DBA to apply by hand; connect to nothing")
+
+
 def _json_list(text: str) -> list[Any]:
     value = _json(text)
     if not isinstance(value, list):
@@ -244,6 +255,13 @@ def _node(args: argparse.Namespace) -> int:
             raise
         return _fail("'gotask node' is not available in this installation", EXIT_FAILURE)
     return node_main(args)
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from gotask._node_main import migrate  # storage code lives with the node's
+
+    code: int = migrate(args)
+    return code
 
 
 def _bench(argv_rest: list[str]) -> int:

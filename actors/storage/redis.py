@@ -30,7 +30,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import attrs
@@ -61,6 +61,7 @@ from .base import (
 )
 
 __all__ = [
+    "BridgedStorage",
     "RedisSettings",
     "RedisStorage",
     "delete_prefix",
@@ -74,6 +75,33 @@ WATCHERS_MAX = 100_000
 INFLIGHT_MAX = 4
 
 Handler = Callable[[Any], Awaitable[None]]
+
+
+class BridgedBackend(Protocol):
+    """What the shell needs of a backend living in an `AioThread` (Redis, PostgreSQL)."""
+
+    async def execute(self, cmds: list[Any], now: float | None = None,
+                      jitter: float = 1.0) -> list[Any]:
+        """Run a batch of commands; each one's reply (`Leased` for a lease) or error."""
+        ...
+
+    async def next_events(self, jitter: float = 1.0) -> Events:
+        """Wait for the next events."""
+        ...
+
+
+class BridgedStorage(Protocol):
+    """A connected backend and the asyncio thread it lives in."""
+
+    @property
+    def aio(self) -> AioThread:
+        """The asyncio thread."""
+        ...
+
+    @property
+    def backend(self) -> BridgedBackend:
+        """The backend, to be called in `aio` only."""
+        ...
 
 
 @attrs.define(eq=False)
@@ -154,7 +182,7 @@ class _Parked:
 
 @attrs.define
 class _State:
-    storage: RedisStorage
+    storage: BridgedStorage
     jitter: Callable[[], float]
     parked: list[_Parked] = attrs.Factory(list)
     watchers: dict[str, set[Address]] = attrs.Factory(dict)
@@ -209,10 +237,11 @@ class _Wake:
 async def run_redis_storage(
     ctx: ActorContext,
     *,
-    storage: RedisStorage,
+    storage: BridgedStorage,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve storage commands from the inbox with the Redis backend of `storage`.
+    """Serve storage commands from the inbox with the Redis backend of `storage` (or
+    any `BridgedStorage`: the PostgreSQL actor runs this shell too).
 
     Up to `INFLIGHT_MAX` batches are in Redis at once, so this node's work on one
     batch's answers overlaps Redis's work on the next; answers are handled in order.

@@ -31,8 +31,9 @@ __all__ = [
 ]
 
 DEFAULT_PORT = 7450
-#: Storage URLs a node accepts: the memory backend, or a Redis shared by every node.
-STORAGE_SCHEMES = ("memory://", "redis://", "rediss://", "unix://")
+#: Storage URLs a node accepts: the memory backend, a SQLite file this node owns, or a
+#: Redis shared by every node.
+STORAGE_SCHEMES = ("memory://", "sqlite://", "redis://", "rediss://", "unix://")
 
 
 @attrs.frozen
@@ -66,8 +67,8 @@ class NodeConfig:
             raise ConfigError(f"--threads must be 1-1000, got {self.threads}")
         if not self.storage.startswith(STORAGE_SCHEMES):
             raise ConfigError(
-                f"storage {self.storage.split('://')[0]!r} is not supported; use memory:// "
-                "or redis://host:port/db"
+                f"storage {self.storage.split('://')[0]!r} is not supported; use memory://, "
+                "sqlite:///path/to/gotask.db or redis://host:port/db"
             )
         if self.join is not None and self.listen is not None and self.listen == self.join:
             raise ConfigError("--join must name another node, not this node's --listen")

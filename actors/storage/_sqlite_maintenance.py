@@ -66,6 +66,11 @@ class _SqliteMaintenance:
         self._conn = conn
         self.nodes_max = nodes_max
 
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """The connection the core runs its statements on."""
+        return self._conn
+
     def _forget_node(self, node: str) -> None:
         """Drop what the core keeps in memory about `node` (its fairness credits)."""
 

@@ -185,7 +185,8 @@ def open_database(settings: SqliteSettings) -> tuple[sqlite3.Connection, IO[str]
             raise
     except sqlite3.Error as exc:
         lock.close()
-        raise StorageError(f"{path} is not a usable GoTask database: {exc}") from None
+        text = " ".join(str(exc).split())
+        raise StorageError(f"{path} is not a usable GoTask database: {text}") from None
     except BaseException:
         lock.close()
         raise
@@ -232,6 +233,7 @@ def _check_and_migrate(conn: sqlite3.Connection, path: Path) -> None:
     if version > 0:
         problem = conn.execute("PRAGMA quick_check(1)").fetchone()[0]
         if problem != "ok":
+            problem = " ".join(str(problem).replace("***", "").split())
             raise StorageError(f"{path} is corrupt ({problem}); restore it from a backup")
     _migrate(conn, version)
 

@@ -153,7 +153,7 @@ def _process_cpu_s(pid: int) -> float:
 
 def _storage_cpu_s(storage: str) -> float:
     if not storage.startswith("redis"):
-        return 0.0  # memory storage runs in the node
+        return 0.0  # memory and SQLite storage run in the node
     import redis
 
     url = storage.split("?", 1)[0]
@@ -189,10 +189,14 @@ async def _one_run(args: argparse.Namespace, port: int, pid: int,
 
 
 def _fresh_storage(storage: str, run: int) -> str:
-    """A shared store (Redis) gets a key prefix of its own per run, so every run starts
-    empty and nothing of the operator's is touched; memory is fresh anyway."""
+    """A shared store (Redis) gets a key prefix of its own per run, and a SQLite file a
+    name of its own beside the one named, so every run starts empty and nothing of the
+    operator's is touched; memory is fresh anyway."""
     if storage.startswith("memory://"):
         return storage
+    if storage.startswith("sqlite://"):
+        path, sep, query = storage.partition("?")
+        return f"{path}.bench-{os.getpid()}-{run}{sep}{query}"
     from gotask.actors.storage.redis import RedisSettings, with_prefix
 
     prefix = RedisSettings.from_url(storage).prefix
@@ -200,7 +204,13 @@ def _fresh_storage(storage: str, run: int) -> str:
 
 
 def _forget_storage(storage: str) -> None:
-    if not storage.startswith("memory://"):
+    if storage.startswith("sqlite://"):
+        from gotask.actors.storage.sqlite import SqliteSettings
+
+        path = SqliteSettings.from_url(storage).path
+        for suffix in ("", "-wal", "-shm", ".lock"):
+            path.with_name(path.name + suffix).unlink(missing_ok=True)
+    elif not storage.startswith("memory://"):
         from gotask.actors.storage.redis import delete_prefix
 
         delete_prefix(storage)

@@ -8,6 +8,7 @@ down (e.g. 0.2) where CI time needs it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import subprocess
@@ -20,7 +21,6 @@ import pytest
 import trio
 
 import gotask
-
 from gotask._errors import StorageUnavailable
 
 from .. import processes
@@ -74,66 +74,65 @@ def wait_until(check: Any, timeout_s: float, what: str) -> Any:
 
 
 class Enqueuer(threading.Thread):
-    """Enqueues small batches until an enqueue fails; keeps the ids that were answered."""
+    """Enqueues small batches until told to stop or an enqueue fails; keeps the ids of
+    every enqueue that was answered."""
 
     def __init__(self, port: int) -> None:
         super().__init__(daemon=True)
-        self.client = gotask.Client([f"127.0.0.1:{port}"], connect_rounds=1)
+        self.port = port
         self.acked: list[str] = []
-        self.error: BaseException | None = None
+        self.stopping = threading.Event()
 
     def run(self) -> None:
-        try:
-            while True:
-                self.acked += self.client.enqueue_many([("hold", ("late",), None, None)] * 10)
-        except Exception as exc:  # the owner died: every id answered before is stored
-            self.error = exc
-        finally:
-            self.client.close()
+        with gotask.Client([f"127.0.0.1:{self.port}"], connect_rounds=1) as client:
+            while not self.stopping.is_set():
+                try:
+                    self.acked += client.enqueue_many([("hold", ("late",), None, None)] * 10)
+                except gotask.GoTaskError:
+                    return  # the owner died: every id answered before is stored
 
 
 @pytest.mark.slow
 def test_kill_9_of_the_owner_loses_no_acknowledged_job(tmp_path: Path) -> None:
     storage = f"sqlite://{tmp_path}/data/gotask.db"
     owner_port, worker_port = free_port(), free_port()
+    # A node leases `concurrency` jobs to run and as many again ahead (prefetch).
     owner = start_node(owner_port, "owner", "--storage", storage,
-                       "--concurrency", str(LEASED), hold_s=600)
+                       "--concurrency", str(LEASED // 2), hold_s=600)
     procs = [owner]
     try:
-        client = connect(owner_port, owner)
-        worker = start_node(worker_port, "worker", "--join", f"127.0.0.1:{owner_port}",
-                            "--concurrency", "50")
-        procs.append(worker)
-        at_worker = connect(worker_port, worker)
-        at_worker.pause()  # the worker leases nothing until the owner has crashed
-        ids = client.enqueue_many([("hold", (), None, None)] * (LEASED + QUEUED))
-        ids += client.enqueue_many([("hold", (), None, {"delay_s": 8.0})] * SCHEDULED)
-        wait_until(lambda: client.queues()["default"].get("active") == LEASED, 60,
-                   "the owner to lease its fill")
-        counts = client.queues()["default"]
-        assert (counts.get("queued"), counts.get("scheduled")) == (QUEUED, SCHEDULED)
-        enqueuer = Enqueuer(owner_port)
-        enqueuer.start()
-        wait_until(lambda: len(enqueuer.acked) >= 100, 30, "enqueues in flight")
-        owner.kill()  # SIGKILL, mid-run
-        owner.wait()
-        enqueuer.join(30)
-        assert enqueuer.error is not None
-        client.close()
-        at_worker.pause(False)
-        owner = start_node(owner_port, "owner", "--storage", storage, "--concurrency", "8")
-        procs.append(owner)
-        client = connect(owner_port, owner)
-        acknowledged = ids + enqueuer.acked
-        for job_id in acknowledged:
-            assert client.wait(job_id, timeout_s=120) in (owner.pid, worker.pid)
-        done = [client.get(job_id) for job_id in acknowledged]
-        assert {j.state for j in done} == {"succeeded"}
-        assert sum(j.lease_node == "worker" for j in done) > 0  # the joined worker went on
-        held = [j for j in done if j.attempt >= 2]
-        assert len(held) >= LEASED  # the leases of the dead owner expired and ran again
-        client.close()
-        at_worker.close()
+        with contextlib.ExitStack() as clients:
+            client = clients.enter_context(connect(owner_port, owner))
+            worker = start_node(worker_port, "worker", "--join", f"127.0.0.1:{owner_port}",
+                                "--concurrency", "50")
+            procs.append(worker)
+            at_worker = clients.enter_context(connect(worker_port, worker))
+            at_worker.pause()  # the worker leases nothing until the owner has crashed
+            ids = client.enqueue_many([("hold", (), None, None)] * (LEASED + QUEUED))
+            ids += client.enqueue_many([("hold", (), None, {"delay_s": 8.0})] * SCHEDULED)
+            wait_until(lambda: client.queues()["default"].get("active") == LEASED, 60,
+                       "the owner to lease its fill")
+            counts = client.queues()["default"]
+            assert (counts.get("queued"), counts.get("scheduled")) == (QUEUED, SCHEDULED)
+            enqueuer = Enqueuer(owner_port)
+            enqueuer.start()
+            wait_until(lambda: len(enqueuer.acked) >= 100, 30, "enqueues in flight")
+            owner.kill()  # SIGKILL, mid-run
+            owner.wait()
+            enqueuer.stopping.set()
+            at_worker.pause(False)
+            owner = start_node(owner_port, "owner", "--storage", storage, "--concurrency", "8")
+            procs.append(owner)
+            client = clients.enter_context(connect(owner_port, owner))
+            enqueuer.join(60)
+            assert not enqueuer.is_alive()
+            acknowledged = ids + enqueuer.acked
+            for job_id in acknowledged:
+                assert client.wait(job_id, timeout_s=120) in (owner.pid, worker.pid)
+            done = [client.get(job_id) for job_id in acknowledged]
+            assert {j.state for j in done} == {"succeeded"}
+            assert sum(j.lease_node == "worker" for j in done) > 0  # the joined worker went on
+            assert sum(j.attempt >= 2 for j in done) >= LEASED  # the dead owner's leases ran again
     finally:
         stop(*procs)
 
@@ -145,29 +144,27 @@ def test_a_full_disk_refuses_enqueues_and_loses_nothing(tmp_path: Path) -> None:
     node = start_node(port, "owner", "--storage", storage, file_bytes_max=1 << 20)
     procs = [node]
     try:
-        client = connect(port, node)
-        client.pause()
-        acked: list[str] = []
-        refusal: Exception | None = None
-        payload = "x" * 2000
-        for _ in range(200):
-            try:
-                acked += client.enqueue_many([("hold", (payload,), None, None)] * 20)
-            except gotask.GoTaskError as exc:
-                refusal = exc
-                break
-        assert refusal is not None, "the disk never filled"
-        assert isinstance(refusal, StorageUnavailable), repr(refusal)
-        assert "SQLite storage cannot write" in str(refusal)
-        assert node.poll() is None  # the node stays up and keeps answering
-        assert client.queues()["default"]["queued"] == len(acked)
-        client.close()
+        with connect(port, node) as client:
+            client.pause()
+            acked: list[str] = []
+            refusal: Exception | None = None
+            payload = "x" * 2000
+            for _ in range(200):
+                try:
+                    acked += client.enqueue_many([("hold", (payload,), None, None)] * 20)
+                except gotask.GoTaskError as exc:
+                    refusal = exc
+                    break
+            assert refusal is not None, "the disk never filled"
+            assert isinstance(refusal, StorageUnavailable), repr(refusal)
+            assert "SQLite storage cannot write" in str(refusal)
+            assert node.poll() is None  # the node stays up and keeps answering
+            assert client.queues()["default"]["queued"] == len(acked)
         stop(node)
         node = start_node(port, "owner", "--storage", storage)
         procs.append(node)
-        client = connect(port, node)
-        for job_id in acked:
-            assert client.wait(job_id, timeout_s=120) == node.pid
-        client.close()
+        with connect(port, node) as client:
+            for job_id in acked:
+                assert client.wait(job_id, timeout_s=120) == node.pid
     finally:
         stop(*procs)

@@ -2,9 +2,9 @@
 
 It starts `gotask node --app examples.tasks` on 127.0.0.1:7450 with SQLite storage in
 `./.gotask/gotask.db` (jobs survive a restart of the node; `GOTASK_DEMO_STORAGE` picks
-another store, e.g. `memory://`), enqueues a job that reports progress, one that fails twice then succeeds, and one that
-ends in the dead-letter queue, prints how to look at them, and keeps the node running
-until Ctrl-C or SIGTERM (which drain it gracefully).
+another store, e.g. `memory://`), enqueues a job that reports progress, one that fails
+twice then succeeds, and one that ends in the dead-letter queue, prints how to look at
+them, and keeps the node running until Ctrl-C or SIGTERM (which drain it gracefully).
 """
 
 from __future__ import annotations

@@ -40,14 +40,14 @@ from ._sqlite_schema import DEFAULT_PATH, SqliteSettings, open_database
 __all__ = ["DEFAULT_PATH", "SqliteSettings", "SqliteStorage", "open_sqlite_storage"]
 
 T = TypeVar("T")
-_Job = tuple[Callable[[], Any], Callable[[outcome.Outcome[Any]], None]]
+_Work = tuple[Callable[[], Any], Callable[[outcome.Outcome[Any]], None]]
 
 
 class WriterThread:
     """One thread that runs the functions handed to it, in order, one at a time."""
 
     def __init__(self, name: str) -> None:
-        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[_Work | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
         self._thread.start()
 

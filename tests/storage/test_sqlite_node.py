@@ -146,3 +146,18 @@ async def test_a_node_keeps_its_jobs_across_a_restart(tmp_path: Path) -> None:
         assert isinstance(reply, GetJobsReply)
         assert [j.state if j else None for j in reply.jobs] == ["succeeded"] * 50
         assert {j.result for j in reply.jobs if j} == {b"\x05"}
+
+
+async def test_the_default_file_and_a_sync_mode_from_the_url(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    opened = await open_sqlite_storage("sqlite://?synchronous=NORMAL")
+    try:
+        conn = opened.core.connection
+        level = await opened.writer.run(
+            lambda: conn.execute("PRAGMA synchronous").fetchone()[0])
+        assert level == 1
+        assert (tmp_path / ".gotask" / "gotask.db").is_file()
+    finally:
+        await opened.aclose()

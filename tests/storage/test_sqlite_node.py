@@ -4,6 +4,7 @@ and a node that stops and starts again on the same file."""
 from __future__ import annotations
 
 import functools
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -161,3 +162,19 @@ async def test_the_default_file_and_a_sync_mode_from_the_url(
         assert (tmp_path / ".gotask" / "gotask.db").is_file()
     finally:
         await opened.aclose()
+
+
+async def test_a_reader_may_look_while_the_node_writes(storage: SqliteStorage) -> None:
+    job = new_job()
+    await storage.execute([EnqueueJobs((job,))], START_S)
+    reader = sqlite3.connect(f"file:{storage.settings.path}?mode=ro", uri=True)
+    try:
+        counts = reader.execute("SELECT queue, state, n FROM counts WHERE n > 0").fetchall()
+        assert counts == [("default", "queued", 1)]
+        lease = LeaseJobs("n1", (QueueWeight("default"),), 5, 30.0)
+        (leased,) = await storage.execute([lease], START_S)  # the reader does not block it
+        assert [j.id for j in leased.jobs] == [job.id]
+        state = reader.execute("SELECT state FROM jobs WHERE id = ?", (job.id,)).fetchone()
+        assert state == ("active",)
+    finally:
+        reader.close()

@@ -72,6 +72,8 @@ class TestSqliteStorage(StorageContract):
         harness.close()
 
 
+# NORMAL skips the fsync of each commit: the semantics are the same, and the hundreds of
+# examples take seconds instead of minutes. The contract tests above run with FULL.
 TestSqliteStateMachine = make_state_machine(lambda: SqliteHarness("NORMAL"))
 
 

@@ -1,9 +1,10 @@
 """What `make run` runs: a node with the example tasks, and a few demo jobs.
 
-It starts `gotask node --app examples.tasks` on 127.0.0.1:7450 (memory storage),
-enqueues a job that reports progress, one that fails twice then succeeds, and one that
-ends in the dead-letter queue, prints how to look at them, and keeps the node running
-until Ctrl-C or SIGTERM (which drain it gracefully).
+It starts `gotask node --app examples.tasks` on 127.0.0.1:7450 with SQLite storage in
+`./.gotask/gotask.db` (jobs survive a restart of the node; `GOTASK_DEMO_STORAGE` picks
+another store, e.g. `memory://`), enqueues a job that reports progress, one that fails
+twice then succeeds, and one that ends in the dead-letter queue, prints how to look at
+them, and keeps the node running until Ctrl-C or SIGTERM (which drain it gracefully).
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ import time
 import gotask
 
 ADDRESS = os.environ.get("GOTASK_DEMO_LISTEN", "127.0.0.1:7450")
+STORAGE = os.environ.get("GOTASK_DEMO_STORAGE", "sqlite://.gotask/gotask.db")
 
 
 def start_node() -> subprocess.Popen[bytes]:
     cmd = [sys.executable, "-m", "gotask.cli", "node", "--app", "examples.tasks",
-           "--listen", ADDRESS, "--concurrency", "16"]
+           "--listen", ADDRESS, "--storage", STORAGE, "--concurrency", "16"]
     return subprocess.Popen(cmd)
 
 
@@ -49,7 +51,8 @@ def enqueue_demo_jobs(client: gotask.Client) -> dict[str, str]:
 
 def explain(jobs: dict[str, str]) -> None:
     gt = ".venv/bin/gotask"
-    lines = ["", f"GoTask node running on {ADDRESS} with the tasks in examples/tasks.py.", ""]
+    lines = ["", f"GoTask node running on {ADDRESS} with the tasks in examples/tasks.py,",
+             f"storing jobs in {STORAGE} (see docs/sqlite.md).", ""]
     lines += [f"  {what:24} {job_id}" for what, job_id in jobs.items()]
     first = next(iter(jobs.values()))
     dead = jobs["ends in the DLQ"]

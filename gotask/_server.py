@@ -4,6 +4,10 @@ Rules of this module:
 - `open_server(config)` starts, in order: storage (memory, unless the node joins
   another node's storage), Broker, WorkerSupervisor, Dispatcher, Scheduler, Reaper, and
   the TCP listener. It is ready when every actor is.
+- With `sqlite://` storage this node owns the database file (its storage actor runs the
+  memory shell over the SQLite core, committing each batch in the writer thread); other
+  nodes `--join` it, as with memory storage. The file is opened before the node starts
+  and closed after its actors stopped.
 - With `redis://` or `postgresql://` storage every node runs its own storage actor
   against the shared database; nodes share all state through it and need no `--join`.
 - A node that `--join`s another keeps a link to it (reconnecting with backoff) and uses
@@ -81,15 +85,17 @@ async def open_server(
     """
     world = world or real_world()
     name = config.name or f"node-{world.new_id()[-10:].lower()}"
-    # Redis is reached before the node starts (an unreachable one is a plain error, not
-    # an error group), and closed after its actors stopped.
+    # Redis (or the SQLite file) is reached before the node starts (an unreachable one is
+    # a plain error, not an error group), and closed after its actors stopped.
     async with AsyncExitStack() as resources:
-        redis = None
-        if storage is None and config.join is None and not config.storage.startswith("memory:"):
-            redis = await _connect_redis(config, resources)
+        backend: Any = None
+        if storage is None and config.join is None and config.storage.startswith("sqlite:"):
+            backend = await _open_sqlite(config, world, resources)
+        elif storage is None and config.join is None and not config.storage.startswith("memory:"):
+            backend = await _connect_redis(config, resources)
         async with open_node(name, world) as node:
             if storage is None:
-                storage = await _open_storage(node, config, redis)
+                storage = await _open_storage(node, config, backend)
             server = Server(node, config, storage)
             await _start_actors(server)
             if listen and config.listen is not None:
@@ -97,7 +103,7 @@ async def open_server(
             yield server
 
 
-async def _open_storage(node: Node, config: NodeConfig, redis: Any) -> Address:
+async def _open_storage(node: Node, config: NodeConfig, backend: Any) -> Address:
     if config.join is not None:
         from gotask.transports.tcp import maintain_link
 
@@ -108,7 +114,11 @@ async def _open_storage(node: Node, config: NodeConfig, redis: Any) -> Address:
             return Address(peer, STORAGE)
         raise StorageUnavailable(f"cannot reach the node to join at {host}:{port} "
                                  f"within {JOIN_TIMEOUT_S:g}s")
-    if redis is not None:
+    if config.storage.startswith("sqlite:") and backend is not None:
+        await node.start_actor(STORAGE, functools.partial(
+            run_storage, core=backend.core, commit=backend.commit), inbox_max=4096)
+        return node.address(STORAGE)
+    if backend is not None:
         # Every node runs its own Redis (or PostgreSQL) storage actor; they share state
         # through the database.
         from gotask.actors.storage.redis import run_redis_storage
@@ -118,12 +128,20 @@ async def _open_storage(node: Node, config: NodeConfig, redis: Any) -> Address:
             from gotask.actors.storage.postgres import run_postgres_storage
 
             run_shared = run_postgres_storage
-        await node.start_actor(STORAGE, functools.partial(run_shared, storage=redis),
+        await node.start_actor(STORAGE, functools.partial(run_shared, storage=backend),
                                inbox_max=4096)
         return node.address(STORAGE)
     core = MemoryStorageCore()
     await node.start_actor(STORAGE, functools.partial(run_storage, core=core), inbox_max=4096)
     return node.address(STORAGE)
+
+
+async def _open_sqlite(config: NodeConfig, world: World, resources: AsyncExitStack) -> Any:
+    from gotask.actors.storage.sqlite import open_sqlite_storage
+
+    sqlite = await open_sqlite_storage(config.storage, world.wall)
+    resources.push_async_callback(sqlite.aclose)
+    return sqlite
 
 
 async def _connect_redis(config: NodeConfig, resources: AsyncExitStack) -> Any:
@@ -177,7 +195,7 @@ def _node_info(server: Server) -> dict[str, Any]:
 
 
 def _redact(url: str) -> str:
-    if url.startswith("memory://"):
+    if url.startswith(("memory://", "sqlite://")):
         return url
     from gotask.actors.storage._redis_backend import redact
 

@@ -157,7 +157,7 @@ def _storage_cpu_s(storage: str) -> float:
 
         return server_cpu_s(storage)
     if not storage.startswith("redis"):
-        return 0.0  # memory storage runs in the node
+        return 0.0  # memory and SQLite storage run in the node
     import redis
 
     url = storage.split("?", 1)[0]
@@ -194,10 +194,13 @@ async def _one_run(args: argparse.Namespace, port: int, pid: int,
 
 def _fresh_storage(storage: str, run: int) -> str:
     """A shared store gets a key prefix (Redis) or a schema (PostgreSQL) of its own per
-    run, so every run starts empty and nothing of the operator's is touched; memory is
-    fresh anyway."""
+    run, and a SQLite file a name of its own beside the one named, so every run starts
+    empty and nothing of the operator's is touched; memory is fresh anyway."""
     if storage.startswith("memory://"):
         return storage
+    if storage.startswith("sqlite://"):
+        path, sep, query = storage.partition("?")
+        return f"{path}.bench-{os.getpid()}-{run}{sep}{query}"
     if storage.startswith(("postgresql://", "postgres://")):
         from gotask.actors.storage.postgres import PostgresSettings, with_schema
 
@@ -214,6 +217,12 @@ def _forget_storage(storage: str) -> None:
         from gotask.actors.storage.postgres import drop_schema
 
         drop_schema(storage)
+    elif storage.startswith("sqlite://"):
+        from gotask.actors.storage.sqlite import SqliteSettings
+
+        path = SqliteSettings.from_url(storage).path
+        for suffix in ("", "-wal", "-shm", ".lock"):
+            path.with_name(path.name + suffix).unlink(missing_ok=True)
     elif not storage.startswith("memory://"):
         from gotask.actors.storage.redis import delete_prefix
 

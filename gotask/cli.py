@@ -177,7 +177,9 @@ def _add_node(sub: Any) -> None:
     p.add_argument("--listen", default="127.0.0.1:7450", metavar="HOST:PORT",
                    help="serve clients and nodes here (default 127.0.0.1:7450)")
     p.add_argument("--storage", default="memory://", metavar="URL",
-                   help="storage backend (default memory://)")
+                   help="storage backend: memory:// (default; lost when the node stops), "
+                        "sqlite:///path/to/gotask.db (durable, owned by this node), "
+                        "redis://host:port/db")
     p.add_argument("--join", metavar="HOST:PORT", help="use the storage of this node")
     p.add_argument("--concurrency", type=int, default=64, metavar="N",
                    help="jobs run at once (default 64)")

@@ -31,10 +31,10 @@ __all__ = [
 ]
 
 DEFAULT_PORT = 7450
-#: Storage URLs a node accepts: the memory backend, or a Redis or PostgreSQL shared by
-#: every node.
-STORAGE_SCHEMES = ("memory://", "redis://", "rediss://", "unix://", "postgresql://",
-                   "postgres://")
+#: Storage URLs a node accepts: the memory backend, a SQLite file this node owns, or a
+#: Redis or PostgreSQL shared by every node.
+STORAGE_SCHEMES = ("memory://", "sqlite://", "redis://", "rediss://", "unix://",
+                   "postgresql://", "postgres://")
 
 
 @attrs.frozen
@@ -69,7 +69,8 @@ class NodeConfig:
         if not self.storage.startswith(STORAGE_SCHEMES):
             raise ConfigError(
                 f"storage {self.storage.split('://')[0]!r} is not supported; use memory://, "
-                "redis://host:port/db or postgresql://user@host:port/db"
+                "sqlite:///path/to/gotask.db, redis://host:port/db or "
+                "postgresql://user@host:port/db"
             )
         if self.join is not None and self.listen is not None and self.listen == self.join:
             raise ConfigError("--join must name another node, not this node's --listen")

@@ -11,6 +11,9 @@ Rules of this module:
 - A lease reply is cut to `LEASE_REPLY_BYTES_MAX` (estimated from the jobs' arguments),
   so it fits one wire frame when the Dispatcher is on another node; the jobs cut off are
   released at once (they keep their place, and the attempt does not count).
+- With `commit` (a store that commits batches, e.g. SQLite), a batch's replies and
+  pushes are held until `commit()` returns: nothing is answered as stored before it
+  is; if the commit fails, every request of the batch is answered with its error.
 - A bad command (ValueError, StorageError), or a reply too large for the wire, is
   answered with an error; nothing is lost and the actor goes on. Any other exception
   crashes the actor, which its supervisor restarts around the same core: queue state
@@ -20,7 +23,7 @@ Rules of this module:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import attrs
@@ -38,6 +41,7 @@ from gotask._messages import (
     WatchJobs,
 )
 from gotask.runtime import ActorContext, Address, Envelope, Ok
+from gotask.runtime.node import error_reply
 
 from .base import (
     AckJobs,
@@ -89,11 +93,26 @@ class _State:
     checked_at: float = -math.inf
 
 
+@attrs.define(eq=False)
+class _Held(ActorContext):
+    """The context of a batch whose replies and pushes wait for its commit."""
+
+    replies: list[tuple[Envelope, Any]] = attrs.Factory(list)
+    sends: list[tuple[Address, Any]] = attrs.Factory(list)
+
+    async def reply(self, request: Envelope, msg: Any) -> None:
+        self.replies.append((request, msg))
+
+    def send_nowait(self, dst: Address, msg: Any) -> None:
+        self.sends.append((dst, msg))
+
+
 async def run_storage(
     ctx: ActorContext,
     core: StorageCore,
     *,
     clock: Callable[[], float] | None = None,
+    commit: Callable[[], Awaitable[None]] | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve storage commands from the inbox with `core`.
@@ -101,16 +120,21 @@ async def run_storage(
     Args:
         core: the pure storage core; kept across restarts by whoever passed it.
         clock: the storage clock (seconds); the node's World wall clock by default.
+        commit: ends each batch of a store with transactions; replies wait for it.
     """
     state = _State(core, clock or ctx.node.world.wall)
     task_status.started()
     while True:
         batch = await ctx.receive_until(_next_wakeup(state))
         now = state.clock()
+        out = ctx if commit is None else _Held(ctx.node, ctx.address, ctx.inbox)
         for env in batch:
-            await _handle(ctx, state, env, now)
-        await _serve_parked(ctx, state, now)
-        await _push_changes(ctx, state)
+            await _handle(out, state, env, now)
+        await _serve_parked(out, state, now)
+        await _push_changes(out, state)
+        if isinstance(out, _Held):
+            assert commit is not None
+            await _commit_then_answer(ctx, out, commit)
 
 
 def _next_wakeup(state: _State) -> float:
@@ -141,7 +165,25 @@ async def _handle(ctx: ActorContext, state: _State, env: Envelope, now: float) -
             if isinstance(msg, CancelJobs):
                 _push_cancel(ctx, state, msg.ids, now)
     except (ValueError, TypeError, GoTaskError) as exc:
-        await ctx.node.reply_error(env, exc)
+        await ctx.reply(env, error_reply(exc))
+
+
+async def _commit_then_answer(
+    ctx: ActorContext, held: _Held, commit: Callable[[], Awaitable[None]]
+) -> None:
+    try:
+        await commit()
+    except StorageError as exc:
+        failed = error_reply(exc)
+        held.replies = [(request, failed) for request, _ in held.replies]
+        held.sends.clear()
+    for request, reply in held.replies:
+        await _reply_quietly(ctx, request, reply)
+    for dst, msg in held.sends:
+        try:
+            ctx.send_nowait(dst, msg)
+        except (trio.WouldBlock, trio.BrokenResourceError, LookupError):
+            pass  # a watcher may read the job again; a worker hears it at its heartbeat
 
 
 async def _lease_wait(

@@ -46,7 +46,6 @@ from gotask._client_jobs import (
     WATCH_REFRESH_S,
     JobTuple,
     Watch,
-    check_spec,
     chunks,
     decode_result,
     only_job,
@@ -78,6 +77,7 @@ from gotask._protocol import (
     UnwatchJobs,
     WaitJobs,
     WatchJobs,
+    check_spec,
 )
 from gotask.runtime.message import Address, Command, ErrorReply, reply_type
 

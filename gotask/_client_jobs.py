@@ -19,7 +19,6 @@ import attrs
 import msgpack
 
 from gotask import _errors
-from gotask._app import pack_args
 from gotask._errors import (
     GoTaskError,
     JobFailed,
@@ -37,7 +36,6 @@ __all__ = [
     "WATCH_REFRESH_S",
     "JobTuple",
     "Watch",
-    "check_spec",
     "chunks",
     "decode_result",
     "only_job",
@@ -54,16 +52,6 @@ WATCH_REFRESH_S: Final = 30.0
 #: Bytes of encoded arguments per `Enqueue` message, below the 1 MiB frame limit.
 ENQUEUE_BYTES_MAX: Final = 768 << 10
 _ITEM_OVERHEAD_BYTES: Final = 512
-_OPTIONS: Final = {
-    "queue": (str,),
-    "priority": (int,),
-    "delay_s": (int, float),
-    "max_attempts": (int,),
-    "timeout_s": (int, float),
-    "result_ttl_s": (int, float),
-    "idempotency_key": (str,),
-}
-_OPTION_NAMES: Final = frozenset(_OPTIONS)
 
 
 def decode_result(job: JobRecord) -> Any:
@@ -99,30 +87,6 @@ def remote_error(reply: ErrorReply) -> Exception:
         except TypeError:  # a class that needs more than a message
             pass
     return RemoteActorError(reply.type_name, reply.message, reply.traceback)
-
-
-def check_spec(task: str, args: Sequence[Any], kwargs: Mapping[str, Any] | None,
-               options: Mapping[str, Any]) -> JobSpec:
-    """Check one job locally and build its spec, as it goes on the wire.
-
-    Raises:
-        InvalidArguments: an argument is not a msgpack value.
-        TypeError: `task` is not a string, or an option is unknown or of the wrong type.
-        ValueError: an option is out of range (the message names it).
-    """
-    if not isinstance(task, str):
-        raise TypeError(f"task must be a registered task name (str), got {type(task).__name__}")
-    if not options.keys() <= _OPTION_NAMES:
-        unknown = sorted(set(options) - _OPTION_NAMES)
-        raise TypeError(f"unknown enqueue option(s): {', '.join(unknown)}")
-    opts = {k: v for k, v in options.items() if v is not None}
-    for name, value in opts.items():
-        if isinstance(value, bool) or not isinstance(value, _OPTIONS[name]):
-            raise TypeError(f"{name} must be {_OPTIONS[name][0].__name__}, got {value!r}")
-    for name in ("delay_s", "timeout_s", "result_ttl_s"):
-        if name in opts:
-            opts[name] = float(opts[name])
-    return JobSpec(task, pack_args(args, kwargs), **opts)
 
 
 def chunks(specs: Sequence[JobSpec]) -> Iterator[tuple[JobSpec, ...]]:

@@ -17,10 +17,12 @@ Rules of this module:
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from typing import Any, Final, TypeAlias
 
 import attrs
 
+from gotask._app import pack_args
 from gotask._job import JobRecord, check_job_fields
 from gotask.runtime.message import Address, Command, Ok, message
 
@@ -54,6 +56,7 @@ __all__ = [
     "UnwatchJobs",
     "WaitJobs",
     "WatchJobs",
+    "check_spec",
 ]
 
 #: Most jobs or ids one request may carry.
@@ -345,6 +348,42 @@ ClientRequest: TypeAlias = (
 )
 
 #: Every request of the client protocol, for faces that map names onto it.
+_OPTIONS: Final = {
+    "queue": (str,),
+    "priority": (int,),
+    "delay_s": (int, float),
+    "max_attempts": (int,),
+    "timeout_s": (int, float),
+    "result_ttl_s": (int, float),
+    "idempotency_key": (str,),
+}
+_OPTION_NAMES: Final = frozenset(_OPTIONS)
+
+
+def check_spec(task: str, args: Sequence[Any], kwargs: Mapping[str, Any] | None,
+               options: Mapping[str, Any]) -> JobSpec:
+    """Check one job locally and build its spec, as it goes on the wire.
+
+    Raises:
+        InvalidArguments: an argument is not a msgpack value.
+        TypeError: `task` is not a string, or an option is unknown or of the wrong type.
+        ValueError: an option is out of range (the message names it).
+    """
+    if not isinstance(task, str):
+        raise TypeError(f"task must be a registered task name (str), got {type(task).__name__}")
+    if not options.keys() <= _OPTION_NAMES:
+        unknown = sorted(set(options) - _OPTION_NAMES)
+        raise TypeError(f"unknown enqueue option(s): {', '.join(unknown)}")
+    opts = {k: v for k, v in options.items() if v is not None}
+    for name, value in opts.items():
+        if isinstance(value, bool) or not isinstance(value, _OPTIONS[name]):
+            raise TypeError(f"{name} must be {_OPTIONS[name][0].__name__}, got {value!r}")
+    for name in ("delay_s", "timeout_s", "result_ttl_s"):
+        if name in opts:
+            opts[name] = float(opts[name])
+    return JobSpec(task, pack_args(args, kwargs), **opts)
+
+
 REQUESTS: Final[tuple[type, ...]] = (
     Enqueue, GetJobs, WaitJobs, WatchJobs, UnwatchJobs, CancelJobs, ListJobs, ListDead,
     RetryDead, PurgeDead, CountQueues, ListNodes, PauseWorkers,

@@ -26,9 +26,8 @@ import attrs
 import trio
 
 from gotask._app import App, unpack_args
-from gotask._client_jobs import check_spec
 from gotask._job import NewJob
-from gotask._protocol import JobSpec
+from gotask._protocol import JobSpec, check_spec
 from gotask.runtime import ActorContext
 from gotask.runtime.world import World, real_world
 

@@ -112,6 +112,13 @@ class MemoryStorageCore(_MemoryQueries, _MemoryMaintenance):
         """
         return cast(R, self._dispatch(cast(StorageCommand, cmd), now))
 
+    def next_due(self) -> float | None:
+        """The earliest due time of a scheduled job (storage time), None if none is."""
+        items = self._due.items
+        while items and not self._due_live(items[0]):
+            heappop(items)
+        return items[0][0] if items else None
+
     def _dispatch(self, cmd: StorageCommand, now: float) -> StorageReply:
         match cmd:
             case b.LeaseJobs():

@@ -141,6 +141,11 @@ class ParkingLot(Generic[R]):
             if queue in wait.queues():
                 wait.recheck_at = min(wait.recheck_at, due_at - self.skew)
 
+    def due_after(self, queue: str, delay_s: float, mono: float) -> None:
+        """A job of `queue` becomes due `delay_s` seconds after local time `mono`."""
+        now = mono + self.skew
+        self.due(queue, now + delay_s, now)
+
     def unpark(self, node: str) -> list[R]:
         """Take out the waits of `node` (its leases in flight are answered when they
         come back); returns their requests, to answer empty."""

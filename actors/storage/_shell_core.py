@@ -214,7 +214,7 @@ class StorageShellCore(Generic[R]):
                     | b.GetJobs() | b.ListJobs() | b.CountJobs() | b.RequeueExpired() \
                     | b.PromoteDue() | b.PurgeExpired() | b.ListDead() | b.RetryDead() \
                     | b.PurgeDead() | b.RegisterNode() | b.ListNodes() | b.ExpireNodes():
-                self._note_sent(msg)
+                self._note_sent(msg, mono)
                 batch.add(msg, _Reply(request))
             case LeaseWait():
                 if not isinstance(msg.lease, b.LeaseJobs):
@@ -237,14 +237,22 @@ class StorageShellCore(Generic[R]):
             case _:
                 assert_never(msg)
 
-    def _note_sent(self, cmd: b.StorageCommand) -> None:
+    def _note_sent(self, cmd: b.StorageCommand, mono: float) -> None:
         """Wake the parked leases a command of this shell may give jobs to.
 
-        An enqueue wakes its queues (on a shared store too, to save a round trip); other
-        commands that make jobs ready wake every queue where no events tell which.
+        An enqueue wakes its queues (on a shared store too, to save a round trip), and
+        where no events tell, sets their timers for its delayed jobs; other commands that
+        make jobs ready wake every queue where no events tell which.
         """
         if isinstance(cmd, b.EnqueueJobs):
-            self.lot.wake({job.queue for job in cmd.jobs if job.delay_s <= 0})
+            ready: set[str] = set()
+            for job in cmd.jobs:
+                if job.delay_s <= 0:
+                    ready.add(job.queue)
+                elif not self.shared:
+                    self.lot.due_after(job.queue, job.delay_s, mono)
+            if ready:
+                self.lot.wake(ready)
         elif not self.shared and isinstance(cmd, _MAKES_READY):
             self.lot.wake_all()
 

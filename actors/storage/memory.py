@@ -26,11 +26,12 @@ enqueue and lease, the running attempt).
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Iterable
 from heapq import heappop
-from typing import Never, NoReturn, TypeVar, cast
+from typing import Never, NoReturn, Protocol, TypeVar, cast
 
 from gotask._errors import StorageFull
-from gotask._job import JobRecord, NewJob
+from gotask._job import JobRecord, LeaseToken, NewJob
 
 from . import base as b
 from ._memory_maintenance import _MemoryMaintenance
@@ -58,6 +59,17 @@ __all__ = ["MemoryStorageCore"]
 _UNLIMITED = sys.maxsize
 
 R = TypeVar("R")
+
+
+class _Token(Protocol):
+    @property
+    def job_id(self) -> str: ...
+
+    @property
+    def attempt(self) -> int: ...
+
+
+T = TypeVar("T", bound=_Token)
 
 
 def _fence(job: _Job | None, attempt: int) -> str:
@@ -299,17 +311,10 @@ class MemoryStorageCore(_MemoryQueries, _MemoryMaintenance):
         return b.AckReply(tuple(statuses))
 
     def _nack(self, cmd: b.NackJobs, now: float) -> b.NackReply:
-        statuses: list[str] = []
-        states: list[str] = []
-        for item in cmd.items:
-            job = self._jobs.get(item.job_id)
-            status = _fence(job, item.attempt)
-            if status is OK:
-                assert job is not None
-                self._fail(job, item, now)
-            statuses.append(status)
-            states.append(_PLAIN[job.state] if job is not None else MISSING)
-        return b.NackReply(tuple(statuses), tuple(states))
+        def fail(job: _Job, item: NackItem) -> None:
+            self._fail(job, item, now)
+
+        return b.NackReply(*self._each_current(cmd.items, fail))
 
     def _fail(self, job: _Job, item: NackItem, now: float) -> None:
         job.settled_attempt = item.attempt
@@ -325,18 +330,28 @@ class MemoryStorageCore(_MemoryQueries, _MemoryMaintenance):
             self._schedule(job, now + (item.retry_in_s or 0.0))
 
     def _release(self, cmd: b.ReleaseJobs, now: float) -> b.ReleaseReply:
+        def give_back(job: _Job, _token: LeaseToken) -> None:
+            job.releases += 1
+            self._requeue(job, now)
+
+        return b.ReleaseReply(*self._each_current(cmd.tokens, give_back))
+
+    def _each_current(
+        self, items: Iterable[T], apply: Callable[[_Job, T], None]
+    ) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """Apply `apply` to each job whose token is current; return per item its fencing
+        status and the job's state after."""
         statuses: list[str] = []
         states: list[str] = []
-        for token in cmd.tokens:
-            job = self._jobs.get(token.job_id)
-            status = _fence(job, token.attempt)
+        for item in items:
+            job = self._jobs.get(item.job_id)
+            status = _fence(job, item.attempt)
             if status is OK:
                 assert job is not None
-                job.releases += 1
-                self._requeue(job, now)
+                apply(job, item)
             statuses.append(status)
             states.append(_PLAIN[job.state] if job is not None else MISSING)
-        return b.ReleaseReply(tuple(statuses), tuple(states))
+        return tuple(statuses), tuple(states)
 
     def _progress(self, cmd: b.ReportProgress) -> b.ProgressReply:
         accepted: list[bool] = []

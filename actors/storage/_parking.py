@@ -20,7 +20,9 @@ Rules of this module:
   comes back, and one that came before it was sent does not.
 - Timers: a lease says when the next job of its queues is due, and `due` events say it
   too (storage time); the lot turns them into local time with the latest skew (storage
-  time minus local time, `observe`) and leases again then.
+  time minus local time, `observe`) and leases again then. A timer lasts until it runs
+  out, across the wait's leases in between. A due time of a queue not known (`None`)
+  counts for every wait.
 - Bounded: `start` refuses a wait past `parked_max` parked ones (`StorageError`), so at
   most `parked_max` plus the leases in flight are held.
 """
@@ -76,7 +78,7 @@ class ParkingLot(Generic[R]):
     _event_at: dict[str, float] = attrs.field(factory=dict, init=False)
     _local_seq: dict[str, int] = attrs.field(factory=dict, init=False)
     _all_seq: int = attrs.field(default=0, init=False)
-    _due: dict[str, tuple[int, float]] = attrs.field(factory=dict, init=False)
+    _due: dict[str | None, tuple[int, float]] = attrs.field(factory=dict, init=False)
     _unparked: dict[str, int] = attrs.field(factory=dict, init=False)
 
     def __len__(self) -> int:
@@ -106,7 +108,9 @@ class ParkingLot(Generic[R]):
         if reply.jobs or wait.deadline <= mono or unparked:
             return True
         due = min(math.inf if next_due is None else next_due, self._due_since(wait))
-        wait.recheck_at = mono if self._woken_since(wait) else due - self.skew
+        # A timer set before this lease was sent and not yet run out still counts.
+        wait.recheck_at = mono if self._woken_since(wait) else min(wait.recheck_at,
+                                                                   due - self.skew)
         self._parked.append(wait)
         return False
 
@@ -130,18 +134,19 @@ class ParkingLot(Generic[R]):
         self._wakes += 1
         self._all_seq = self._wakes
 
-    def due(self, queue: str, due_at: float, now: float | None) -> None:
-        """A job of `queue` becomes due at storage time `due_at` (told at `now`)."""
+    def due(self, queue: str | None, due_at: float, now: float | None) -> None:
+        """A job of `queue` (None: of a queue not known) becomes due at storage time
+        `due_at` (told at `now`)."""
         self._wakes += 1
         _, earliest = self._due.get(queue, (0, math.inf))
         if now is not None and earliest <= now:
             earliest = math.inf  # that one came and went
         self._due[queue] = (self._wakes, min(earliest, due_at))
         for wait in self._parked:
-            if queue in wait.queues():
+            if queue is None or queue in wait.queues():
                 wait.recheck_at = min(wait.recheck_at, due_at - self.skew)
 
-    def due_after(self, queue: str, delay_s: float, mono: float) -> None:
+    def due_after(self, queue: str | None, delay_s: float, mono: float) -> None:
         """A job of `queue` becomes due `delay_s` seconds after local time `mono`."""
         now = mono + self.skew
         self.due(queue, now + delay_s, now)
@@ -166,7 +171,9 @@ class ParkingLot(Generic[R]):
             if wait.deadline <= mono:
                 expired.append(wait.request)
             elif wait.recheck_at <= mono or self._woken_since(wait):
-                wait.recheck_at, wait.seen = math.inf, self._wakes
+                if wait.recheck_at <= mono:
+                    wait.recheck_at = math.inf
+                wait.seen = self._wakes
                 relet.append(wait)
             else:
                 still.append(wait)
@@ -194,6 +201,6 @@ class ParkingLot(Generic[R]):
 
     def _due_since(self, wait: Wait[R]) -> float:
         """The earliest due time (storage clock) told since its lease was sent."""
-        hints = (self._due.get(q) for q in wait.queues())
+        hints = (self._due.get(q) for q in (*wait.queues(), None))
         return min((at for seq, at in filter(None, hints) if seq > wait.seen),
                    default=math.inf)

@@ -242,7 +242,8 @@ class StorageShellCore(Generic[R]):
 
         An enqueue wakes its queues (on a shared store too, to save a round trip), and
         where no events tell, sets their timers for its delayed jobs; other commands that
-        make jobs ready wake every queue where no events tell which.
+        make jobs ready wake every queue where no events tell which, and a nack sets
+        every wait's timer for its earliest retry.
         """
         if isinstance(cmd, b.EnqueueJobs):
             ready: set[str] = set()
@@ -255,6 +256,11 @@ class StorageShellCore(Generic[R]):
                 self.lot.wake(ready)
         elif not self.shared and isinstance(cmd, _MAKES_READY):
             self.lot.wake_all()
+            if isinstance(cmd, b.NackJobs):
+                delays = [item.retry_in_s for item in cmd.items
+                          if item.outcome == b.Outcome.RETRY and item.retry_in_s]
+                if delays:  # the queues are not known: any wait may want them
+                    self.lot.due_after(None, min(delays), mono)
 
     # -- results ----------------------------------------------------------------------
 

@@ -160,3 +160,12 @@ def test_parked_max_refuses_more() -> None:
     _parked("q", lot=lot)
     with pytest.raises(StorageError, match="too many parked leases"):
         lot.start("more", _lease("q"), 1.0, mono=0.0)
+
+
+def test_a_due_time_of_an_unknown_queue_applies_to_every_wait_even_in_flight() -> None:
+    lot, _ = _parked("q")
+    flying = lot.start("flying", _lease("r"), 30.0, mono=0.0)
+    lot.due_after(None, 2.0, mono=0.0)
+    assert not lot.leased(flying, EMPTY, LEASED_AT, None, mono=0.0)
+    assert lot.next_wakeup() == pytest.approx(2.0)
+    assert sorted(_relet(lot, 2.0)) == ["flying", "req-0"]

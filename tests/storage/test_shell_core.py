@@ -43,6 +43,8 @@ from gotask.actors.storage.base import (
     GetJobsReply,
     LeaseJobs,
     LeaseReply,
+    NackItem,
+    NackJobs,
     QueueWeight,
     ReleaseJobs,
 )
@@ -56,13 +58,23 @@ WATCHER = Address("client", "w")
 Core = StorageShellCore[str]
 
 
+class Untimed:
+    """A memory core that does not tell when its next job is due."""
+
+    def __init__(self) -> None:
+        self.inner = MemoryStorageCore()
+
+    def handle(self, cmd: Any, now: float) -> Any:
+        return self.inner.handle(cmd, now)
+
+
 class Harness:
     """A shell core over an inline memory backend, one batch per `run`."""
 
-    def __init__(self, *, shared: bool = False, node: str = "n1",
+    def __init__(self, *, shared: bool = False, node: str = "n1", timed: bool = True,
                  watchers: WatchBook[Address] | None = None) -> None:
         self.core: Core = StorageShellCore(node, shared=shared, watchers=watchers)
-        self.backend = InlineBackend(MemoryStorageCore())
+        self.backend = InlineBackend(MemoryStorageCore() if timed else Untimed())
         self.batches: list[Batch[str]] = []
 
     def run(self, *arrived: tuple[str, Any], mono: float = 0.0) -> list[Effect[str]]:
@@ -141,6 +153,18 @@ def test_an_enqueue_to_another_queue_or_a_delayed_job_does_not_wake_it() -> None
     assert h.core.next_wakeup() == pytest.approx(4.0)
     effects = h.run(mono=4.0)
     assert len(answers(effects)["lw"].jobs) == 1
+
+
+@pytest.mark.parametrize("timed", [True, False])
+def test_a_nack_to_retry_later_sets_the_parked_leases_timer(timed: bool) -> None:
+    h = Harness(timed=timed)
+    h.run(("enq", EnqueueJobs((job("q", "j1"),))))
+    [leased] = answers(h.run(("l", lease("q"))))["l"].jobs
+    h.run(("lw", LeaseWait(lease("q"), 10.0)))
+    nack = NackJobs((NackItem("j1", leased.attempt, "E", "boom", "", retry_in_s=2.0),))
+    h.run(("n", nack), mono=1.0)
+    assert h.core.next_wakeup() == pytest.approx(3.0)
+    assert answers(h.run(mono=3.0))["lw"].jobs[0].id == "j1"
 
 
 def test_a_parked_lease_times_out_empty_and_unpark_answers_it() -> None:

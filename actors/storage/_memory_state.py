@@ -131,8 +131,8 @@ class _Job:
     """A job as the memory core holds it: its current `JobRecord` (every field, once),
     its state as the enum (compared with `is`; `_move` changes only this one, and the
     record's is brought up to date when it is handed out) and its enqueue order. The
-    record is immutable, so it is handed out as it is; a change replaces it (`_evolve`,
-    one copy of its fields, no more than setting them one by one used to cost)."""
+    record is immutable, so it is handed out as it is; a change replaces it (`_evolve`:
+    one copy of its field dict)."""
 
     rec: JobRecord
     state: JobState

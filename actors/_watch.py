@@ -75,6 +75,10 @@ class WatchBook(Generic[W]):
         """The watchers of `job_id` (empty when nobody watches it)."""
         return frozenset(self._by_id.get(job_id, ()))
 
+    def ids(self) -> frozenset[str]:
+        """Every watched job id."""
+        return frozenset(self._by_id)
+
     def ids_of(self, watcher: W) -> frozenset[str]:
         """The ids `watcher` watches."""
         return frozenset(self._by_watcher.get(watcher, ()))

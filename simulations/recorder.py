@@ -83,6 +83,10 @@ class RecordingCore:
             hook(cmd, reply)
         return reply
 
+    def next_due(self) -> float | None:
+        """The inner core's earliest due time, so parked leases wake as in production."""
+        return self.inner.next_due()
+
 
 def _events(cmd: Any, reply: Any, now: float, t: float) -> list[Event]:
     match cmd, reply:

@@ -19,6 +19,7 @@ from ._memory_state import (
     MISSING,
     QUEUED,
     SCHEDULED,
+    _evolve,
     _Job,
     _MemoryState,
 )
@@ -38,7 +39,7 @@ class _MemoryMaintenance(_MemoryState):
         if job.state is QUEUED or job.state is SCHEDULED:
             self._finish(job, CANCELLED, now)
         elif job.state is ACTIVE:
-            job.cancel_requested = True
+            job.rec = _evolve(job.rec, cancel_requested=True)
         return _PLAIN[job.state]
 
     def _requeue_expired(self, limit: int, now: float) -> b.RequeueExpiredReply:
@@ -48,11 +49,11 @@ class _MemoryMaintenance(_MemoryState):
         while items and handled < limit and items[0][0] <= now:
             _, job_id, attempt = heappop(items)
             job = jobs.get(job_id)
-            if job is None or job.state is not ACTIVE or job.attempt != attempt:
+            if job is None or job.state is not ACTIVE or job.rec.attempt != attempt:
                 continue
-            assert job.lease_expires_at is not None
-            if job.lease_expires_at > now:
-                heappush(items, (job.lease_expires_at, job_id, attempt))
+            assert job.rec.lease_expires_at is not None
+            if job.rec.lease_expires_at > now:
+                heappush(items, (job.rec.lease_expires_at, job_id, attempt))
                 continue
             self._expire_lease(job, now)
             moved[job.state].append(job_id)
@@ -62,10 +63,10 @@ class _MemoryMaintenance(_MemoryState):
         )
 
     def _expire_lease(self, job: _Job, now: float) -> None:
-        job.error_type = "LeaseExpired"
-        job.error = f"lease of attempt {job.attempt} on node {job.lease_node!r} expired"
-        job.traceback = None
-        if job.exhausted() and not job.cancel_requested:
+        rec = job.rec
+        job.rec = _evolve(rec, error_type="LeaseExpired", traceback=None, error=(
+            f"lease of attempt {rec.attempt} on node {rec.lease_node!r} expired"))
+        if job.exhausted() and not job.rec.cancel_requested:
             self._finish(job, DEAD, now)
         else:
             self._requeue(job, now)
@@ -75,21 +76,22 @@ class _MemoryMaintenance(_MemoryState):
         while items and purged < limit and items[0][0] <= now:
             expires_at, job_id = heappop(items)
             job = jobs.get(job_id)
-            if job is not None and job.expires_at == expires_at and job.state in TERMINAL:
+            if job is not None and job.rec.expires_at == expires_at and job.state in TERMINAL:
                 self._remove(job)
                 purged += 1
         return purged
 
     def _remove(self, job: _Job) -> None:
-        del self._jobs[job.id]
-        key = job.idempotency_key
-        if key is not None and self._keys.get(key) == job.id:
+        rec = job.rec
+        del self._jobs[rec.id]
+        key = rec.idempotency_key
+        if key is not None and self._keys.get(key) == rec.id:
             del self._keys[key]
-        self._dead.pop(job.id, None)
-        counts = self._queues[job.queue].counts
+        self._dead.pop(rec.id, None)
+        counts = self._queues[rec.queue].counts
         counts[job.state] -= 1
         if not any(counts.values()):
-            del self._queues[job.queue]
+            del self._queues[rec.queue]
         self._gone += 1
 
     def _retry_dead(self, ids: tuple[str, ...] | None, now: float) -> int:
@@ -99,10 +101,9 @@ class _MemoryMaintenance(_MemoryState):
             if job is None or job.state is not DEAD:
                 continue
             del self._dead[job_id]
-            job.attempt_base = job.attempt - job.releases
-            job.due_at = now
-            job.finished_at = job.expires_at = None
-            job.cancel_requested = False
+            rec = job.rec
+            job.rec = _evolve(rec, attempt_base=rec.attempt - rec.releases, due_at=now,
+                              finished_at=None, expires_at=None, cancel_requested=False)
             self._make_ready(job)
             revived += 1
         return revived

@@ -64,7 +64,7 @@ class _MemoryQueries(_MemoryState):
             job_id = ids[i]
             job = self._jobs.get(job_id) if job_id != previous else None
             previous = job_id
-            if job is None or (queue is not None and job.queue != queue):
+            if job is None or (queue is not None and job.rec.queue != queue):
                 continue
             if state is not None and job.state != state:
                 continue

@@ -1,8 +1,8 @@
 """The memory core's records, indexes and state, and `_move`, through which every job moves.
 
 Rules of this module: those of `memory` (the memory backend), whose `MemoryStorageCore`
-is built on `_MemoryState`. The state is private to the core: records are mutable twins
-of the contract's values, never handed out (`_Job.record()` makes the `JobRecord`).
+is built on `_MemoryState`. Each job's fields live once, in its
+immutable `JobRecord` (`_Job.rec`), replaced on every change and handed out as it is.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 from heapq import heapify, heappop, heappush
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import attrs
 
@@ -34,6 +34,7 @@ __all__ = [
     "_Job",
     "_MemoryState",
     "_Node",
+    "_evolve",
     "_new_job",
 ]
 
@@ -46,6 +47,7 @@ CANCEL: str = Status.CANCEL.value
 MISSING: str = Status.MISSING.value
 _PLAIN: dict[JobState, str] = {state: state.value for state in JobState}
 _HEAP_SLACK = 1024
+_new_record = object.__new__
 
 E = TypeVar("E", bound=tuple[Any, ...])
 
@@ -126,62 +128,50 @@ class _Node:
 
 @attrs.define(eq=False)
 class _Job:
-    """The mutable twin of `JobRecord`, plus `seq` (enqueue order)."""
+    """A job as the memory core holds it: its current `JobRecord` (every field, once),
+    its state as the enum (compared with `is`; `_move` changes only this one, and the
+    record's is brought up to date when it is handed out) and its enqueue order. The
+    record is immutable, so it is handed out as it is; a change replaces it (`_evolve`:
+    one copy of its field dict)."""
 
-    id: str
-    task: str
-    queue: str
-    args: bytes
-    priority: int
+    rec: JobRecord
     state: JobState
-    created_at: float
-    due_at: float
-    max_attempts: int
-    result_ttl_s: float
-    timeout_s: float | None
-    idempotency_key: str | None
     seq: int
-    attempt: int = 0
-    releases: int = 0
-    attempt_base: int = 0
-    settled_attempt: int = 0
-    leased_at: float | None = None
-    finished_at: float | None = None
-    lease_expires_at: float | None = None
-    lease_node: str | None = None
-    result: bytes | None = None
-    error_type: str | None = None
-    error: str | None = None
-    traceback: str | None = None
-    progress: float = 0.0
-    progress_message: str = ""
-    cancel_requested: bool = False
-    expires_at: float | None = None
 
     def exhausted(self) -> bool:
-        return self.attempt - self.releases - self.attempt_base >= self.max_attempts
+        return self.rec.attempts_counted >= self.rec.max_attempts
 
     def record(self) -> JobRecord:
-        # Positional: keyword passing of 28 arguments costs twice as much (lease hot path).
-        return JobRecord(
-            self.id, self.task, self.queue, self.args, self.priority, _PLAIN[self.state],
-            self.created_at, self.due_at, self.max_attempts, self.result_ttl_s, self.attempt,
-            self.releases, self.attempt_base, self.settled_attempt, self.leased_at,
-            self.finished_at, self.lease_expires_at, self.lease_node, self.timeout_s,
-            self.result, self.error_type, self.error, self.traceback, self.progress,
-            self.progress_message, self.idempotency_key, self.cancel_requested,
-            self.expires_at,
-        )  # fmt: skip
+        """The job's record, its state brought up to date (shared: it is immutable)."""
+        rec = self.rec
+        plain = _PLAIN[self.state]
+        if rec.state is not plain:
+            rec = self.rec = _evolve(rec, state=plain)
+        return rec
+
+
+if TYPE_CHECKING:
+    from attrs import evolve as _evolve
+else:
+    def _evolve(rec: JobRecord, **changes: Any) -> JobRecord:
+        """`attrs.evolve` without its per-field work: one copy of the record's fields.
+        (The type checker checks the changes against `attrs.evolve`'s signature.)"""
+        new = _new_record(JobRecord)
+        fields = new.__dict__
+        fields.update(rec.__dict__)
+        fields.update(changes)
+        return new
 
 
 def _new_job(new: NewJob, now: float, seq: int) -> _Job:
-    return _Job(
-        id=new.id, task=new.task, queue=new.queue, args=new.args, priority=new.priority,
-        state=SCHEDULED if new.delay_s > 0 else QUEUED, created_at=now,
-        due_at=now + new.delay_s, max_attempts=new.max_attempts,
-        result_ttl_s=new.result_ttl_s, timeout_s=new.timeout_s,
-        idempotency_key=new.idempotency_key, seq=seq,
+    """The job `new` enqueued at storage time `now`, `seq`-th."""
+    state = SCHEDULED if new.delay_s > 0 else QUEUED
+    rec = JobRecord(
+        new.id, new.task, new.queue, new.args, new.priority, _PLAIN[state], now,
+        now + new.delay_s, new.max_attempts, new.result_ttl_s, timeout_s=new.timeout_s,
+        idempotency_key=new.idempotency_key,
     )  # fmt: skip
+    return _Job(rec, state, seq)
 
 
 class _MemoryState:
@@ -214,8 +204,8 @@ class _MemoryState:
     def _move(self, job: _Job, new: JobState) -> None:
         old = job.state
         if new not in TRANSITIONS[old]:
-            check_transition(old, new, job.id)
-        counts = self._queues[job.queue].counts
+            check_transition(old, new, job.rec.id)
+        counts = self._queues[job.rec.queue].counts
         counts[old] -= 1
         counts[new] += 1
         job.state = new
@@ -223,30 +213,32 @@ class _MemoryState:
     def _make_ready(self, job: _Job) -> None:
         """Queue a job in its place: (priority, due time, enqueue order)."""
         self._move(job, QUEUED)
-        self._queue(job.queue).ready.push((-job.priority, job.due_at, job.seq, job.id))
+        rec = job.rec
+        self._queue(rec.queue).ready.push((-rec.priority, rec.due_at, job.seq, rec.id))
 
     def _schedule(self, job: _Job, due_at: float) -> None:
         self._move(job, SCHEDULED)
-        job.due_at = due_at
-        self._due.push((due_at, job.seq, job.id))
+        job.rec = _evolve(job.rec, due_at=due_at)
+        self._due.push((due_at, job.seq, job.rec.id))
 
     def _finish(self, job: _Job, state: JobState, now: float) -> None:
         """Move to a terminal state; dead jobs wait in the DLQ, others expire."""
         self._move(job, state)
-        job.finished_at = now
-        job.lease_expires_at = None
+        rec = job.rec
         if state is DEAD:
-            job.expires_at = None
-            self._dead[job.id] = None
+            job.rec = _evolve(rec, finished_at=now, lease_expires_at=None, expires_at=None)
+            self._dead[rec.id] = None
         else:
-            job.expires_at = now + job.result_ttl_s
-            self._expiry.push((job.expires_at, job.id))
+            expires_at = now + rec.result_ttl_s
+            job.rec = _evolve(rec, finished_at=now, lease_expires_at=None, expires_at=expires_at)
+            self._expiry.push((expires_at, rec.id))
 
     def _requeue(self, job: _Job, now: float) -> None:
         """Hand a job back (release, lease expiry): queued in its old place, unless
         cancellation was requested."""
-        job.lease_expires_at = None
-        if job.cancel_requested:
+        if job.rec.lease_expires_at is not None:
+            job.rec = _evolve(job.rec, lease_expires_at=None)
+        if job.rec.cancel_requested:
             self._finish(job, CANCELLED, now)
         else:
             self._make_ready(job)
@@ -263,12 +255,12 @@ class _MemoryState:
 
     def _due_live(self, entry: tuple[float, int, str]) -> bool:
         job = self._jobs.get(entry[2])
-        return job is not None and job.state is SCHEDULED and job.due_at == entry[0]
+        return job is not None and job.state is SCHEDULED and job.rec.due_at == entry[0]
 
     def _lease_live(self, entry: tuple[float, str, int]) -> bool:
         job = self._jobs.get(entry[1])
-        return job is not None and job.state is ACTIVE and job.attempt == entry[2]
+        return job is not None and job.state is ACTIVE and job.rec.attempt == entry[2]
 
     def _expiry_live(self, entry: tuple[float, str]) -> bool:
         job = self._jobs.get(entry[1])
-        return job is not None and job.expires_at == entry[0]
+        return job is not None and job.rec.expires_at == entry[0]

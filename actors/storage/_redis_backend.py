@@ -38,6 +38,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gotask._errors import ConfigError, StorageError, StorageFull, StorageUnavailable
 
+from ._backend import StorageEvents
 from ._redis_codec import Plan, decode, encode
 from ._redis_scripts import SCRIPTS
 
@@ -106,21 +107,8 @@ def redact(url: str) -> str:
     return urlunsplit(parts._replace(netloc=user + host))
 
 
-@attrs.frozen
-class Events:
-    """What the events channel said since the last look (storage times in seconds).
-
-    `cancels` are `(job_id, lease_node, attempt)` of running jobs whose cancellation was
-    requested. `resubscribed`: the subscription was lost and made again, so events may
-    have been missed.
-    """
-
-    now: float | None = None
-    ids: frozenset[str] = frozenset()
-    ready: frozenset[str] = frozenset()
-    due: tuple[tuple[str, float], ...] = ()
-    cancels: tuple[tuple[str, str, int], ...] = ()
-    resubscribed: bool = False
+#: The events of a shared store; this backend parses its channel into them.
+Events = StorageEvents
 
 
 def parse_events(payloads: list[bytes]) -> Events:

@@ -11,7 +11,7 @@ Rules of this module:
 - Arguments never carry None: '' stands for None where a value cannot be empty.
 - `Leased` carries a lease's reply plus what a parked lease needs: the storage time and
   the next due time in its queues (None: nothing scheduled).
-- A lease reply keeps to the memory shell's byte budget (`LEASE_REPLY_BYTES_MAX`), so it
+- A lease reply keeps to the shell's byte budget (`LEASE_REPLY_BYTES_MAX`), so it
   fits one wire frame; the lease script leaves the jobs past it queued, untouched.
 """
 
@@ -26,7 +26,7 @@ import msgpack
 from gotask._job import JobRecord
 
 from . import base as b
-from .actor import JOB_OVERHEAD_BYTES, LEASE_REPLY_BYTES_MAX
+from ._backend import JOB_OVERHEAD_BYTES, LEASE_REPLY_BYTES_MAX, Leased, WatchRead
 
 __all__ = ["Leased", "Plan", "WatchRead", "decode", "encode", "record", "records"]
 
@@ -37,23 +37,6 @@ LEASE_PROMOTE_MAX = 10_000
 _TEXT: dict[bytes, str] = {s.encode(): s for s in (
     "ok", "stale", "duplicate", "cancel", "missing", "scheduled", "queued", "active",
     "succeeded", "dead", "cancelled")}
-
-
-@attrs.frozen
-class Leased:
-    """A lease's reply, the storage time it ran at, and the next due time in its queues."""
-
-    reply: b.LeaseReply
-    now: float
-    next_due: float | None
-
-
-@attrs.frozen
-class WatchRead:
-    """`GetJobs` for a watcher: also flags the jobs `watched`, so that the scripts
-    publish their ids when they change them (only flagged jobs' ids are published)."""
-
-    ids: tuple[str, ...]
 
 
 @attrs.frozen

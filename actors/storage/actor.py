@@ -1,335 +1,196 @@
-"""The actor shell around a pure storage core (the memory backend's, and simulations').
+"""The storage actor: one shell for every backend (memory, SQLite, Redis, PostgreSQL).
 
 Rules of this module:
-- The shell drains its inbox in batches, reads the storage clock once per batch and
-  hands each command to `core.handle(cmd, now)`; the core never sees trio.
-- `LeaseWait` is a lease that may wait: when nothing is due, the request is parked and
-  answered as soon as a command makes jobs available, or empty after `wait_s`. This is
-  the Dispatcher's wake-up: idle nodes never busy-poll.
-- Watchers (`WatchJobs`) get `JobChanged` pushes for the jobs they watch after every
-  batch that touched them; a watch ends by itself when its job is terminal.
-- A lease reply is cut to `LEASE_REPLY_BYTES_MAX` (estimated from the jobs' arguments),
-  so it fits one wire frame when the Dispatcher is on another node; the jobs cut off are
-  released at once (they keep their place, and the attempt does not count).
-- With `commit` (a store that commits batches, e.g. SQLite), a batch's replies and
-  pushes are held until `commit()` returns: nothing is answered as stored before it
-  is; if the commit fails, every request of the batch is answered with its error.
-- A bad command (ValueError, StorageError), or a reply too large for the wire, is
-  answered with an error; nothing is lost and the actor goes on. Any other exception
-  crashes the actor, which its supervisor restarts around the same core: queue state
-  lives in the core, not in the task.
+- The shell only receives, executes and sends: `StorageShellCore` (`_shell_core`)
+  decides what to answer, push, park and wake; the backend (`_backend.StorageBackend`)
+  executes batches of storage commands. The shell drains its inbox in batches; each
+  becomes one store batch, and its results one list of effects carried out in order.
+- `LeaseWait` is a lease that may wait: parked until jobs may be ready for it (see
+  `_parking`), answered empty after `wait_s`. This is the Dispatcher's wake-up: idle
+  nodes never busy-poll.
+- A backend that runs one batch at a time (`inflight_max == 1`: the memory core) runs
+  it inline in the loop: no task, no thread, no checkpoint per command. Others get up to
+  `inflight_max` batches in flight, so this node's work on one batch's answers overlaps
+  the store's work on the next; results are handled in submission order.
+- A shared store's events (`next_events`) are read by a task of the actor and fed back
+  into its inbox, so they are handled in order with the commands.
+- A reply that cannot be sent (too big for the wire, say) is answered with that error;
+  a caller that went away is not answered (a parked lease's jobs then expire and are
+  requeued by the Reaper: nothing is lost). A push that cannot go loses its watch
+  (`StorageShellCore.lost`); a cancel push is a fast path only, the next heartbeat
+  answer carries the same request. An unexpected exception crashes the actor; its
+  supervisor restarts it around the same core or store, where the queue state lives.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from collections.abc import Callable
+from typing import Any, assert_never
 
 import attrs
 import trio
 
-from gotask._errors import GoTaskError, StorageError
-from gotask._job import TERMINAL, JobRecord
-from gotask._messages import (
-    WORKERS,
-    CancelRunning,
-    JobChanged,
-    LeaseWait,
-    Unpark,
-    UnwatchJobs,
-    WatchJobs,
+from gotask.runtime import ActorContext, Envelope
+
+from ._backend import (
+    EXPECTED_ERRORS,
+    JOB_OVERHEAD_BYTES,
+    LEASE_REPLY_BYTES_MAX,
+    InlineBackend,
+    StorageBackend,
+    Submitted,
 )
-from gotask.runtime import ActorContext, Address, Envelope, Ok
-from gotask.runtime.node import error_reply
+from ._shell_core import Answer, Batch, Effect, Push, Refuse, StorageShellCore
+from .base import StorageCore
 
-from .base import (
-    AckJobs,
-    CancelJobs,
-    EnqueueJobs,
-    EnqueueReply,
-    GetJobs,
-    GetJobsReply,
-    LeaseJobs,
-    LeaseReply,
-    NackJobs,
-    PromoteDue,
-    ReleaseJobs,
-    ReportProgress,
-    RequeueExpired,
-    RequeueExpiredReply,
-    RetryDead,
-    StorageCore,
-)
+__all__ = ["JOB_OVERHEAD_BYTES", "LEASE_REPLY_BYTES_MAX", "run_storage"]
 
-__all__ = ["run_storage"]
-
-#: Commands after which queued jobs may be available to a parked lease.
-_MAKES_READY = (EnqueueJobs, NackJobs, ReleaseJobs, RequeueExpired, RetryDead, PromoteDue)
-#: How often parked leases look again for jobs that became due by time alone.
-RECHECK_S = 0.05
-#: Budget of one lease reply, well under the wire's 1 MiB frame.
-LEASE_REPLY_BYTES_MAX = 768 * 1024
-#: Estimated encoded bytes of a job beside its arguments.
-JOB_OVERHEAD_BYTES = 512
-WATCHERS_MAX = 100_000
+_Core = StorageShellCore[Envelope]
 
 
-@attrs.define
-class _Parked:
-    request: Envelope
-    lease: LeaseJobs
-    deadline: float
-
-
-@attrs.define
-class _State:
-    core: StorageCore
-    clock: Callable[[], float]
-    parked: list[_Parked] = attrs.Factory(list)
-    watchers: dict[str, set[Address]] = attrs.Factory(dict)
-    touched: set[str] = attrs.Factory(set)
-    woke: bool = False
-    checked_at: float = -math.inf
-
-
-@attrs.define(eq=False)
-class _Held(ActorContext):
-    """The context of a batch whose replies and pushes wait for its commit."""
-
-    replies: list[tuple[Envelope, Any]] = attrs.Factory(list)
-    sends: list[tuple[Address, Any]] = attrs.Factory(list)
-
-    async def reply(self, request: Envelope, msg: Any) -> None:
-        self.replies.append((request, msg))
-
-    def send_nowait(self, dst: Address, msg: Any) -> None:
-        self.sends.append((dst, msg))
+def _set_event() -> trio.Event:
+    event = trio.Event()
+    event.set()
+    return event
 
 
 async def run_storage(
     ctx: ActorContext,
-    core: StorageCore,
+    core: StorageCore | None = None,
     *,
+    backend: StorageBackend | None = None,
     clock: Callable[[], float] | None = None,
-    commit: Callable[[], Awaitable[None]] | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve storage commands from the inbox with `core`.
+    """Serve storage commands from the inbox with `core` or `backend`.
 
     Args:
-        core: the pure storage core; kept across restarts by whoever passed it.
-        clock: the storage clock (seconds); the node's World wall clock by default.
-        commit: ends each batch of a store with transactions; replies wait for it.
+        core: a pure storage core, run inline; kept across restarts by whoever passed it.
+        backend: a store to run commands on, when no `core` is given.
+        clock: the storage clock (seconds) for a backend without its own; the node's
+            World wall clock by default.
     """
-    state = _State(core, clock or ctx.node.world.wall)
-    task_status.started()
+    if backend is None:
+        if core is None:
+            raise TypeError("run_storage needs a core or a backend")
+        backend = InlineBackend(core)
+    shell: _Core = StorageShellCore(ctx.node.name, shared=backend.shared)
+    read_clock = None if backend.own_clock else (clock or ctx.node.world.wall)
+    async with trio.open_nursery() as nursery:
+        if backend.shared:
+            nursery.start_soon(_pump_events, ctx, backend)
+        task_status.started()
+        if backend.inflight_max <= 1:
+            await _serve_inline(ctx, shell, backend, read_clock)
+        else:
+            await _serve_pipelined(ctx, shell, backend, read_clock, nursery)
+
+
+async def _pump_events(ctx: ActorContext, backend: StorageBackend) -> None:
     while True:
-        batch = await ctx.receive_until(_next_wakeup(state))
-        now = state.clock()
-        out = ctx if commit is None else _Held(ctx.node, ctx.address, ctx.inbox)
-        for env in batch:
-            await _handle(out, state, env, now)
-        await _serve_parked(out, state, now)
-        await _push_changes(out, state)
-        if isinstance(out, _Held):
-            assert commit is not None
-            await _commit_then_answer(ctx, out, commit)
+        events = await backend.next_events()
+        await ctx.send(ctx.address, events)
 
 
-def _next_wakeup(state: _State) -> float:
-    if not state.parked:
-        return math.inf
-    soonest = min(p.deadline for p in state.parked)
-    return min(soonest, trio.current_time() + RECHECK_S)
+def _arrived(envs: list[Envelope]) -> list[tuple[Envelope, Any]]:
+    return [(env, env.msg) for env in envs]
 
 
-async def _handle(ctx: ActorContext, state: _State, env: Envelope, now: float) -> None:
-    msg = env.msg
-    try:
-        if isinstance(msg, LeaseWait):
-            await _lease_wait(ctx, state, env, msg, now)
-        elif isinstance(msg, WatchJobs):
-            await ctx.reply(env, _watch(state, msg))
-        elif isinstance(msg, Unpark):
-            await _unpark(ctx, state, msg.node, now)
-            await ctx.reply(env, Ok())
-        elif isinstance(msg, UnwatchJobs):
-            _unwatch(state, msg.ids, msg.watcher)
-            await ctx.reply(env, Ok())
-        else:
-            reply = _lease(state, msg, now) if isinstance(msg, LeaseJobs) \
-                else state.core.handle(msg, now)
-            _note(state, msg, reply)
-            await ctx.reply(env, reply)
-            if isinstance(msg, CancelJobs):
-                _push_cancel(ctx, state, msg.ids, now)
-    except (ValueError, TypeError, GoTaskError) as exc:
-        await ctx.reply(env, error_reply(exc))
+async def _serve_inline(ctx: ActorContext, shell: _Core, backend: StorageBackend,
+                        clock: Callable[[], float] | None) -> None:
+    while True:
+        envs = await ctx.receive_until(shell.next_wakeup())
+        batch = shell.plan(_arrived(envs), trio.current_time())
+        while True:
+            await _carry_out(ctx, shell, batch.effects)
+            if not batch.cmds:
+                break
+            results = await backend.submit(batch.cmds, None if clock is None else clock()).wait()
+            await _carry_out(ctx, shell, shell.settle(batch, results, trio.current_time()))
+            if not shell.busy():
+                break
+            batch = shell.plan((), trio.current_time())
 
 
-async def _commit_then_answer(
-    ctx: ActorContext, held: _Held, commit: Callable[[], Awaitable[None]]
-) -> None:
-    try:
-        await commit()
-    except StorageError as exc:
-        failed = error_reply(exc)
-        held.replies = [(request, failed) for request, _ in held.replies]
-        held.sends.clear()
-    for request, reply in held.replies:
-        await _reply_quietly(ctx, request, reply)
-    for dst, msg in held.sends:
+async def _serve_pipelined(ctx: ActorContext, shell: _Core, backend: StorageBackend,
+                           clock: Callable[[], float] | None,
+                           nursery: trio.Nursery) -> None:
+    pipe = _Pipe(ctx, shell, trio.Semaphore(backend.inflight_max))
+    while True:
+        envs: list[Envelope] = []
+        with trio.CancelScope(deadline=shell.next_wakeup()) as pipe.receiving:
+            envs = await ctx.receive_batch()
+        batch = shell.plan(_arrived(envs), trio.current_time())
+        await _carry_out(ctx, shell, batch.effects)
+        if batch.cmds:
+            await _acquire(pipe.inflight)
+            pending = backend.submit(batch.cmds, None if clock is None else clock())
+            previous, pipe.turn = pipe.turn, trio.Event()
+            nursery.start_soon(pipe.settle, batch, pending, previous, pipe.turn)
+
+
+@attrs.define(eq=False)
+class _Pipe:
+    """The batches in flight, settled in the order they were submitted."""
+
+    ctx: ActorContext
+    shell: _Core
+    inflight: trio.Semaphore
+    turn: trio.Event = attrs.Factory(_set_event)
+    receiving: trio.CancelScope = attrs.Factory(trio.CancelScope)  # the wait for a batch
+
+    async def settle(self, batch: Batch[Envelope], pending: Submitted,
+                     previous: trio.Event, mine: trio.Event) -> None:
         try:
-            ctx.send_nowait(dst, msg)
-        except (trio.WouldBlock, trio.BrokenResourceError, LookupError):
-            pass  # a watcher may read the job again; a worker hears it at its heartbeat
+            results = await pending.wait()
+            if not previous.is_set():
+                await previous.wait()
+            effects = self.shell.settle(batch, results, trio.current_time())
+            await _carry_out(self.ctx, self.shell, effects)
+            # A lease parked, or follow-ups are due: the wait for a batch ends in time.
+            self.receiving.deadline = min(self.receiving.deadline, self.shell.next_wakeup())
+        finally:
+            mine.set()
+            self.inflight.release()
 
 
-async def _lease_wait(
-    ctx: ActorContext, state: _State, env: Envelope, msg: LeaseWait, now: float
-) -> None:
-    lease = msg.lease
-    if not isinstance(lease, LeaseJobs):
-        raise TypeError(f"LeaseWait.lease must be a LeaseJobs, got {type(lease).__name__}")
-    reply = _lease(state, lease, now)
-    if reply.jobs or msg.wait_s <= 0:
-        _note(state, lease, reply)
-        await ctx.reply(env, reply)
-    else:
-        state.parked.append(_Parked(env, lease, trio.current_time() + msg.wait_s))
-
-
-def _lease(state: _State, lease: LeaseJobs, now: float) -> LeaseReply:
-    """Lease, then release what does not fit one reply's byte budget."""
-    reply = state.core.handle(lease, now)
-    size, keep = 0, 0
-    for job in reply.jobs:
-        size += len(job.args) + JOB_OVERHEAD_BYTES
-        if keep and size > LEASE_REPLY_BYTES_MAX:
-            break
-        keep += 1
-    if keep == len(reply.jobs):
-        return reply
-    excess = tuple(job.token for job in reply.jobs[keep:])
-    state.core.handle(ReleaseJobs(excess), now)
-    state.woke = True
-    return LeaseReply(reply.jobs[:keep])
-
-
-async def _serve_parked(ctx: ActorContext, state: _State, now: float) -> None:
-    mono = trio.current_time()
-    due = state.woke or mono >= state.checked_at + RECHECK_S
-    if not state.parked or not (due or any(p.deadline <= mono for p in state.parked)):
-        return
-    state.checked_at = mono
-    still: list[_Parked] = []
-    for parked in state.parked:
-        reply = _lease(state, parked.lease, now)
-        if reply.jobs or parked.deadline <= mono:
-            _note(state, parked.lease, reply)
-            await _reply_quietly(ctx, parked.request, reply)
-        else:
-            still.append(parked)
-    state.parked = still
-    state.woke = False
-
-
-def _push_cancel(ctx: ActorContext, state: _State, ids: tuple[str, ...], now: float) -> None:
-    records = state.core.handle(GetJobs(ids), now).jobs
-    for record in records:
-        if record is not None and record.cancel_requested and record.lease_node:
-            try:
-                ctx.send_nowait(Address(record.lease_node, WORKERS),
-                                CancelRunning((record.token,)))
-            except (trio.WouldBlock, trio.BrokenResourceError, LookupError):
-                pass  # the next heartbeat answer carries the same request
-
-
-async def _unpark(ctx: ActorContext, state: _State, node: str, now: float) -> None:
-    mine = [p for p in state.parked if p.lease.node == node]
-    state.parked = [p for p in state.parked if p.lease.node != node]
-    for parked in mine:
-        await _reply_quietly(ctx, parked.request, LeaseReply(()))
-
-
-async def _reply_quietly(ctx: ActorContext, request: Envelope, reply: Any) -> None:
-    # A parked caller on a node that went away: its leased jobs expire and are
-    # requeued by the Reaper, so dropping the reply loses nothing.
+async def _acquire(semaphore: trio.Semaphore) -> None:
+    # Without a checkpoint when free: a checkpoint costs a whole scheduling round,
+    # milliseconds when the node's workers are busy, on every batch.
     try:
-        await ctx.reply(request, reply)
+        semaphore.acquire_nowait()
+    except trio.WouldBlock:
+        await semaphore.acquire()
+
+
+async def _carry_out(ctx: ActorContext, shell: _Core, effects: list[Effect[Envelope]]) -> None:
+    for effect in effects:
+        match effect:
+            case Answer():
+                await _respond(ctx, effect.request, effect.reply)
+            case Refuse():
+                await _respond(ctx, effect.request, error=effect.error)
+            case Push():
+                try:
+                    ctx.send_nowait(effect.dst, effect.msg)
+                except (trio.WouldBlock, trio.BrokenResourceError, LookupError):
+                    shell.lost(effect)
+            case _:
+                assert_never(effect)
+
+
+async def _respond(ctx: ActorContext, request: Envelope, reply: Any = None,
+                   error: Exception | None = None) -> None:
+    """Answer `request`: a reply that cannot be sent is answered with that error; a
+    caller that went away is not answered."""
+    try:
+        try:
+            if error is None:
+                await ctx.reply(request, reply)
+                return
+        except EXPECTED_ERRORS as exc:
+            error = exc
+        await ctx.node.reply_error(request, error)
     except (trio.BrokenResourceError, LookupError):
         pass
 
-
-# -- watchers ------------------------------------------------------------------------
-
-
-def _watch(state: _State, msg: WatchJobs) -> GetJobsReply:
-    reply = state.core.handle(GetJobs(msg.ids), state.clock())
-    for job_id, record in zip(msg.ids, reply.jobs, strict=True):
-        if record is not None and record.state not in TERMINAL:
-            if len(state.watchers) >= WATCHERS_MAX and job_id not in state.watchers:
-                raise StorageError(f"too many watched jobs (limit {WATCHERS_MAX})")
-            state.watchers.setdefault(job_id, set()).add(msg.watcher)
-    return reply
-
-
-def _unwatch(state: _State, ids: Iterable[str], watcher: Address) -> None:
-    for job_id in ids:
-        subs = state.watchers.get(job_id)
-        if subs is not None:
-            subs.discard(watcher)
-            if not subs:
-                del state.watchers[job_id]
-
-
-def _note(state: _State, cmd: object, reply: object) -> None:
-    """Remember what a command touched: for watchers, and to wake parked leases."""
-    if isinstance(cmd, _MAKES_READY):
-        state.woke = True
-    if state.watchers:
-        state.touched.update(_touched_ids(cmd, reply))
-
-
-def _touched_ids(cmd: object, reply: object) -> Iterable[str]:
-    if isinstance(cmd, AckJobs | NackJobs | ReportProgress):
-        return (item.job_id for item in cmd.items)
-    if isinstance(cmd, ReleaseJobs):
-        return (token.job_id for token in cmd.tokens)
-    if isinstance(cmd, CancelJobs):
-        return cmd.ids
-    if isinstance(reply, LeaseReply):
-        return (job.id for job in reply.jobs)
-    if isinstance(reply, RequeueExpiredReply):
-        return (*reply.requeued, *reply.dead, *reply.cancelled)
-    if isinstance(reply, EnqueueReply):
-        return reply.ids
-    return ()
-
-
-async def _push_changes(ctx: ActorContext, state: _State) -> None:
-    ids = [job_id for job_id in state.touched if job_id in state.watchers]
-    state.touched.clear()
-    if not ids:
-        return
-    records = state.core.handle(GetJobs(tuple(ids)), state.clock()).jobs
-    for job_id, record in zip(ids, records, strict=True):
-        await _push_one(ctx, state, job_id, record)
-
-
-async def _push_one(
-    ctx: ActorContext, state: _State, job_id: str, record: JobRecord | None
-) -> None:
-    subs = state.watchers.get(job_id, set())
-    if record is None or record.state in TERMINAL:
-        state.watchers.pop(job_id, None)
-    if record is None:
-        return
-    for watcher in list(subs):
-        try:
-            ctx.send_nowait(watcher, JobChanged(record))
-        except (trio.WouldBlock, trio.BrokenResourceError, LookupError):
-            # A watcher that cannot keep up or went away loses its watch, never the
-            # job: it can read the job's state again at any time.
-            _unwatch(state, (job_id,), watcher)

@@ -26,11 +26,12 @@ enqueue and lease, the running attempt).
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Iterable
 from heapq import heappop
-from typing import Never, NoReturn, TypeVar, cast
+from typing import Never, NoReturn, Protocol, TypeVar, cast
 
 from gotask._errors import StorageFull
-from gotask._job import JobRecord, NewJob
+from gotask._job import JobRecord, LeaseToken, NewJob
 
 from . import base as b
 from ._memory_maintenance import _MemoryMaintenance
@@ -48,6 +49,7 @@ from ._memory_state import (
     SCHEDULED,
     STALE,
     SUCCEEDED,
+    _evolve,
     _Job,
     _new_job,
 )
@@ -60,13 +62,24 @@ _UNLIMITED = sys.maxsize
 R = TypeVar("R")
 
 
+class _Token(Protocol):
+    @property
+    def job_id(self) -> str: ...
+
+    @property
+    def attempt(self) -> int: ...
+
+
+T = TypeVar("T", bound=_Token)
+
+
 def _fence(job: _Job | None, attempt: int) -> str:
     """Judge a lease token: OK when current, DUPLICATE when already settled."""
     if job is None:
         return STALE
-    if job.state is ACTIVE and job.attempt == attempt:
+    if job.state is ACTIVE and job.rec.attempt == attempt:
         return OK
-    if attempt and job.settled_attempt == attempt:
+    if attempt and job.rec.settled_attempt == attempt:
         return DUPLICATE
     return STALE
 
@@ -111,6 +124,13 @@ class MemoryStorageCore(_MemoryQueries, _MemoryMaintenance):
             StorageFull: enqueue past `jobs_max`, or registering past `nodes_max`.
         """
         return cast(R, self._dispatch(cast(StorageCommand, cmd), now))
+
+    def next_due(self) -> float | None:
+        """The earliest due time of a scheduled job (storage time), None if none is."""
+        items = self._due.items
+        while items and not self._due_live(items[0]):
+            heappop(items)
+        return items[0][0] if items else None
 
     def _dispatch(self, cmd: StorageCommand, now: float) -> StorageReply:
         match cmd:
@@ -177,19 +197,20 @@ class MemoryStorageCore(_MemoryQueries, _MemoryMaintenance):
     def _insert(self, new: NewJob, now: float) -> str:
         self._seq += 1
         job = _new_job(new, now, self._seq)
-        self._jobs[job.id] = job
-        if job.idempotency_key is not None:
-            self._keys[job.idempotency_key] = job.id
-        queue = self._queue(job.queue)
+        rec = job.rec
+        self._jobs[rec.id] = job
+        if rec.idempotency_key is not None:
+            self._keys[rec.idempotency_key] = rec.id
+        queue = self._queue(rec.queue)
         queue.counts[job.state] += 1
-        if self._order and job.id < self._order[-1]:
+        if self._order and rec.id < self._order[-1]:
             self._order_sorted = False
-        self._order.append(job.id)
+        self._order.append(rec.id)
         if job.state is SCHEDULED:
-            self._due.push((job.due_at, job.seq, job.id))
+            self._due.push((rec.due_at, job.seq, rec.id))
         else:
-            queue.ready.push((-job.priority, job.due_at, job.seq, job.id))
-        return job.id
+            queue.ready.push((-rec.priority, rec.due_at, job.seq, rec.id))
+        return rec.id
 
     def _promote(self, now: float, limit: int) -> int:
         """Queue up to `limit` due scheduled jobs, earliest due first."""
@@ -197,7 +218,7 @@ class MemoryStorageCore(_MemoryQueries, _MemoryMaintenance):
         while items and promoted < limit and items[0][0] <= now:
             due_at, _, job_id = heappop(items)
             job = jobs.get(job_id)
-            if job is not None and job.state is SCHEDULED and job.due_at == due_at:
+            if job is not None and job.state is SCHEDULED and job.rec.due_at == due_at:
                 self._make_ready(job)
                 promoted += 1
         return promoted
@@ -223,16 +244,17 @@ class MemoryStorageCore(_MemoryQueries, _MemoryMaintenance):
     ) -> None:
         """Lease up to `count` ready jobs of one queue in order; append their records."""
         pop, jobs, leases = self._queues[name].ready.pop, self._jobs, self._leases
+        active = _PLAIN[ACTIVE]
         expires_at, node = now + cmd.lease_timeout_s, cmd.node
         while count and (entry := pop()) is not None:
             job = jobs.get(entry[3])
             if job is None or job.state is not QUEUED:
                 continue
             self._move(job, ACTIVE)
-            job.attempt += 1
-            job.leased_at, job.lease_expires_at, job.lease_node = now, expires_at, node
-            leases.push((expires_at, job.id, job.attempt))
-            leased.append(job.record())
+            rec = job.rec = _evolve(job.rec, state=active, attempt=job.rec.attempt + 1,
+                                    leased_at=now, lease_expires_at=expires_at, lease_node=node)
+            leases.push((expires_at, rec.id, rec.attempt))
+            leased.append(rec)
             count -= 1
 
     def _has_ready(self, name: str) -> bool:
@@ -264,14 +286,14 @@ class MemoryStorageCore(_MemoryQueries, _MemoryMaintenance):
         statuses: list[str] = []
         for token in cmd.tokens:
             job = jobs.get(token.job_id)
-            if job is None or job.state is not ACTIVE or job.attempt != token.attempt:
+            if job is None or job.state is not ACTIVE or job.rec.attempt != token.attempt:
                 statuses.append(STALE)
                 continue
-            if job.lease_expires_at is None or expires_at < job.lease_expires_at:
+            if job.rec.lease_expires_at is None or expires_at < job.rec.lease_expires_at:
                 # The heap entry is later than the new expiry; add the earlier one.
-                self._leases.push((expires_at, job.id, job.attempt))
-            job.lease_expires_at = expires_at
-            statuses.append(CANCEL if job.cancel_requested else OK)
+                self._leases.push((expires_at, job.rec.id, job.rec.attempt))
+            job.rec = _evolve(job.rec, lease_expires_at=expires_at)
+            statuses.append(CANCEL if job.rec.cancel_requested else OK)
         return b.HeartbeatReply(tuple(statuses), expires_at)
 
     def _ack(self, cmd: b.AckJobs, now: float) -> b.AckReply:
@@ -284,32 +306,23 @@ class MemoryStorageCore(_MemoryQueries, _MemoryMaintenance):
                 status = OK
             if status is OK:
                 assert job is not None
-                job.settled_attempt = item.attempt
-                job.result = item.result
-                job.progress = 1.0
+                job.rec = _evolve(job.rec, settled_attempt=item.attempt, result=item.result,
+                                  progress=1.0)
                 self._finish(job, SUCCEEDED, now)
             statuses.append(status)
         return b.AckReply(tuple(statuses))
 
     def _nack(self, cmd: b.NackJobs, now: float) -> b.NackReply:
-        statuses: list[str] = []
-        states: list[str] = []
-        for item in cmd.items:
-            job = self._jobs.get(item.job_id)
-            status = _fence(job, item.attempt)
-            if status is OK:
-                assert job is not None
-                self._fail(job, item, now)
-            statuses.append(status)
-            states.append(_PLAIN[job.state] if job is not None else MISSING)
-        return b.NackReply(tuple(statuses), tuple(states))
+        def fail(job: _Job, item: NackItem) -> None:
+            self._fail(job, item, now)
+
+        return b.NackReply(*self._each_current(cmd.items, fail))
 
     def _fail(self, job: _Job, item: NackItem, now: float) -> None:
-        job.settled_attempt = item.attempt
-        job.error_type, job.error, job.traceback = item.error_type, item.error, item.traceback
-        job.lease_expires_at = None
+        job.rec = _evolve(job.rec, settled_attempt=item.attempt, error_type=item.error_type,
+                          error=item.error, traceback=item.traceback, lease_expires_at=None)
         if item.outcome == b.Outcome.CANCELLED or (
-            item.outcome == b.Outcome.RETRY and job.cancel_requested
+            item.outcome == b.Outcome.RETRY and job.rec.cancel_requested
         ):
             self._finish(job, CANCELLED, now)
         elif item.outcome == b.Outcome.DEAD or job.exhausted():
@@ -318,26 +331,37 @@ class MemoryStorageCore(_MemoryQueries, _MemoryMaintenance):
             self._schedule(job, now + (item.retry_in_s or 0.0))
 
     def _release(self, cmd: b.ReleaseJobs, now: float) -> b.ReleaseReply:
+        def give_back(job: _Job, _token: LeaseToken) -> None:
+            job.rec = _evolve(job.rec, releases=job.rec.releases + 1)
+            self._requeue(job, now)
+
+        return b.ReleaseReply(*self._each_current(cmd.tokens, give_back))
+
+    def _each_current(
+        self, items: Iterable[T], apply: Callable[[_Job, T], None]
+    ) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """Apply `apply` to each job whose token is current; return per item its fencing
+        status and the job's state after."""
         statuses: list[str] = []
         states: list[str] = []
-        for token in cmd.tokens:
-            job = self._jobs.get(token.job_id)
-            status = _fence(job, token.attempt)
+        for item in items:
+            job = self._jobs.get(item.job_id)
+            status = _fence(job, item.attempt)
             if status is OK:
                 assert job is not None
-                job.releases += 1
-                self._requeue(job, now)
+                apply(job, item)
             statuses.append(status)
             states.append(_PLAIN[job.state] if job is not None else MISSING)
-        return b.ReleaseReply(tuple(statuses), tuple(states))
+        return tuple(statuses), tuple(states)
 
     def _progress(self, cmd: b.ReportProgress) -> b.ProgressReply:
         accepted: list[bool] = []
         for item in cmd.items:
             job = self._jobs.get(item.job_id)
-            ok = job is not None and job.state is ACTIVE and job.attempt == item.attempt
+            ok = job is not None and job.state is ACTIVE and job.rec.attempt == item.attempt
             if ok:
                 assert job is not None
-                job.progress, job.progress_message = item.fraction, item.message
+                job.rec = _evolve(job.rec, progress=item.fraction,
+                                  progress_message=item.message)
             accepted.append(ok)
         return b.ProgressReply(tuple(accepted))

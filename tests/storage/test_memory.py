@@ -10,17 +10,19 @@ import pytest
 from gotask._errors import IllegalTransition, StorageFull
 from gotask._job import JobRecord, JobState
 from gotask.actors.storage import base
+from gotask.actors.storage._memory_state import _evolve
 from gotask.actors.storage.base import (
     AckItem,
     AckJobs,
     Command,
     EnqueueJobs,
+    GetJobs,
     LeaseJobs,
     PurgeExpired,
     QueueWeight,
     RegisterNode,
 )
-from gotask.actors.storage.memory import MemoryStorageCore, _Job
+from gotask.actors.storage.memory import MemoryStorageCore
 from gotask.runtime.message import REGISTRY, tag_of
 
 from .contract import StorageContract, make_state_machine, new_job
@@ -95,13 +97,26 @@ def test_moves_only_along_the_transition_table() -> None:
         core._move(core._jobs[job.id], JobState.SUCCEEDED)
 
 
-def test_record_maps_every_field_by_name() -> None:
-    names = [f.name for f in attrs.fields(_Job) if f.name != "seq"]
-    values = {name: f"v{i}" for i, name in enumerate(names)}
-    job = _Job(**{**values, "state": JobState.DEAD, "seq": 1})  # type: ignore[arg-type]
-    record = attrs.asdict(job.record())
-    assert record == {**values, "state": "dead"}
-    assert set(record) == {f.name for f in attrs.fields(JobRecord)}
+def test_records_handed_out_are_snapshots_with_the_current_state() -> None:
+    core = MemoryStorageCore()
+    [job_id] = core.handle(EnqueueJobs((new_job(),)), START_S).ids
+    queued = core.handle(GetJobs((job_id,)), START_S).jobs[0]
+    [leased] = core.handle(LeaseJobs("n1", (QueueWeight("default"),), 1, 30.0), START_S).jobs
+    core.handle(AckJobs((AckItem(job_id, leased.attempt, b"r"),)), START_S + 1)
+    done = core.handle(GetJobs((job_id,)), START_S + 1).jobs[0]
+    assert queued is not None and done is not None
+    assert (queued.state, queued.attempt, queued.result) == ("queued", 0, None)
+    assert (leased.state, leased.attempt, leased.lease_node) == ("active", 1, "n1")
+    assert (done.state, done.result, done.finished_at) == ("succeeded", b"r", START_S + 1)
+    assert type(done.state) is str and type(done) is JobRecord
+
+
+def test_evolve_matches_attrs_evolve_for_every_field() -> None:
+    record = JobRecord("j", "t", "q", b"a", 0, "queued", 1.0, 1.0, 3, 60.0)
+    for i, field in enumerate(attrs.fields(JobRecord)):
+        changes = {field.name: f"v{i}"}
+        assert _evolve(record, **changes) == attrs.evolve(record, **changes)
+    assert record == JobRecord("j", "t", "q", b"a", 0, "queued", 1.0, 1.0, 3, 60.0)
 
 
 def test_indexes_stay_proportional_to_live_jobs() -> None:

@@ -18,7 +18,7 @@ import redis
 import trio
 
 from gotask._app import App, pack_args
-from gotask._errors import ConfigError, RemoteActorError, StorageError, StorageUnavailable
+from gotask._errors import ConfigError, StorageError, StorageUnavailable
 from gotask._job import LeaseToken
 from gotask._messages import (
     BROKER,
@@ -27,7 +27,6 @@ from gotask._messages import (
     CancelRunning,
     JobChanged,
     LeaseWait,
-    Unpark,
     WatchJobs,
 )
 from gotask._protocol import Enqueue, JobSpec, WaitJobs
@@ -45,7 +44,6 @@ from gotask.actors.storage.base import (
     EnqueueReply,
     GetJobs,
     LeaseJobs,
-    LeaseReply,
     ListNodes,
     QueueWeight,
     RegisterNode,
@@ -55,6 +53,7 @@ from gotask.config import NodeConfig
 from gotask.runtime import Address, open_node
 
 from .contract import StorageContract, make_state_machine, new_job
+from .shell_contract import Actor, StorageShellContract
 
 R = TypeVar("R")
 START_S = 1_700_000_000.0
@@ -318,89 +317,24 @@ def _spawn_redis(port: int, *extra: str) -> Any:
 # -- the actor ---------------------------------------------------------------------------------
 
 
-@pytest.fixture
-async def actor() -> AsyncIterator[tuple[Any, Address]]:
-    url = unique_url("actor")
-    storage = await open_redis_storage(url)
-    try:
-        async with open_node("solo") as node:
-            addr = await node.start_actor(STORAGE, _partial(storage), inbox_max=4096)
-            yield node, addr
-    finally:
-        await storage.aclose()
-        delete_prefix(url)
+class TestRedisShell(StorageShellContract):
+    @pytest.fixture
+    async def actor(self) -> AsyncIterator[Actor]:
+        url = unique_url("actor")
+        storage = await open_redis_storage(url)
+        try:
+            async with open_node("solo") as node:
+                addr = await node.start_actor(STORAGE, _partial(storage), inbox_max=4096)
+                yield node, addr
+        finally:
+            await storage.aclose()
+            delete_prefix(url)
 
 
 def _partial(storage: Any) -> Any:
     import functools
 
     return functools.partial(run_redis_storage, storage=storage)
-
-
-async def test_parked_lease_wakes_on_enqueue(actor: tuple[Any, Address]) -> None:
-    node, addr = actor
-    lease = LeaseJobs("solo", (QueueWeight("default"),), 4, 30.0)
-    got: list[LeaseReply] = []
-    async with trio.open_nursery() as nursery:
-        async def wait() -> None:
-            got.append(await node.call(addr, LeaseWait(lease, 10.0)))
-        nursery.start_soon(wait)
-        await trio.sleep(0.2)
-        assert not got
-        started = trio.current_time()
-        job = new_job()
-        await node.call(addr, EnqueueJobs((job,)))
-    assert [j.id for j in got[0].jobs] == [job.id]
-    assert trio.current_time() - started < 1.0
-
-
-async def test_parked_lease_wakes_when_a_delayed_job_is_due(actor: tuple[Any, Address]) -> None:
-    node, addr = actor
-    job = new_job(delay_s=0.5)
-    await node.call(addr, EnqueueJobs((job,)))
-    lease = LeaseJobs("solo", (QueueWeight("default"),), 4, 30.0)
-    started = trio.current_time()
-    reply = await node.call(addr, LeaseWait(lease, 10.0))
-    assert [j.id for j in reply.jobs] == [job.id]
-    assert 0.3 < trio.current_time() - started < 2.0
-
-
-async def test_unpark_and_timeout_answer_empty(actor: tuple[Any, Address]) -> None:
-    node, addr = actor
-    lease = LeaseJobs("solo", (QueueWeight("empty"),), 4, 30.0)
-    assert (await node.call(addr, LeaseWait(lease, 0.2))).jobs == ()
-    async with trio.open_nursery() as nursery:
-        async def wait() -> None:
-            assert (await node.call(addr, LeaseWait(lease, 30.0))).jobs == ()
-            nursery.cancel_scope.cancel()
-        nursery.start_soon(wait)
-        await trio.sleep(0.2)
-        await node.call(addr, Unpark("solo"))
-        await trio.sleep(5)
-        raise AssertionError("Unpark did not answer the parked lease")
-
-
-async def test_watchers_get_changes_until_terminal(actor: tuple[Any, Address]) -> None:
-    node, addr = actor
-    send, receive = trio.open_memory_channel[Any](100)
-    inbox = node.open_inbox("watcher")
-    job = new_job()
-    await node.call(addr, EnqueueJobs((job,)))
-    reply = await node.call(addr, WatchJobs((job.id,), Address("solo", "watcher")))
-    assert reply.jobs[0].state == "queued"
-    await node.call(addr, CancelJobs((job.id,)))
-    with trio.fail_after(5):
-        env = await inbox.receive()
-    assert isinstance(env.msg, JobChanged) and env.msg.job.state == "cancelled"
-    del send, receive
-
-
-async def test_bad_messages_are_answered_with_errors(actor: tuple[Any, Address]) -> None:
-    node, addr = actor
-    with pytest.raises(RemoteActorError, match="not a storage command"):
-        await node.call(addr, "hello")
-    with pytest.raises(RemoteActorError, match=r"LeaseWait\.lease must be a LeaseJobs"):
-        await node.call(addr, LeaseWait(GetJobs(()), 1.0))
 
 
 async def test_another_node_s_changes_wake_leases_and_reach_watchers() -> None:

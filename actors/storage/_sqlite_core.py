@@ -16,12 +16,13 @@ is defined here over `_SqliteMaintenance`.
 from __future__ import annotations
 
 import sqlite3
-from typing import Any, Never, NoReturn, TypeVar, cast
+from typing import Any, NoReturn, TypeVar, cast
 
 from gotask._errors import IllegalTransition, StorageFull, StorageUnavailable
 from gotask._job import JobRecord
 
 from . import base as b
+from ._core_dispatch import dispatch
 from ._sqlite_maintenance import (
     _COLS,
     CANCEL,
@@ -31,7 +32,7 @@ from ._sqlite_maintenance import (
     STALE,
     _SqliteMaintenance,
 )
-from .base import Command, QueueWeight, StorageCommand, StorageReply
+from .base import Command, QueueWeight, StorageCommand
 
 __all__ = ["SqliteStorageCore"]
 
@@ -61,10 +62,6 @@ _PROGRESS = ("UPDATE jobs SET progress = ?, progress_message = ? "
              "WHERE id = ? AND state = 'active' AND attempt = ?")
 _NEXT_DUE = "SELECT min(due_at) FROM jobs WHERE state = 'scheduled'"
 _ILLEGAL = "illegal job state transition"
-
-
-def _unknown(cmd: Never) -> NoReturn:
-    raise TypeError(f"not a storage command: {type(cmd).__name__}")
 
 
 def _swrr(live: list[QueueWeight], credit: dict[str, int], bound: int) -> QueueWeight:
@@ -125,7 +122,7 @@ class SqliteStorageCore(_SqliteMaintenance):
         except sqlite3.Error as exc:
             self._fail_batch(exc)
         try:
-            reply = self._dispatch(cast(StorageCommand, cmd), now)
+            reply = dispatch(self, cast(StorageCommand, cmd), now)
         except sqlite3.IntegrityError as exc:
             if _ILLEGAL not in str(exc):
                 self._fail_batch(exc)
@@ -190,50 +187,9 @@ class SqliteStorageCore(_SqliteMaintenance):
         self._rollback()
         raise StorageUnavailable(self._failure) from None
 
-    def _dispatch(self, cmd: StorageCommand, now: float) -> StorageReply:
-        match cmd:
-            case b.LeaseJobs():
-                return self._lease(cmd, now)
-            case b.AckJobs():
-                return self._ack(cmd, now)
-            case b.Heartbeat():
-                return self._heartbeat(cmd, now)
-            case b.EnqueueJobs():
-                return self._enqueue(cmd, now)
-            case b.NackJobs():
-                return self._nack(cmd, now)
-            case b.ReportProgress():
-                return self._progress(cmd)
-            case b.ReleaseJobs():
-                return self._release(cmd, now)
-            case b.CancelJobs():
-                return b.CancelReply(tuple(self._cancel(job_id, now) for job_id in cmd.ids))
-            case b.GetJobs():
-                return b.GetJobsReply(tuple(self._get(job_id) for job_id in cmd.ids))
-            case b.ListJobs():
-                return b.ListJobsReply(*self._list(cmd.queue, cmd.state, cmd.limit, cmd.after_id))
-            case b.CountJobs():
-                return b.CountJobsReply(self._counts())
-            case b.RequeueExpired():
-                return self._requeue_expired(cmd.limit, now)
-            case b.PromoteDue():
-                return b.PromoteDueReply(self._promote(now, cmd.limit))
-            case b.PurgeExpired():
-                return b.PurgeExpiredReply(self._purge_expired(cmd.limit, now))
-            case b.ListDead():
-                return b.ListDeadReply(*self._list(cmd.queue, "dead", cmd.limit, cmd.after_id))
-            case b.RetryDead():
-                return b.RetryDeadReply(self._retry_dead(cmd.ids, now))
-            case b.PurgeDead():
-                return b.PurgeDeadReply(self._purge_dead(cmd.ids))
-            case b.RegisterNode():
-                return b.RegisterNodeReply(self._register(cmd, now))
-            case b.ListNodes():
-                return b.ListNodesReply(self._live_nodes(now))
-            case b.ExpireNodes():
-                return b.ExpireNodesReply(self._expire_nodes(now))
-            case _:
-                _unknown(cmd)
+    def _list_dead(self, queue: str | None, limit: int,
+                   after_id: str | None) -> tuple[tuple[JobRecord, ...], str | None]:
+        return self._list(queue, "dead", limit, after_id)
 
     # -- enqueue and lease -------------------------------------------------------------
 

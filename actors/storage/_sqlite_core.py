@@ -23,6 +23,7 @@ from gotask._job import JobRecord
 
 from . import base as b
 from ._core_dispatch import dispatch
+from ._fairness import FairCredits, swrr
 from ._sqlite_maintenance import (
     _COLS,
     CANCEL,
@@ -32,7 +33,7 @@ from ._sqlite_maintenance import (
     STALE,
     _SqliteMaintenance,
 )
-from .base import Command, QueueWeight, StorageCommand
+from .base import Command, StorageCommand
 
 __all__ = ["SqliteStorageCore"]
 
@@ -64,20 +65,6 @@ _NEXT_DUE = "SELECT min(due_at) FROM jobs WHERE state = 'scheduled'"
 _ILLEGAL = "illegal job state transition"
 
 
-def _swrr(live: list[QueueWeight], credit: dict[str, int], bound: int) -> QueueWeight:
-    """Smooth weighted round robin, as the memory core does it (see `memory._swrr`)."""
-    best, best_credit, total = live[0], None, 0
-    for queue in live:
-        value = min(credit.get(queue.name, 0) + queue.weight, bound)
-        credit[queue.name] = value
-        total += queue.weight
-        if best_credit is None or value > best_credit:
-            best, best_credit = queue, value
-    assert best_credit is not None
-    credit[best.name] = max(best_credit - total, -bound)
-    return best
-
-
 def _leased(row: Any, now: float, expires_at: float, node: str) -> JobRecord:
     """The record of a ready row (`seq` first) once leased."""
     return JobRecord(
@@ -101,7 +88,7 @@ class SqliteStorageCore(_SqliteMaintenance):
                  nodes_max: int = 10_000) -> None:
         super().__init__(conn, nodes_max)
         self.jobs_max = jobs_max
-        self._fair: dict[str, dict[str, int]] = {}
+        self._fair = FairCredits(nodes_max)
         self._failure: str | None = None
 
     def handle(self, cmd: Command[R], now: float) -> R:
@@ -243,12 +230,12 @@ class SqliteStorageCore(_SqliteMaintenance):
     def _fair_pick(self, cmd: b.LeaseJobs, ready: dict[str, list[Any]]) -> list[Any]:
         """Pick from several queues by smooth weighted round robin, one job at a time."""
         live = [q for q in cmd.queues if ready[q.name]]
-        credit = self._credit(cmd.node)
+        credit = self._fair.of(cmd.node)
         bound = sum(q.weight for q in cmd.queues)
         taken = dict.fromkeys(ready, 0)
         picked: list[Any] = []
         while live and len(picked) < cmd.limit:
-            queue = _swrr(live, credit, bound) if len(live) > 1 else live[0]
+            queue = swrr(live, credit, bound) if len(live) > 1 else live[0]
             rows, i = ready[queue.name], taken[queue.name]
             picked.append(rows[i])
             taken[queue.name] = i + 1
@@ -256,16 +243,8 @@ class SqliteStorageCore(_SqliteMaintenance):
                 live.remove(queue)
         return picked
 
-    def _credit(self, node: str) -> dict[str, int]:
-        credit = self._fair.get(node)
-        if credit is None:
-            if len(self._fair) >= self.nodes_max:
-                del self._fair[next(iter(self._fair))]
-            credit = self._fair[node] = {}
-        return credit
-
     def _forget_node(self, node: str) -> None:
-        self._fair.pop(node, None)
+        self._fair.forget(node)
 
     # -- the running attempt ---------------------------------------------------------
 

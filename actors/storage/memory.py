@@ -35,6 +35,7 @@ from gotask._job import JobRecord, LeaseToken, NewJob
 
 from . import base as b
 from ._core_dispatch import dispatch
+from ._fairness import swrr
 from ._memory_maintenance import _MemoryMaintenance
 from ._memory_queries import _MemoryQueries
 from ._memory_state import (
@@ -54,7 +55,7 @@ from ._memory_state import (
     _Job,
     _new_job,
 )
-from .base import Command, NackItem, QueueWeight, StorageCommand
+from .base import Command, NackItem, StorageCommand
 
 __all__ = ["MemoryStorageCore"]
 
@@ -83,23 +84,6 @@ def _fence(job: _Job | None, attempt: int) -> str:
     if attempt and job.rec.settled_attempt == attempt:
         return DUPLICATE
     return STALE
-
-
-def _swrr(live: list[QueueWeight], credit: dict[str, int], bound: int) -> QueueWeight:
-    """Smooth weighted round robin: pick a queue and charge it the round's total weight.
-
-    Credits are clamped to [-bound, bound] so they stay small however the set of
-    queues with ready jobs changes between picks.
-    """
-    best, best_credit, total = live[0], -_UNLIMITED, 0
-    for queue in live:
-        value = min(credit.get(queue.name, 0) + queue.weight, bound)
-        credit[queue.name] = value
-        total += queue.weight
-        if value > best_credit:
-            best, best_credit = queue, value
-    credit[best.name] = max(best_credit - total, -bound)
-    return best
 
 
 class MemoryStorageCore(_MemoryQueries, _MemoryMaintenance):
@@ -179,14 +163,14 @@ class MemoryStorageCore(_MemoryQueries, _MemoryMaintenance):
     def _lease(self, cmd: b.LeaseJobs, now: float) -> b.LeaseReply:
         self._promote(now, _UNLIMITED)
         live = [q for q in cmd.queues if self._has_ready(q.name)]
-        credit = self._credit(cmd.node)
+        credit = self._fair.of(cmd.node)
         bound = sum(q.weight for q in cmd.queues)
         leased: list[JobRecord] = []
         while live and len(leased) < cmd.limit:
             if len(live) == 1:
                 self._take(live[0].name, cmd.limit - len(leased), cmd, now, leased)
                 break
-            queue = _swrr(live, credit, bound)
+            queue = swrr(live, credit, bound)
             self._take(queue.name, 1, cmd, now, leased)
             if not self._has_ready(queue.name):
                 live.remove(queue)
@@ -222,14 +206,6 @@ class MemoryStorageCore(_MemoryQueries, _MemoryMaintenance):
                 return True
             ready.pop()
         return False
-
-    def _credit(self, node: str) -> dict[str, int]:
-        credit = self._fair.get(node)
-        if credit is None:
-            if len(self._fair) >= self.nodes_max:
-                del self._fair[next(iter(self._fair))]
-            credit = self._fair[node] = {}
-        return credit
 
     # -- the running attempt ---------------------------------------------------------
 

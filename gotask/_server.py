@@ -122,14 +122,9 @@ async def _open_storage(node: Node, config: NodeConfig, backend: Any) -> Address
     if backend is not None:
         # Every node runs its own Redis (or PostgreSQL) storage actor; they share state
         # through the database.
-        from gotask.actors.storage.redis import run_redis_storage
+        from gotask.actors.storage._aiostore import run_aio_storage
 
-        run_shared: Any = run_redis_storage
-        if config.storage.startswith(POSTGRES_SCHEMES):
-            from gotask.actors.storage.postgres import run_postgres_storage
-
-            run_shared = run_postgres_storage
-        await node.start_actor(STORAGE, functools.partial(run_shared, storage=backend),
+        await node.start_actor(STORAGE, functools.partial(run_aio_storage, storage=backend),
                                inbox_max=4096)
         return node.address(STORAGE)
     core = MemoryStorageCore()

@@ -26,7 +26,7 @@ The protocol (`StorageBackend`):
 - `inflight_max`: how many batches may be executing at once. 1 runs each batch in the
   shell's own loop (the memory core: `wait()` returns at once, without a checkpoint);
   more overlaps this node's work on one batch's answers with the store's on the next
-  (Redis, PostgreSQL on the asyncio thread `_aiothread`).
+  (SQLite in its writer thread; Redis, PostgreSQL on the asyncio thread `_aiostore`).
 
 How the backends run: the memory core inline (`InlineBackend` over a sync
 `handle(cmd, now)`); SQLite the same sync `handle` (`run_commands`) in a dedicated

@@ -99,5 +99,5 @@ class _MemoryQueries(_MemoryState):
         removed = tuple(sorted(name for name, n in self._nodes.items() if n.expires_at <= now))
         for name in removed:
             del self._nodes[name]
-            self._fair.pop(name, None)
+            self._fair.forget(name)
         return removed

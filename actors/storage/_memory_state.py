@@ -16,6 +16,7 @@ import attrs
 
 from gotask._job import TRANSITIONS, JobRecord, JobState, NewJob, check_transition
 
+from ._fairness import FairCredits
 from .base import Status
 
 __all__ = [
@@ -195,7 +196,7 @@ class _MemoryState:
         self._order: list[str] = []
         self._order_sorted = True
         self._gone = 0
-        self._fair: dict[str, dict[str, int]] = {}
+        self._fair = FairCredits(nodes_max)
         self._nodes: dict[str, _Node] = {}
         self._seq = 0
 

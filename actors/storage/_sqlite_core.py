@@ -16,12 +16,14 @@ is defined here over `_SqliteMaintenance`.
 from __future__ import annotations
 
 import sqlite3
-from typing import Any, Never, NoReturn, TypeVar, cast
+from typing import Any, NoReturn, TypeVar, cast
 
 from gotask._errors import IllegalTransition, StorageFull, StorageUnavailable
 from gotask._job import JobRecord
 
 from . import base as b
+from ._core_dispatch import dispatch
+from ._fairness import FairCredits, swrr
 from ._sqlite_maintenance import (
     _COLS,
     CANCEL,
@@ -31,7 +33,7 @@ from ._sqlite_maintenance import (
     STALE,
     _SqliteMaintenance,
 )
-from .base import Command, QueueWeight, StorageCommand, StorageReply
+from .base import Command, StorageCommand
 
 __all__ = ["SqliteStorageCore"]
 
@@ -63,24 +65,6 @@ _NEXT_DUE = "SELECT min(due_at) FROM jobs WHERE state = 'scheduled'"
 _ILLEGAL = "illegal job state transition"
 
 
-def _unknown(cmd: Never) -> NoReturn:
-    raise TypeError(f"not a storage command: {type(cmd).__name__}")
-
-
-def _swrr(live: list[QueueWeight], credit: dict[str, int], bound: int) -> QueueWeight:
-    """Smooth weighted round robin, as the memory core does it (see `memory._swrr`)."""
-    best, best_credit, total = live[0], None, 0
-    for queue in live:
-        value = min(credit.get(queue.name, 0) + queue.weight, bound)
-        credit[queue.name] = value
-        total += queue.weight
-        if best_credit is None or value > best_credit:
-            best, best_credit = queue, value
-    assert best_credit is not None
-    credit[best.name] = max(best_credit - total, -bound)
-    return best
-
-
 def _leased(row: Any, now: float, expires_at: float, node: str) -> JobRecord:
     """The record of a ready row (`seq` first) once leased."""
     return JobRecord(
@@ -104,7 +88,7 @@ class SqliteStorageCore(_SqliteMaintenance):
                  nodes_max: int = 10_000) -> None:
         super().__init__(conn, nodes_max)
         self.jobs_max = jobs_max
-        self._fair: dict[str, dict[str, int]] = {}
+        self._fair = FairCredits(nodes_max)
         self._failure: str | None = None
 
     def handle(self, cmd: Command[R], now: float) -> R:
@@ -125,7 +109,7 @@ class SqliteStorageCore(_SqliteMaintenance):
         except sqlite3.Error as exc:
             self._fail_batch(exc)
         try:
-            reply = self._dispatch(cast(StorageCommand, cmd), now)
+            reply = dispatch(self, cast(StorageCommand, cmd), now)
         except sqlite3.IntegrityError as exc:
             if _ILLEGAL not in str(exc):
                 self._fail_batch(exc)
@@ -190,50 +174,9 @@ class SqliteStorageCore(_SqliteMaintenance):
         self._rollback()
         raise StorageUnavailable(self._failure) from None
 
-    def _dispatch(self, cmd: StorageCommand, now: float) -> StorageReply:
-        match cmd:
-            case b.LeaseJobs():
-                return self._lease(cmd, now)
-            case b.AckJobs():
-                return self._ack(cmd, now)
-            case b.Heartbeat():
-                return self._heartbeat(cmd, now)
-            case b.EnqueueJobs():
-                return self._enqueue(cmd, now)
-            case b.NackJobs():
-                return self._nack(cmd, now)
-            case b.ReportProgress():
-                return self._progress(cmd)
-            case b.ReleaseJobs():
-                return self._release(cmd, now)
-            case b.CancelJobs():
-                return b.CancelReply(tuple(self._cancel(job_id, now) for job_id in cmd.ids))
-            case b.GetJobs():
-                return b.GetJobsReply(tuple(self._get(job_id) for job_id in cmd.ids))
-            case b.ListJobs():
-                return b.ListJobsReply(*self._list(cmd.queue, cmd.state, cmd.limit, cmd.after_id))
-            case b.CountJobs():
-                return b.CountJobsReply(self._counts())
-            case b.RequeueExpired():
-                return self._requeue_expired(cmd.limit, now)
-            case b.PromoteDue():
-                return b.PromoteDueReply(self._promote(now, cmd.limit))
-            case b.PurgeExpired():
-                return b.PurgeExpiredReply(self._purge_expired(cmd.limit, now))
-            case b.ListDead():
-                return b.ListDeadReply(*self._list(cmd.queue, "dead", cmd.limit, cmd.after_id))
-            case b.RetryDead():
-                return b.RetryDeadReply(self._retry_dead(cmd.ids, now))
-            case b.PurgeDead():
-                return b.PurgeDeadReply(self._purge_dead(cmd.ids))
-            case b.RegisterNode():
-                return b.RegisterNodeReply(self._register(cmd, now))
-            case b.ListNodes():
-                return b.ListNodesReply(self._live_nodes(now))
-            case b.ExpireNodes():
-                return b.ExpireNodesReply(self._expire_nodes(now))
-            case _:
-                _unknown(cmd)
+    def _list_dead(self, queue: str | None, limit: int,
+                   after_id: str | None) -> tuple[tuple[JobRecord, ...], str | None]:
+        return self._list(queue, "dead", limit, after_id)
 
     # -- enqueue and lease -------------------------------------------------------------
 
@@ -287,12 +230,12 @@ class SqliteStorageCore(_SqliteMaintenance):
     def _fair_pick(self, cmd: b.LeaseJobs, ready: dict[str, list[Any]]) -> list[Any]:
         """Pick from several queues by smooth weighted round robin, one job at a time."""
         live = [q for q in cmd.queues if ready[q.name]]
-        credit = self._credit(cmd.node)
+        credit = self._fair.of(cmd.node)
         bound = sum(q.weight for q in cmd.queues)
         taken = dict.fromkeys(ready, 0)
         picked: list[Any] = []
         while live and len(picked) < cmd.limit:
-            queue = _swrr(live, credit, bound) if len(live) > 1 else live[0]
+            queue = swrr(live, credit, bound) if len(live) > 1 else live[0]
             rows, i = ready[queue.name], taken[queue.name]
             picked.append(rows[i])
             taken[queue.name] = i + 1
@@ -300,16 +243,8 @@ class SqliteStorageCore(_SqliteMaintenance):
                 live.remove(queue)
         return picked
 
-    def _credit(self, node: str) -> dict[str, int]:
-        credit = self._fair.get(node)
-        if credit is None:
-            if len(self._fair) >= self.nodes_max:
-                del self._fair[next(iter(self._fair))]
-            credit = self._fair[node] = {}
-        return credit
-
     def _forget_node(self, node: str) -> None:
-        self._fair.pop(node, None)
+        self._fair.forget(node)
 
     # -- the running attempt ---------------------------------------------------------
 

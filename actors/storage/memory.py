@@ -28,12 +28,14 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterable
 from heapq import heappop
-from typing import Never, NoReturn, Protocol, TypeVar, cast
+from typing import Protocol, TypeVar, cast
 
 from gotask._errors import StorageFull
 from gotask._job import JobRecord, LeaseToken, NewJob
 
 from . import base as b
+from ._core_dispatch import dispatch
+from ._fairness import swrr
 from ._memory_maintenance import _MemoryMaintenance
 from ._memory_queries import _MemoryQueries
 from ._memory_state import (
@@ -53,7 +55,7 @@ from ._memory_state import (
     _Job,
     _new_job,
 )
-from .base import Command, NackItem, QueueWeight, StorageCommand, StorageReply
+from .base import Command, NackItem, StorageCommand
 
 __all__ = ["MemoryStorageCore"]
 
@@ -84,27 +86,6 @@ def _fence(job: _Job | None, attempt: int) -> str:
     return STALE
 
 
-def _swrr(live: list[QueueWeight], credit: dict[str, int], bound: int) -> QueueWeight:
-    """Smooth weighted round robin: pick a queue and charge it the round's total weight.
-
-    Credits are clamped to [-bound, bound] so they stay small however the set of
-    queues with ready jobs changes between picks.
-    """
-    best, best_credit, total = live[0], -_UNLIMITED, 0
-    for queue in live:
-        value = min(credit.get(queue.name, 0) + queue.weight, bound)
-        credit[queue.name] = value
-        total += queue.weight
-        if value > best_credit:
-            best, best_credit = queue, value
-    credit[best.name] = max(best_credit - total, -bound)
-    return best
-
-
-def _unknown(cmd: Never) -> NoReturn:
-    raise TypeError(f"not a storage command: {type(cmd).__name__}")
-
-
 class MemoryStorageCore(_MemoryQueries, _MemoryMaintenance):
     """The memory backend's state and the storage contract over it.
 
@@ -123,7 +104,7 @@ class MemoryStorageCore(_MemoryQueries, _MemoryMaintenance):
             TypeError: `cmd` is not a storage command.
             StorageFull: enqueue past `jobs_max`, or registering past `nodes_max`.
         """
-        return cast(R, self._dispatch(cast(StorageCommand, cmd), now))
+        return cast(R, dispatch(self, cast(StorageCommand, cmd), now))
 
     def next_due(self) -> float | None:
         """The earliest due time of a scheduled job (storage time), None if none is."""
@@ -132,50 +113,6 @@ class MemoryStorageCore(_MemoryQueries, _MemoryMaintenance):
             heappop(items)
         return items[0][0] if items else None
 
-    def _dispatch(self, cmd: StorageCommand, now: float) -> StorageReply:
-        match cmd:
-            case b.LeaseJobs():
-                return self._lease(cmd, now)
-            case b.AckJobs():
-                return self._ack(cmd, now)
-            case b.Heartbeat():
-                return self._heartbeat(cmd, now)
-            case b.EnqueueJobs():
-                return self._enqueue(cmd, now)
-            case b.NackJobs():
-                return self._nack(cmd, now)
-            case b.ReportProgress():
-                return self._progress(cmd)
-            case b.ReleaseJobs():
-                return self._release(cmd, now)
-            case b.CancelJobs():
-                return b.CancelReply(tuple(self._cancel(job_id, now) for job_id in cmd.ids))
-            case b.GetJobs():
-                return b.GetJobsReply(tuple(self._get(job_id) for job_id in cmd.ids))
-            case b.ListJobs():
-                return b.ListJobsReply(*self._list(cmd.queue, cmd.state, cmd.limit, cmd.after_id))
-            case b.CountJobs():
-                return b.CountJobsReply(self._counts())
-            case b.RequeueExpired():
-                return self._requeue_expired(cmd.limit, now)
-            case b.PromoteDue():
-                return b.PromoteDueReply(self._promote(now, cmd.limit))
-            case b.PurgeExpired():
-                return b.PurgeExpiredReply(self._purge_expired(cmd.limit, now))
-            case b.ListDead():
-                return b.ListDeadReply(*self._list_dead(cmd.queue, cmd.limit, cmd.after_id))
-            case b.RetryDead():
-                return b.RetryDeadReply(self._retry_dead(cmd.ids, now))
-            case b.PurgeDead():
-                return b.PurgeDeadReply(self._purge_dead(cmd.ids))
-            case b.RegisterNode():
-                return b.RegisterNodeReply(self._register(cmd, now))
-            case b.ListNodes():
-                return b.ListNodesReply(self._live_nodes(now))
-            case b.ExpireNodes():
-                return b.ExpireNodesReply(self._expire_nodes(now))
-            case _:
-                _unknown(cmd)
 
     # -- enqueue and lease -------------------------------------------------------------
 
@@ -226,14 +163,14 @@ class MemoryStorageCore(_MemoryQueries, _MemoryMaintenance):
     def _lease(self, cmd: b.LeaseJobs, now: float) -> b.LeaseReply:
         self._promote(now, _UNLIMITED)
         live = [q for q in cmd.queues if self._has_ready(q.name)]
-        credit = self._credit(cmd.node)
+        credit = self._fair.of(cmd.node)
         bound = sum(q.weight for q in cmd.queues)
         leased: list[JobRecord] = []
         while live and len(leased) < cmd.limit:
             if len(live) == 1:
                 self._take(live[0].name, cmd.limit - len(leased), cmd, now, leased)
                 break
-            queue = _swrr(live, credit, bound)
+            queue = swrr(live, credit, bound)
             self._take(queue.name, 1, cmd, now, leased)
             if not self._has_ready(queue.name):
                 live.remove(queue)
@@ -269,14 +206,6 @@ class MemoryStorageCore(_MemoryQueries, _MemoryMaintenance):
                 return True
             ready.pop()
         return False
-
-    def _credit(self, node: str) -> dict[str, int]:
-        credit = self._fair.get(node)
-        if credit is None:
-            if len(self._fair) >= self.nodes_max:
-                del self._fair[next(iter(self._fair))]
-            credit = self._fair[node] = {}
-        return credit
 
     # -- the running attempt ---------------------------------------------------------
 

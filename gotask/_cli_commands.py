@@ -2,7 +2,8 @@
 
 Rules of this module:
 - A command prints its output to stdout and returns the exit code: 0, or 1 when the job
-  it waited for did not succeed. Expected errors are raised for `cli.main` to report.
+  it waited for did not succeed, or `dlq retry`/`purge` found some given ids not dead.
+  Expected errors are raised for `cli.main` to report.
 - With `--json` a command prints JSON only; otherwise short human text.
 """
 
@@ -145,4 +146,9 @@ async def _dlq(client: AsyncClient, args: argparse.Namespace) -> int:
         count = await client.dlq_purge(ids, all_jobs=args.all)
         verb = "purged"
     _print(out.to_json({verb: count}) if args.json else f"{verb} {count} dead job(s)")
+    missing = len(set(args.ids)) - count
+    if args.ids and missing > 0:
+        print(f"gotask: error: {missing} of the given id(s) are not in the dead-letter "
+              "queue (see 'gotask dlq list')", file=sys.stderr)
+        return 1
     return 0

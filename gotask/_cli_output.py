@@ -4,7 +4,9 @@ Rules of this module:
 - Formatting is pure (values in, text out); only the `emit_*`/`Progress` functions
   write, to the stream they are given. Errors go to stderr as one line.
 - JSON output is plain JSON: msgpack arguments and results are decoded; bytes inside
-  them become ``"base64:<data>"`` strings; times are seconds since the epoch.
+  them become ``"base64:<data>"`` strings; times are seconds since the epoch. A float
+  that JSON cannot hold (NaN, ±Infinity) becomes the string ``"NaN"``, ``"Infinity"`` or
+  ``"-Infinity"``, so the output is always strict JSON.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import base64
 import datetime
 import json
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any, TextIO
 
@@ -51,12 +54,15 @@ def jsonable(value: Any) -> Any:
         return [jsonable(v) for v in value]
     if isinstance(value, dict):
         return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, float) and not math.isfinite(value):
+        return json.dumps(value)  # "NaN", "Infinity", "-Infinity": as strings
     return value
 
 
 def to_json(value: Any) -> str:
-    """One line of JSON."""
-    return json.dumps(jsonable(value), ensure_ascii=False, separators=(",", ":"))
+    """One line of strict JSON (no NaN or Infinity literals)."""
+    return json.dumps(jsonable(value), ensure_ascii=False, separators=(",", ":"),
+                      allow_nan=False)
 
 
 def _decoded_result(job: JobRecord) -> Any:

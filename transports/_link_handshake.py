@@ -72,7 +72,7 @@ class HandshakeProtocol:
         conn.receive_data(data)
         out: list[bytes] = []
         while not shake.done:
-            event = conn.next_event()
+            event = self._next_event()
             if event is NEED_DATA:
                 break
             if event is CLOSED:
@@ -82,6 +82,16 @@ class HandshakeProtocol:
                 conn.mark_authenticated()
             out.append(conn.send_many(replies))
         return b"".join(out)
+
+    def _next_event(self) -> object:
+        """The connection's next event; a peer whose first bytes are not a frame is named."""
+        try:
+            return self.conn.next_event()
+        except FramingError as exc:
+            if self._shake.peer_node is not None:
+                raise
+            raise FramingError(f"this is not a GoTask node (it answered bytes that are not "
+                               f"GoTask frames: {exc}); check the address") from None
 
     def failure_frame(self, exc: ProtocolError | None) -> WireError | None:
         """The frame telling the peer why the handshake failed (None: the deadline passed).

@@ -82,8 +82,8 @@ def _leaf(exc: BaseException) -> BaseException:
 def _explain(exc: BaseException) -> str:
     """One line naming the cause of an expected error and, where known, the fix."""
     if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:
-        return (f"{exc.strerror or 'address already in use'}: another process listens "
-                "there; stop it or pick a free port with --listen HOST:PORT")
+        return ("cannot listen: the address is in use by another process (another node?); "
+                "stop it or pick a free port with --listen HOST:PORT")
     return str(exc)
 
 

@@ -12,7 +12,13 @@ Rules of this module:
 
 from __future__ import annotations
 
-from gotask._errors import FramingError, InvalidMessage, ProtocolError, RemoteProtocolError
+from gotask._errors import (
+    FramingError,
+    InvalidMessage,
+    NotAGoTaskNode,
+    ProtocolError,
+    RemoteProtocolError,
+)
 
 from ._handshake import DialerHandshake, ListenerHandshake, WireError, wire_error
 from ._wire import CLOSED, NEED_DATA, Connection
@@ -90,8 +96,8 @@ class HandshakeProtocol:
         except FramingError as exc:
             if self._shake.peer_node is not None:
                 raise
-            raise FramingError(f"this is not a GoTask node (it answered bytes that are not "
-                               f"GoTask frames: {exc}); check the address") from None
+            raise NotAGoTaskNode("this is not a GoTask node (it answers in another "
+                                 "protocol); check the address and port") from exc
 
     def failure_frame(self, exc: ProtocolError | None) -> WireError | None:
         """The frame telling the peer why the handshake failed (None: the deadline passed).

@@ -44,6 +44,7 @@ async def _enqueue(client: AsyncClient, args: argparse.Namespace) -> int:
         delay_s=args.delay, max_attempts=args.max_attempts,
         idempotency_key=args.idempotency_key,
     )
+    await _warn_if_unserved(client, job_id, args.queue)
     if not args.wait:
         _print(out.to_json({"id": job_id}) if args.json else job_id)
         return 0
@@ -54,6 +55,14 @@ async def _enqueue(client: AsyncClient, args: argparse.Namespace) -> int:
     _print(out.to_json({"id": job_id, "state": "succeeded", "result": result})
            if args.json else out.to_json(result))
     return 0
+
+
+async def _warn_if_unserved(client: AsyncClient, job_id: str, queue: str | None) -> None:
+    """Warn on stderr when no live node works the new job's queue (it would wait)."""
+    if queue is None:
+        queue = (await client.get(job_id)).queue
+    if not out.queue_workers(await client.nodes()).get(queue):
+        print(out.unserved_line(queue), file=sys.stderr, flush=True)
 
 
 def _failed(exc: JobFailed, as_json: bool) -> int:
@@ -103,7 +112,10 @@ async def _queues(client: AsyncClient, args: argparse.Namespace) -> int:
     if args.json:
         _print(out.to_json(counts))
     else:
-        _print(out.queues_table(counts) if counts else "no jobs")
+        workers = out.queue_workers(await client.nodes())
+        _print(out.queues_table(counts, workers) if counts else "no jobs")
+        for queue in out.unserved(counts, workers):
+            print(out.unserved_line(queue), file=sys.stderr)
     return 0
 
 

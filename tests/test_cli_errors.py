@@ -169,3 +169,17 @@ def test_make_run_refuses_a_busy_port(node: str) -> None:
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 1
     assert f"{node} is in use" in one_line(run)
+
+
+def test_a_queue_no_live_node_works_is_pointed_out(node: str) -> None:
+    run = gotask("enqueue", "add", "--args", "[1, 2]", "--queue", "nobody-works-this",
+                 "--node", node)
+    assert run.returncode == 0, run.stderr
+    assert "no live node works queue 'nobody-works-this'" in one_line(run)
+    served = gotask("enqueue", "add", "--args", "[1, 2]", "--node", node)
+    assert (served.returncode, served.stderr) == (0, "")
+    table = gotask("queues", "--node", node)
+    assert table.returncode == 0
+    rows = {line.split()[0]: line.split()[-1] for line in table.stdout.splitlines()}
+    assert rows["nobody-works-this"] == "0" and rows["default"] == "1"
+    assert "no live node works queue 'nobody-works-this'" in one_line(table)

@@ -90,11 +90,12 @@ class HandshakeProtocol:
         return b"".join(out)
 
     def _next_event(self) -> object:
-        """The connection's next event; a peer whose first bytes are not a frame is named."""
+        """The connection's next event. A dialer names a listener whose first bytes are
+        not a frame (an HTTP, Redis or database port); a listener keeps the detail."""
         try:
             return self.conn.next_event()
         except FramingError as exc:
-            if self._shake.peer_node is not None:
+            if self._shake.peer_node is not None or isinstance(self._shake, ListenerHandshake):
                 raise
             raise NotAGoTaskNode("this is not a GoTask node (it answers in another "
                                  "protocol); check the address and port") from exc

@@ -5,12 +5,16 @@ It starts `gotask node --app examples.tasks` on 127.0.0.1:7450 with SQLite stora
 another store, e.g. `memory://`), enqueues a job that reports progress, one that fails
 twice then succeeds, and one that ends in the dead-letter queue, prints how to look at
 them, and keeps the node running until Ctrl-C or SIGTERM (which drain it gracefully).
+
+If the address is taken (another node from an earlier `make run`), it says so in one line
+and exits 1, rather than enqueuing onto whatever answers there.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -21,24 +25,44 @@ ADDRESS = os.environ.get("GOTASK_DEMO_LISTEN", "127.0.0.1:7450")
 STORAGE = os.environ.get("GOTASK_DEMO_STORAGE", "sqlite://.gotask/gotask.db")
 
 
+NAME = f"demo-{os.getpid()}"
+
+
+def check_port_free() -> None:
+    """Exit with one line when something already listens on ADDRESS."""
+    host, _, port = ADDRESS.rpartition(":")
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host.strip("[]"), int(port)))
+        except OSError as exc:
+            raise SystemExit(
+                f"make run: error: {ADDRESS} is in use ({exc.strerror}); stop the process "
+                "listening there (an earlier `make run`?) or set GOTASK_DEMO_LISTEN="
+                "127.0.0.1:PORT") from None
+
+
 def start_node() -> subprocess.Popen[bytes]:
     cmd = [sys.executable, "-m", "gotask.cli", "node", "--app", "examples.tasks",
-           "--listen", ADDRESS, "--storage", STORAGE, "--concurrency", "16"]
+           "--listen", ADDRESS, "--storage", STORAGE, "--concurrency", "16", "--name", NAME]
     return subprocess.Popen(cmd)
 
 
 def connect(node: subprocess.Popen[bytes]) -> gotask.Client:
     deadline = time.monotonic() + 30
     while True:
+        if node.poll() is not None:
+            raise SystemExit(f"the node did not start (exit code {node.poll()})")
         client = gotask.Client([ADDRESS], connect_rounds=1)
         try:
-            client.queues()
-            return client
+            if NAME in {n.node for n in client.nodes()}:  # ours, not another node
+                return client
+            client.close()
         except gotask.GoTaskError:
             client.close()
-            if node.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"the node did not start (exit code {node.poll()})") from None
-            time.sleep(0.2)
+        if time.monotonic() > deadline:
+            raise SystemExit(f"make run: error: the node did not start within 30 s on {ADDRESS}")
+        time.sleep(0.2)
 
 
 def enqueue_demo_jobs(client: gotask.Client) -> dict[str, str]:
@@ -76,6 +100,7 @@ def main() -> int:
     # A SIGTERM (a supervisor, `timeout make run`) stops the node too, as Ctrl-C does;
     # without this the demo would die and leave its node running.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    check_port_free()
     node = start_node()
     try:
         with connect(node) as client:

@@ -12,6 +12,7 @@ Rules of this module:
 from __future__ import annotations
 
 import contextvars
+import difflib
 import inspect
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -100,6 +101,9 @@ class App:
     def task(self, fn: F | None = None, /, **options: Any) -> F | Callable[[F], F]:
         """Register a function as a task, with or without options.
 
+        The task's name is `name=` when given, else the function's `__name__`
+        (`send_receipt`), as Dramatiq names actors; two tasks with one name are refused.
+
         Options: name, queue, priority, max_attempts, retry (a RetryPolicy or None for
         no retry), retry_rules (tuple of RetryRule), timeout_s, result_ttl_s.
 
@@ -115,7 +119,7 @@ class App:
         return register(fn) if fn is not None else register
 
     def _register(self, fn: Callable[..., Any], options: dict[str, Any]) -> Task:
-        name = options.pop("name", None) or f"{fn.__module__}.{fn.__qualname__}"
+        name = options.pop("name", None) or fn.__name__
         if not _NAME.match(name):
             raise ValueError(f"invalid task name {name!r}")
         if name in self._tasks:
@@ -138,7 +142,18 @@ class App:
         try:
             return self._tasks[name]
         except KeyError:
-            raise TaskNotFound(f"unknown task {name!r} (not registered in app {self.name!r})")
+            raise TaskNotFound(self._unknown(name)) from None
+
+    def _unknown(self, name: str) -> str:
+        """The message for an unknown task: the closest registered names, or all of few."""
+        close = difflib.get_close_matches(name, self._tasks, n=3, cutoff=0.5)
+        if close:
+            hint = "did you mean " + " or ".join(repr(n) for n in close) + "?"
+        elif self._tasks:
+            hint = "registered: " + ", ".join(sorted(self._tasks)[:10])
+        else:
+            hint = "no tasks are registered"
+        return f"unknown task {name!r} in app {self.name!r}: {hint}"
 
     def names(self) -> list[str]:
         """Registered task names, sorted."""

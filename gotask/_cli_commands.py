@@ -2,7 +2,8 @@
 
 Rules of this module:
 - A command prints its output to stdout and returns the exit code: 0, or 1 when the job
-  it waited for did not succeed. Expected errors are raised for `cli.main` to report.
+  it waited for did not succeed, or `dlq retry`/`purge` found some given ids not dead.
+  Expected errors are raised for `cli.main` to report.
 - With `--json` a command prints JSON only; otherwise short human text.
 """
 
@@ -43,6 +44,7 @@ async def _enqueue(client: AsyncClient, args: argparse.Namespace) -> int:
         delay_s=args.delay, max_attempts=args.max_attempts,
         idempotency_key=args.idempotency_key,
     )
+    await _warn_if_unserved(client, job_id, args.queue)
     if not args.wait:
         _print(out.to_json({"id": job_id}) if args.json else job_id)
         return 0
@@ -53,6 +55,14 @@ async def _enqueue(client: AsyncClient, args: argparse.Namespace) -> int:
     _print(out.to_json({"id": job_id, "state": "succeeded", "result": result})
            if args.json else out.to_json(result))
     return 0
+
+
+async def _warn_if_unserved(client: AsyncClient, job_id: str, queue: str | None) -> None:
+    """Warn on stderr when no live node works the new job's queue (it would wait)."""
+    if queue is None:
+        queue = (await client.get(job_id)).queue
+    if not out.queue_workers(await client.nodes()).get(queue):
+        print(out.unserved_line(queue), file=sys.stderr, flush=True)
 
 
 def _failed(exc: JobFailed, as_json: bool) -> int:
@@ -102,7 +112,10 @@ async def _queues(client: AsyncClient, args: argparse.Namespace) -> int:
     if args.json:
         _print(out.to_json(counts))
     else:
-        _print(out.queues_table(counts) if counts else "no jobs")
+        workers = out.queue_workers(await client.nodes())
+        _print(out.queues_table(counts, workers) if counts else "no jobs")
+        for queue in out.unserved(counts, workers):
+            print(out.unserved_line(queue), file=sys.stderr)
     return 0
 
 
@@ -145,4 +158,9 @@ async def _dlq(client: AsyncClient, args: argparse.Namespace) -> int:
         count = await client.dlq_purge(ids, all_jobs=args.all)
         verb = "purged"
     _print(out.to_json({verb: count}) if args.json else f"{verb} {count} dead job(s)")
+    missing = len(set(args.ids)) - count
+    if args.ids and missing > 0:
+        print(f"gotask: error: {missing} of the given id(s) are not in the dead-letter "
+              "queue (see 'gotask dlq list')", file=sys.stderr)
+        return 1
     return 0

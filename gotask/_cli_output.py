@@ -4,7 +4,9 @@ Rules of this module:
 - Formatting is pure (values in, text out); only the `emit_*`/`Progress` functions
   write, to the stream they are given. Errors go to stderr as one line.
 - JSON output is plain JSON: msgpack arguments and results are decoded; bytes inside
-  them become ``"base64:<data>"`` strings; times are seconds since the epoch.
+  them become ``"base64:<data>"`` strings; times are seconds since the epoch. A float
+  that JSON cannot hold (NaN, ±Infinity) becomes the string ``"NaN"``, ``"Infinity"`` or
+  ``"-Infinity"``, so the output is always strict JSON.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import base64
 import datetime
 import json
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any, TextIO
 
@@ -34,8 +37,11 @@ __all__ = [
     "node_json",
     "nodes_table",
     "outcome_line",
+    "queue_workers",
     "queues_table",
     "to_json",
+    "unserved",
+    "unserved_line",
 ]
 
 #: Columns of `gotask queues`, in the order a job moves through them.
@@ -51,12 +57,15 @@ def jsonable(value: Any) -> Any:
         return [jsonable(v) for v in value]
     if isinstance(value, dict):
         return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, float) and not math.isfinite(value):
+        return json.dumps(value)  # "NaN", "Infinity", "-Infinity": as strings
     return value
 
 
 def to_json(value: Any) -> str:
-    """One line of JSON."""
-    return json.dumps(jsonable(value), ensure_ascii=False, separators=(",", ":"))
+    """One line of strict JSON (no NaN or Infinity literals)."""
+    return json.dumps(jsonable(value), ensure_ascii=False, separators=(",", ":"),
+                      allow_nan=False)
 
 
 def _decoded_result(job: JobRecord) -> Any:
@@ -125,12 +134,39 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str
     return "\n".join(lines)
 
 
-def queues_table(counts: Mapping[str, Mapping[str, int]]) -> str:
-    """`gotask queues`: one row per queue, one column per state, and a total."""
+def queues_table(counts: Mapping[str, Mapping[str, int]],
+                 workers: Mapping[str, int] | None = None) -> str:
+    """`gotask queues`: one row per queue, one column per state, and a total; with
+    `workers` (live nodes working each queue) a NODES column."""
     header = ["QUEUE", *(s.upper() for s in STATE_COLUMNS), "TOTAL"]
     rows = [[queue, *(c.get(s, 0) for s in STATE_COLUMNS), sum(c.values())]
             for queue, c in sorted(counts.items())]
-    return format_table(header, rows)
+    if workers is None:
+        return format_table(header, rows)
+    return format_table([*header, "NODES"], [[*r, workers.get(str(r[0]), 0)] for r in rows])
+
+
+def unserved(counts: Mapping[str, Mapping[str, int]], workers: Mapping[str, int]) -> list[str]:
+    """Queues whose jobs wait (queued or scheduled) with no live node working them."""
+    return [q for q, c in sorted(counts.items())
+            if not workers.get(q) and c.get("queued", 0) + c.get("scheduled", 0)]
+
+
+def queue_workers(nodes: Sequence[NodeInfo]) -> dict[str, int]:
+    """How many live nodes work each queue (from what each node reports about itself)."""
+    out: dict[str, int] = {}
+    for node in nodes:
+        queues = node.info.get("queues")
+        for spec in queues if isinstance(queues, list | tuple) else ():
+            name = str(spec).rsplit(":", 1)[0]  # "emails:3": the queue and its weight
+            out[name] = out.get(name, 0) + 1
+    return out
+
+
+def unserved_line(queue: str) -> str:
+    """The warning for jobs in a queue that no live node works."""
+    return (f"gotask: warning: no live node works queue {queue!r}; its jobs wait until one "
+            f"does (gotask node --queues {queue},...)")
 
 
 def dead_table(jobs: Sequence[JobRecord]) -> str:

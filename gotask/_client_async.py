@@ -57,6 +57,7 @@ from gotask._errors import (
     ConnectionLost,
     JobNotFound,
     NodeUnavailable,
+    NotAGoTaskNode,
     RemoteProtocolError,
     WaitTimeout,
 )
@@ -222,19 +223,26 @@ class AsyncClient:
         failures: dict[str, str] = {}
         if self._lost:  # many clients lost the same node: do not all hit the next at once
             await anyio.sleep(self._rng.uniform(0.0, self._backoff[0]))
+        foreign: set[int] = set()  # not GoTask nodes: not worth another round
         for round_ in range(self._connect_rounds):
+            if len(foreign) == len(self._addresses):
+                break
             if round_:
                 await anyio.sleep(self._backoff_s(round_ - 1))
             for step in range(len(self._addresses)):
                 index = (self._next + step) % len(self._addresses)
-                link = await self._dial_one(index, failures)
+                if index in foreign:
+                    continue
+                link = await self._dial_one(index, failures, foreign)
                 if link is not None:
                     self._next, self._lost = index, False
                     return link
         reasons = "; ".join(f"{addr}: {why}" for addr, why in failures.items())
         raise NodeUnavailable(f"cannot reach any GoTask node ({reasons})")
 
-    async def _dial_one(self, index: int, failures: dict[str, str]) -> ClientLink | None:
+    async def _dial_one(
+        self, index: int, failures: dict[str, str], foreign: set[int]
+    ) -> ClientLink | None:
         text, (host, port) = self._addresses[index]
         try:
             stream, conn, peer = await dial(host, port, secret=self._secret,
@@ -242,6 +250,10 @@ class AsyncClient:
                                             ssl_context=self._ssl_context)
         except AuthenticationError as exc:  # a PermissionError: not a node being down
             raise AuthenticationError(f"{text}: {exc} (is the shared secret right?)") from None
+        except NotAGoTaskNode as exc:
+            failures[text] = str(exc)
+            foreign.add(index)
+            return None
         except TimeoutError:
             failures[text] = f"no answer within {self._settings.connect_timeout_s:g}s"
             return None

@@ -34,7 +34,7 @@ import anyio
 import anyio.abc
 import attrs
 
-from gotask._errors import ConfigError, ConnectionLost, ProtocolError
+from gotask._errors import ConfigError, ConnectionLost, NotAGoTaskNode, ProtocolError
 from gotask._job import JobRecord
 from gotask._messages import BROKER, JobChanged
 from gotask.config import DEFAULT_PORT, read_secret
@@ -374,24 +374,34 @@ async def dial(
     Raises:
         AuthenticationError: the secrets differ, or one side has none.
         RemoteProtocolError: the peer broke the protocol (it may not be a GoTask node).
-        TimeoutError: not connected and authenticated within `settings.connect_timeout_s`.
+        NotAGoTaskNode: the peer answers in another protocol, or not at all.
+        TimeoutError: not connected within `settings.connect_timeout_s`, or the handshake
+            began but did not finish within it.
         OSError: the connection was refused or broke.
     """
-    with anyio.fail_after(settings.connect_timeout_s):
+    timeout_s = settings.connect_timeout_s
+    with anyio.fail_after(timeout_s):
         stream: anyio.abc.ByteStream
         if ssl_context is None:
             stream = await anyio.connect_tcp(host, port)
         else:
             stream = await anyio.connect_tcp(host, port, ssl_context=ssl_context)
-        try:
-            conn = Connection(frame_bytes_max=settings.frame_bytes_max)
-            shake = DialerHandshake(secret, client_node, secrets.token_bytes(NONCE_BYTES))
-            hs = HandshakeProtocol(conn, shake, now=anyio.current_time(),
-                                   timeout_s=settings.connect_timeout_s)
+    try:
+        conn = Connection(frame_bytes_max=settings.frame_bytes_max)
+        shake = DialerHandshake(secret, client_node, secrets.token_bytes(NONCE_BYTES))
+        hs = HandshakeProtocol(conn, shake, now=anyio.current_time(), timeout_s=timeout_s)
+        with anyio.fail_after(timeout_s):
             await _handshake(stream, hs, settings.receive_bytes_max)
-        except BaseException:
-            await anyio.aclose_forcefully(stream)
+    except TimeoutError:
+        await anyio.aclose_forcefully(stream)
+        if hs.peer_node is not None:
             raise
+        raise NotAGoTaskNode(f"this is not a GoTask node (it accepted the connection but "
+                             f"did not answer the handshake within {timeout_s:g}s); check "
+                             "the address and port") from None
+    except BaseException:
+        await anyio.aclose_forcefully(stream)
+        raise
     assert hs.peer_node is not None
     return stream, conn, hs.peer_node
 

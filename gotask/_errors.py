@@ -22,6 +22,7 @@ __all__ = [
     "JobError",
     "JobNotFound",
     "LocalProtocolError",
+    "NotAGoTaskNode",
     "ProtocolError",
     "RemoteActorError",
     "RemoteProtocolError",
@@ -159,6 +160,12 @@ class Retry(Exception):
 class FramingError(RemoteProtocolError):
     """The byte stream cannot be split into frames any more: a zero or oversized length
     prefix, or EOF in the middle of a frame. Fatal for the connection."""
+
+
+class NotAGoTaskNode(FramingError):
+    """The peer does not speak GoTask: its first bytes are no GoTask frame, or it said
+    nothing to the handshake after accepting the connection (a Redis, HTTP or database
+    port). A client does not retry such an address."""
 
 
 class InvalidMessage(RemoteProtocolError):

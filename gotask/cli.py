@@ -3,7 +3,8 @@
 Rules of this module:
 - `main(argv)` returns the exit code: 0 success, 1 a failure (the job failed, the node
   is unreachable, the job does not exist, the node refused the request), 2 a usage error,
-  130 interrupted. An expected error prints one line to stderr, never a traceback.
+  130 interrupted. An expected error prints one line to stderr, never a traceback; an
+  unexpected one prints one line too, and its traceback only with `--debug`.
 - Client commands take `--node HOST:PORT` (repeatable; default `GOTASK_NODES`, else
   127.0.0.1:7450) and `--secret-file PATH` (default `GOTASK_SECRET_FILE`).
 - `--json` prints JSON (one object, or one per line for a live `job --wait`) on stdout.
@@ -13,6 +14,7 @@ Rules of this module:
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import ssl
@@ -25,6 +27,7 @@ import trio
 from gotask import _cli_commands
 from gotask._client_conn import nodes_from_env, parse_address
 from gotask._errors import ConfigError, GoTaskError
+from gotask._job import check_job_fields
 from gotask.client import AsyncClient
 from gotask.config import read_secret
 
@@ -54,10 +57,41 @@ class _Parser(argparse.ArgumentParser):
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the `gotask` command line; return the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = argv[:1] != ["bench"] and "--debug" in argv
+    try:
+        return _main(argv)
+    except Exception as exc:
+        if debug:
+            raise
+        leaf = _leaf(exc)
+        if isinstance(leaf, ConfigError):
+            return _fail(str(leaf), EXIT_USAGE)
+        if isinstance(leaf, GoTaskError | OSError):
+            return _fail(_explain(leaf), EXIT_FAILURE)
+        return _fail(f"unexpected {type(leaf).__name__}: {leaf} (run again with --debug "
+                     "for the traceback, and please report it)", EXIT_FAILURE)
+
+
+def _leaf(exc: BaseException) -> BaseException:
+    """The one error inside nested exception groups (trio's nurseries wrap them)."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def _explain(exc: BaseException) -> str:
+    """One line naming the cause of an expected error and, where known, the fix."""
+    if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:
+        return ("cannot listen: the address is in use by another process (another node?); "
+                "stop it or pick a free port with --listen HOST:PORT")
+    return str(exc)
+
+
+def _main(argv: list[str]) -> int:
     try:
         if argv[:1] == ["bench"]:  # its options are its own: pass them through untouched
             return _bench(argv[1:])
-        args = build_parser().parse_args(argv)
+        args = build_parser().parse_args([a for a in argv if a != "--debug"])
         if args.command == "node":
             return _node(args)
         if args.command == "migrate":
@@ -74,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         return _fail(str(exc), EXIT_USAGE)
     except (GoTaskError, OSError) as exc:
-        return _fail(str(exc), EXIT_FAILURE)
+        return _fail(_explain(exc), EXIT_FAILURE)
 
 
 def _check_together(args: argparse.Namespace) -> None:
@@ -83,6 +117,21 @@ def _check_together(args: argparse.Namespace) -> None:
         raise UsageError("give job IDs or --all (not both)", f"gotask dlq {args.action}")
     if args.command == "enqueue" and args.wait_timeout is not None and not args.wait:
         raise UsageError("--wait-timeout needs --wait", "gotask enqueue")
+    if args.command == "enqueue":
+        try:
+            check_job_fields(task=args.task, queue=args.queue, priority=args.priority,
+                             max_attempts=args.max_attempts,
+                             idempotency_key=args.idempotency_key)
+        except ValueError as exc:
+            raise UsageError(_option_words(str(exc)), "gotask enqueue") from None
+
+
+def _option_words(message: str) -> str:
+    """A field check's message in the words of the command line's options."""
+    for field in ("max_attempts", "idempotency_key", "priority", "queue"):
+        if message.startswith(field):
+            return "--" + field.replace("_", "-") + message[len(field):]
+    return message
 
 
 def _fail(message: str, code: int) -> int:
@@ -98,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The parser of every subcommand (`node` and `bench` included, for --help)."""
     parser = _Parser(prog="gotask", description="GoTask: a distributed task queue.")
     parser.add_argument("--version", action="version", version=f"gotask {_version()}")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an unexpected error (anywhere on the line)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     client = _client_parent()
     _add_enqueue(sub, client)
@@ -163,7 +214,8 @@ def _add_dlq(sub: Any, client: _Parser) -> None:
     actions = dlq.add_subparsers(dest="action", required=True, metavar="ACTION")
     ls = actions.add_parser("list", parents=[client], help="list dead jobs")
     ls.add_argument("--queue", metavar="Q", help="only this queue")
-    ls.add_argument("--limit", type=int, default=100, metavar="N", help="at most N (100)")
+    ls.add_argument("--limit", type=_positive_int, default=100, metavar="N",
+                    help="at most N (100)")
     for name, text in (("retry", "queue dead jobs again"), ("purge", "delete dead jobs")):
         p = actions.add_parser(name, parents=[client], help=text)
         p.add_argument("ids", nargs="*", metavar="ID")
@@ -227,6 +279,16 @@ def _json(text: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise argparse.ArgumentTypeError(f"invalid JSON {text!r}: {exc.msg}") from None
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
 
 
 def _positive_float(text: str) -> float:

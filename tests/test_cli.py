@@ -128,8 +128,10 @@ async def test_queues_dlq_cancel_nodes(fake: FakeBroker, capsys: Any) -> None:
     await gotask(capsys, "enqueue", "boom", "--wait", *node)
     run = await gotask(capsys, "queues", *node)
     assert run.out.splitlines()[0].split() == [
-        "QUEUE", "SCHEDULED", "QUEUED", "ACTIVE", "SUCCEEDED", "DEAD", "CANCELLED", "TOTAL"]
-    assert run.out.splitlines()[2].split() == ["mail", "0", "1", "0", "0", "0", "0", "1"]
+        "QUEUE", "SCHEDULED", "QUEUED", "ACTIVE", "SUCCEEDED", "DEAD", "CANCELLED", "TOTAL",
+        "NODES"]
+    assert run.out.splitlines()[2].split() == ["mail", "0", "1", "0", "0", "0", "0", "1", "0"]
+    assert run.err.startswith("gotask: warning: no live node works queue 'mail'")
     assert (await gotask(capsys, "queues", "--json", *node)).json() == {
         "default": {"dead": 1}, "mail": {"queued": 1}}
     run = await gotask(capsys, "dlq", "list", *node)

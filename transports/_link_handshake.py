@@ -12,7 +12,13 @@ Rules of this module:
 
 from __future__ import annotations
 
-from gotask._errors import FramingError, InvalidMessage, ProtocolError, RemoteProtocolError
+from gotask._errors import (
+    FramingError,
+    InvalidMessage,
+    NotAGoTaskNode,
+    ProtocolError,
+    RemoteProtocolError,
+)
 
 from ._handshake import DialerHandshake, ListenerHandshake, WireError, wire_error
 from ._wire import CLOSED, NEED_DATA, Connection
@@ -72,7 +78,7 @@ class HandshakeProtocol:
         conn.receive_data(data)
         out: list[bytes] = []
         while not shake.done:
-            event = conn.next_event()
+            event = self._next_event()
             if event is NEED_DATA:
                 break
             if event is CLOSED:
@@ -82,6 +88,17 @@ class HandshakeProtocol:
                 conn.mark_authenticated()
             out.append(conn.send_many(replies))
         return b"".join(out)
+
+    def _next_event(self) -> object:
+        """The connection's next event. A dialer names a listener whose first bytes are
+        not a frame (an HTTP, Redis or database port); a listener keeps the detail."""
+        try:
+            return self.conn.next_event()
+        except FramingError as exc:
+            if self._shake.peer_node is not None or isinstance(self._shake, ListenerHandshake):
+                raise
+            raise NotAGoTaskNode("this is not a GoTask node (it answers in another "
+                                 "protocol); check the address and port") from exc
 
     def failure_frame(self, exc: ProtocolError | None) -> WireError | None:
         """The frame telling the peer why the handshake failed (None: the deadline passed).

@@ -253,7 +253,8 @@ BEGIN
         ORDER BY id, attempt, ord
     ), upd AS (
         UPDATE @S@.jobs j SET state = 'succeeded', settled_attempt = u.attempt,
-            result = u.result, progress = 1.0, finished_at = v_now, lease_expires_at = NULL,
+            result = u.result, error_type = NULL, error = NULL, traceback = NULL,
+            progress = 1.0, finished_at = v_now, lease_expires_at = NULL,
             expires_at = v_now + j.result_ttl_s
         FROM u WHERE j.id = u.id AND j.state = 'active' AND j.attempt = u.attempt
         RETURNING u.ord, j.id, j.watched, j.queue, j.state

@@ -159,6 +159,7 @@ class RedisBackend:
         Raises:
             StorageUnavailable: Redis cannot be reached.
             StorageError: Redis may evict keys (`maxmemory-policy allkeys-*`).
+            ConfigError: Redis refused the URL's settings (a database it does not have).
         """
         try:
             await self._conn.connect()  # type: ignore[no-untyped-call]
@@ -170,6 +171,11 @@ class RedisBackend:
             await self.close()
             raise StorageUnavailable(
                 f"cannot reach Redis at {self.settings.display}: {exc}") from None
+        except ResponseError as exc:  # e.g. a database number this Redis does not have
+            await self.close()
+            raise ConfigError(
+                f"Redis at {self.settings.display} refused the connection: {exc} (check the "
+                "database number and password in the --storage URL)") from None
         self._up = True
 
     async def close(self) -> None:

@@ -441,6 +441,7 @@ for i = 3, #ARGV, 4 do
       -- lease_expires_at stays: it is read only while a job is active (one call less)
       redis.call('HSET', key, 'settled_attempt', attempt, 'result', ARGV[i + 2],
         'progress', '1', 'state', 'succeeded', 'finished_at', snow, 'expires_at', exp)
+      redis.call('HDEL', key, 'error_type', 'error', 'traceback')  -- no stale error
       local u, e = unleased[q], expiring[q]
       u[#u + 1] = id
       e[#e + 1] = exp

@@ -54,7 +54,8 @@ _BEAT = ("UPDATE jobs SET lease_expires_at = ? WHERE id = ? AND state = 'active'
          "AND attempt = ? RETURNING cancel_requested")
 _ACK = (
     "UPDATE jobs SET state = 'succeeded', settled_attempt = attempt, result = ?, "
-    "progress = 1.0, finished_at = ?, lease_expires_at = NULL, expires_at = ? + result_ttl_s "
+    "error_type = NULL, error = NULL, traceback = NULL, progress = 1.0, finished_at = ?, "
+    "lease_expires_at = NULL, expires_at = ? + result_ttl_s "
     "WHERE id = ? AND state = 'active' AND attempt = ?"
 )
 _FENCE = ("SELECT state, attempt, settled_attempt, releases, attempt_base, max_attempts, "

@@ -236,7 +236,7 @@ class MemoryStorageCore(_MemoryQueries, _MemoryMaintenance):
             if status is OK:
                 assert job is not None
                 job.rec = _evolve(job.rec, settled_attempt=item.attempt, result=item.result,
-                                  progress=1.0)
+                                  progress=1.0, error_type=None, error=None, traceback=None)
                 self._finish(job, SUCCEEDED, now)
             statuses.append(status)
         return b.AckReply(tuple(statuses))

@@ -343,6 +343,16 @@ class StorageContract:
         assert ack(storage, LeaseToken(job.id, 2)) == "stale"
         assert get(storage, job.id) == rec
 
+    def test_a_success_clears_an_earlier_attempts_error(self, storage: StorageHarness) -> None:
+        enqueue(storage, new_job(max_attempts=3))
+        assert nack(storage, lease_one(storage), retry_in_s=None)[0] == "ok"
+        second = lease_one(storage)
+        assert get(storage, second.id).error_type == "ValueError"
+        assert ack(storage, second) == "ok"
+        rec = get(storage, second.id)
+        assert (rec.state, rec.error_type, rec.error, rec.traceback) == (
+            "succeeded", None, None, None)
+
     def test_ack_with_stale_token_after_requeue(self, storage: StorageHarness) -> None:
         enqueue(storage, new_job())
         first = lease_one(storage, timeout_s=10.0)

@@ -1,0 +1,65 @@
+"""A live node with its HTTP face on a real socket, and an httpx client for it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+import trio
+
+from gotask._app import App
+from gotask._server import Server, open_server
+from gotask.config import NodeConfig
+
+app = App("web-tests")
+TOKEN = "test-token-0123456789abcdef"
+
+
+@app.task(name="add")
+async def add(x: int, y: int) -> int:
+    return x + y
+
+
+@app.task(name="echo")
+async def echo(*args: Any, **kwargs: Any) -> Any:
+    return {"args": list(args), "kwargs": kwargs}
+
+
+@app.task(name="blob")
+async def blob() -> bytes:
+    return b"\x00\xffbytes"
+
+
+@app.task(name="always_fails", max_attempts=1)
+async def always_fails() -> None:
+    raise ValueError("nope")
+
+
+@app.task(name="sleepy")
+async def sleepy(seconds: float) -> str:
+    await trio.sleep(seconds)
+    return "woke"
+
+
+def node_config(**kwargs: Any) -> NodeConfig:
+    """A small node serving HTTP on a free loopback port."""
+    defaults: dict[str, Any] = dict(app=app, name="web1", listen=None, concurrency=4,
+                                    lease_timeout_s=10, heartbeat_s=2, grace_s=2,
+                                    http=("127.0.0.1", 0))
+    return NodeConfig(**(defaults | kwargs))
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[Server]:
+    async with open_server(node_config(http_token=TOKEN.encode())) as srv:
+        yield srv
+
+
+@pytest.fixture
+async def http(server: Server) -> AsyncIterator[httpx.AsyncClient]:
+    assert server.http_url is not None
+    async with httpx.AsyncClient(base_url=server.http_url, timeout=30,
+                                 headers={"Authorization": f"Bearer {TOKEN}"}) as client:
+        yield client

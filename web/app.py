@@ -1,4 +1,5 @@
-"""The node's HTTP face: a QuartTrio app with the REST API, health, OpenAPI and auth.
+"""The node's HTTP face: a QuartTrio app with the REST API, health, OpenAPI, /metrics
+and auth.
 
 Rules of this module:
 - `create_app` builds the app from a `call` into the node's Broker and an optional
@@ -24,6 +25,7 @@ from werkzeug.exceptions import HTTPException
 
 from gotask.web._problems import PROBLEM_TYPE, problem, problem_for
 from gotask.web.api import BODY_MAX, Call, api_blueprint
+from gotask.web.metrics import Metrics
 
 __all__ = ["OPENAPI_PATH", "create_app", "openapi_document"]
 
@@ -47,7 +49,7 @@ def create_app(call: Call, token: bytes | None) -> QuartTrio:
     app.config["PROPAGATE_EXCEPTIONS"] = False
     app.register_blueprint(api_blueprint(call))
     _add_auth(app, token)
-    _add_meta_routes(app)
+    _add_meta_routes(app, Metrics(call))
     _add_error_handlers(app)
     return app
 
@@ -69,7 +71,11 @@ def _add_auth(app: QuartTrio, token: bytes | None) -> None:
         return response
 
 
-def _add_meta_routes(app: QuartTrio) -> None:
+def _add_meta_routes(app: QuartTrio, metrics: Metrics) -> None:
+    @app.get("/metrics")
+    async def metrics_route() -> Any:
+        return await metrics.scrape()
+
     @app.get("/healthz")
     async def healthz() -> Any:
         return {"status": "ok"}

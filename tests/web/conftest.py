@@ -7,40 +7,13 @@ from typing import Any
 
 import httpx
 import pytest
-import trio
 
-from gotask._app import App
 from gotask._server import Server, open_server
 from gotask.config import NodeConfig
 
-app = App("web-tests")
+from .webapp import app
+
 TOKEN = "test-token-0123456789abcdef"
-
-
-@app.task(name="add")
-async def add(x: int, y: int) -> int:
-    return x + y
-
-
-@app.task(name="echo")
-async def echo(*args: Any, **kwargs: Any) -> Any:
-    return {"args": list(args), "kwargs": kwargs}
-
-
-@app.task(name="blob")
-async def blob() -> bytes:
-    return b"\x00\xffbytes"
-
-
-@app.task(name="always_fails", max_attempts=1)
-async def always_fails() -> None:
-    raise ValueError("nope")
-
-
-@app.task(name="sleepy")
-async def sleepy(seconds: float) -> str:
-    await trio.sleep(seconds)
-    return "woke"
 
 
 def node_config(**kwargs: Any) -> NodeConfig:

@@ -6,7 +6,8 @@ Rules of this module:
   bearer token; nothing here imports an actor or storage.
 - With a token, every route but `/healthz` and `/readyz` needs
   `Authorization: Bearer <token>`, compared in constant time; the token never appears in
-  a log line or a response. Health answers say only "ok"/"ready".
+  a log line or a response. Health answers say only "ok", "ready" or "unavailable"
+  (`/readyz` asks storage, through the Broker, for the live nodes and drops the answer).
 - Any failure becomes an RFC 9457 problem document; a 5xx never carries a traceback.
 """
 
@@ -23,6 +24,7 @@ from quart import json as qjson
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
+from gotask._protocol import ListNodes
 from gotask.web._problems import PROBLEM_TYPE, problem, problem_for
 from gotask.web.api import BODY_MAX, Call, api_blueprint
 from gotask.web.metrics import Metrics
@@ -33,6 +35,8 @@ log = logging.getLogger("gotask.http")
 
 #: The OpenAPI document, shipped in the package; docs/openapi.json is a copy of it.
 OPENAPI_PATH: Final = Path(__file__).with_name("openapi.json")
+#: How long `/readyz` waits for storage (through the Broker) to answer.
+READY_TIMEOUT_S: Final = 5.0
 _OPEN_PATHS: Final = frozenset({"/healthz", "/readyz"})
 
 
@@ -49,7 +53,7 @@ def create_app(call: Call, token: bytes | None) -> QuartTrio:
     app.config["PROPAGATE_EXCEPTIONS"] = False
     app.register_blueprint(api_blueprint(call))
     _add_auth(app, token)
-    _add_meta_routes(app, Metrics(call))
+    _add_meta_routes(app, call, Metrics(call))
     _add_error_handlers(app)
     return app
 
@@ -71,7 +75,7 @@ def _add_auth(app: QuartTrio, token: bytes | None) -> None:
         return response
 
 
-def _add_meta_routes(app: QuartTrio, metrics: Metrics) -> None:
+def _add_meta_routes(app: QuartTrio, call: Call, metrics: Metrics) -> None:
     @app.get("/metrics")
     async def metrics_route() -> Any:
         return await metrics.scrape()
@@ -82,6 +86,10 @@ def _add_meta_routes(app: QuartTrio, metrics: Metrics) -> None:
 
     @app.get("/readyz")
     async def readyz() -> Any:
+        try:
+            await call(ListNodes(), READY_TIMEOUT_S)
+        except Exception:  # any failure to reach storage means "not ready"
+            return {"status": "unavailable"}, 503
         return {"status": "ready"}
 
     @app.get("/api/v1/openapi.json")

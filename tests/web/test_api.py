@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
 import httpx
+import trio
 
+from gotask._errors import StorageUnavailable
 from gotask._server import Server
+from gotask.web.app import create_app
+from gotask.web.serve import serve_http
 
 from .conftest import TOKEN
 
@@ -144,3 +149,21 @@ async def test_health_is_open_and_says_little(server: Server) -> None:
             r = await anon.get(path)
             assert r.status_code == 200 and r.json() == {"status": status}
         assert TOKEN not in (await anon.get("/healthz")).text
+
+
+async def test_readyz_says_unavailable_when_storage_does_not_answer() -> None:
+    async def failing_call(cmd: object, timeout_s: float = 30.0) -> object:
+        raise StorageUnavailable("redis at 127.0.0.1:1 is down")
+
+    shutdown = trio.Event()
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(functools.partial(
+            serve_http, create_app(failing_call, None), "127.0.0.1", 0, tls=None,
+            shutdown=shutdown))
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            r = await client.get("/readyz")
+            assert (r.status_code, r.json()) == (503, {"status": "unavailable"})
+            assert (await client.get("/healthz")).status_code == 200
+            r = await client.get("/api/v1/queues")
+            assert r.status_code == 503 and r.json()["title"] == "StorageUnavailable"
+        shutdown.set()

@@ -101,6 +101,10 @@ def _add_error_handlers(app: QuartTrio) -> None:
     @app.errorhandler(HTTPException)
     async def http_error(exc: HTTPException) -> Response:
         status = exc.code or 500
+        if status != 413:
+            # Read the unread body (at most BODY_MAX): left on a keep-alive connection,
+            # it stalled the client's next request (schemathesis found it, tests/web).
+            await request.get_data()
         return _problem(status, (exc.name or "HTTPError").replace(" ", ""),
                         exc.description or "")
 

@@ -72,6 +72,7 @@ def _add_auth(app: QuartTrio, token: bytes | None) -> None:
             return None
         response = _problem(401, "AuthenticationError", "a valid bearer token is required")
         response.headers["WWW-Authenticate"] = 'Bearer realm="gotask"'
+        response.headers["Connection"] = "close"  # its body stays unread: do not reuse
         return response
 
 
@@ -101,12 +102,15 @@ def _add_error_handlers(app: QuartTrio) -> None:
     @app.errorhandler(HTTPException)
     async def http_error(exc: HTTPException) -> Response:
         status = exc.code or 500
+        # A body left unread on a keep-alive connection stalls the client's next request
+        # (schemathesis found it): read it (at most BODY_MAX), or close a 413's connection.
         if status != 413:
-            # Read the unread body (at most BODY_MAX): left on a keep-alive connection,
-            # it stalled the client's next request (schemathesis found it, tests/web).
             await request.get_data()
-        return _problem(status, (exc.name or "HTTPError").replace(" ", ""),
-                        exc.description or "")
+        response = _problem(status, (exc.name or "HTTPError").replace(" ", ""),
+                            exc.description or "")
+        if status == 413:
+            response.headers["Connection"] = "close"
+        return response
 
     @app.errorhandler(Exception)
     async def failure(exc: Exception) -> Response:

@@ -1,6 +1,7 @@
 """What `make run` runs: a node with the example tasks, and a few demo jobs.
 
-It starts `gotask node --app examples.tasks` on 127.0.0.1:7450 with SQLite storage in
+It starts `gotask node --app examples.tasks` on 127.0.0.1:7450 (REST API on
+http://127.0.0.1:7451/api/v1, `GOTASK_DEMO_HTTP` picks another address) with SQLite storage in
 `./.gotask/gotask.db` (jobs survive a restart of the node; `GOTASK_DEMO_STORAGE` picks
 another store, e.g. `memory://`), enqueues a job that reports progress, one that fails
 twice then succeeds, and one that ends in the dead-letter queue, prints how to look at
@@ -22,6 +23,7 @@ import time
 import gotask
 
 ADDRESS = os.environ.get("GOTASK_DEMO_LISTEN", "127.0.0.1:7450")
+HTTP = os.environ.get("GOTASK_DEMO_HTTP", "127.0.0.1:7451")
 STORAGE = os.environ.get("GOTASK_DEMO_STORAGE", "sqlite://.gotask/gotask.db")
 
 
@@ -44,7 +46,8 @@ def check_port_free() -> None:
 
 def start_node() -> subprocess.Popen[bytes]:
     cmd = [sys.executable, "-m", "gotask.cli", "node", "--app", "examples.tasks",
-           "--listen", ADDRESS, "--storage", STORAGE, "--concurrency", "16", "--name", NAME]
+           "--listen", ADDRESS, "--http", HTTP, "--storage", STORAGE, "--concurrency", "16",
+           "--name", NAME]
     return subprocess.Popen(cmd)
 
 
@@ -89,6 +92,9 @@ def explain(jobs: dict[str, str]) -> None:
         f"  {gt} dlq list",
         f"  {gt} dlq retry {dead}",
         f"  {gt} enqueue add --args '[2, 3]' --wait",
+        "",
+        f"REST API: http://{HTTP}/api/v1 (try curl http://{HTTP}/api/v1/queues;"
+        " docs/http.md)",
         "",
         "Ctrl-C stops the node (running jobs get a grace period to finish).",
         "",

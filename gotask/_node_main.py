@@ -24,6 +24,7 @@ from gotask.config import (
     parse_queues,
     read_secret,
 )
+from gotask.web.serve import read_token
 
 __all__ = ["config_from_args", "main", "migrate"]
 
@@ -46,12 +47,20 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         queues=parse_queues(args.queues),
         secret=read_secret(args.secret_file),
         insecure=args.insecure,
-        console=parse_hostport(args.console, "--console") if args.console else None,
+        http=parse_hostport(args.http, "--http") if args.http else None,
+        http_token=read_token(args.http_token_file),
+        http_tls=_tls(args.http_tls_cert, args.http_tls_key),
         threads=args.threads,
         lease_timeout_s=args.lease_timeout,
         heartbeat_s=args.heartbeat,
         grace_s=args.grace,
     )
+
+
+def _tls(cert: str | None, key: str | None) -> tuple[str, str] | None:
+    if (cert is None) != (key is None):
+        raise ConfigError("--http-tls-cert and --http-tls-key go together")
+    return None if cert is None or key is None else (cert, key)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -82,6 +91,9 @@ def _announce(server: Server) -> None:
     where = f"{config.listen[0]}:{server.port}" if config.listen else "no listener"
     log.info("node %s ready on %s; storage %s; tasks: %s", server.node.name, where,
              server.storage, ", ".join(config.app.names()) or "(none)")
+    if server.http_url is not None:
+        log.info("HTTP API on %s/api/v1 (metrics: %s/metrics)", server.http_url,
+                 server.http_url)
 
 
 def migrate(args: argparse.Namespace) -> int:

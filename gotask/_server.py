@@ -55,6 +55,16 @@ class Server:
     config: NodeConfig
     storage: Address
     port: int | None = None
+    http_port: int | None = None
+
+    @property
+    def http_url(self) -> str | None:
+        """Where the HTTP face serves (None: it is off)."""
+        if self.config.http is None or self.http_port is None:
+            return None
+        host = self.config.http[0]
+        scheme = "https" if self.config.http_tls else "http"
+        return f"{scheme}://{f'[{host}]' if ':' in host else host}:{self.http_port}"
 
     @property
     def broker(self) -> Address:
@@ -101,7 +111,11 @@ async def open_server(
             await _start_actors(server)
             if listen and config.listen is not None:
                 server.port = await _listen(node, config)
-            yield server
+            if config.http is not None:
+                async with _open_http(server) as server.http_port:
+                    yield server
+            else:
+                yield server
 
 
 async def _open_storage(node: Node, config: NodeConfig, backend: Any) -> Address:
@@ -206,6 +220,30 @@ async def _listen(node: Node, config: NodeConfig) -> int:
     bound: int = await node.nursery.start(functools.partial(
         serve_tcp, node, host, port, secret=config.secret, insecure=config.insecure))
     return bound
+
+
+@asynccontextmanager
+async def _open_http(server: Server) -> AsyncIterator[int]:
+    """Serve the HTTP face in the node's nursery; it stops (gracefully) when the block exits."""
+    from gotask.web.app import create_app
+    from gotask.web.serve import serve_http
+
+    config, node = server.config, server.node
+    assert config.http is not None
+    broker = server.broker
+
+    async def call(cmd: Any, timeout_s: float = 30.0) -> Any:
+        return await node.call(broker, cmd, timeout_s=timeout_s)
+
+    app = create_app(call, config.http_token)
+    shutdown = trio.Event()
+    port: int = await node.nursery.start(functools.partial(
+        serve_http, app, config.http[0], config.http[1], tls=config.http_tls,
+        shutdown=shutdown))
+    try:
+        yield port
+    finally:
+        shutdown.set()
 
 
 async def wait_for_signal() -> None:

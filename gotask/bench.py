@@ -19,6 +19,7 @@ Rules of this module:
   during the runs (`cpu_steal_pct`, from /proc/stat): on a shared VM those tell a slow
   machine from slow code.
 - `gotask bench runtime` measures the actor runtime itself (gotask.bench_runtime).
+- `gotask bench http --url URL` measures REST enqueue on a running node (gotask.bench_http).
 """
 
 from __future__ import annotations
@@ -303,6 +304,10 @@ def run_job_bench(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str]) -> int:
     """`gotask bench [runtime] ...`; returns the exit code."""
+    if argv[:1] == ["http"]:
+        from gotask.bench_http import main as http_main
+
+        return http_main(argv[1:])
     if argv[:1] == ["runtime"]:
         from gotask.bench_runtime import main as runtime_main
 

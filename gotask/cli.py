@@ -240,8 +240,15 @@ def _add_node(sub: Any) -> None:
     p.add_argument("--secret-file", default=os.environ.get("GOTASK_SECRET_FILE"),
                    metavar="PATH", help="shared secret (default: $GOTASK_SECRET_FILE)")
     p.add_argument("--insecure", action="store_true",
-                   help="allow a non-loopback --listen without a secret")
-    p.add_argument("--console", metavar="HOST:PORT", help="serve the web console here")
+                   help="allow a non-loopback --listen without a secret "
+                        "(and --http without a token)")
+    p.add_argument("--http", "--console", dest="http", metavar="HOST:PORT",
+                   help="serve the REST API, /metrics and health here (see docs/http.md)")
+    p.add_argument("--http-token-file", default=os.environ.get("GOTASK_HTTP_TOKEN_FILE"),
+                   metavar="PATH", help="bearer token for HTTP (default: "
+                   "$GOTASK_HTTP_TOKEN_FILE, else $GOTASK_HTTP_TOKEN)")
+    p.add_argument("--http-tls-cert", metavar="PATH", help="serve HTTPS with this certificate")
+    p.add_argument("--http-tls-key", metavar="PATH", help="the key of --http-tls-cert")
     p.add_argument("--threads", type=int, default=16, metavar="N",
                    help="threads for sync tasks (default 16)")
     p.add_argument("--lease-timeout", type=float, default=30.0, metavar="S",

@@ -54,7 +54,9 @@ class NodeConfig:
     heartbeat_s: float = 10.0
     grace_s: float = 30.0
     threads: int = 16
-    console: tuple[str, int] | None = None
+    http: tuple[str, int] | None = None
+    http_token: bytes | None = attrs.field(default=None, repr=False)
+    http_tls: tuple[str, str] | None = None
 
     def __attrs_post_init__(self) -> None:
         if not 1 <= self.concurrency <= 10_000:
@@ -79,6 +81,12 @@ class NodeConfig:
             raise ConfigError(
                 f"refusing to listen on {self.listen[0]} without a secret: pass "
                 "--secret-file, or --insecure to accept unauthenticated peers"
+            )
+        if self.http is not None and self.http_token is None and not self.insecure \
+                and not is_loopback(self.http[0]):
+            raise ConfigError(
+                f"refusing to serve HTTP on {self.http[0]} without a token: pass "
+                "--http-token-file (or set GOTASK_HTTP_TOKEN), or --insecure to accept anyone"
             )
 
 

@@ -30,6 +30,7 @@ def _alive(pid: int) -> bool:
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
 def test_sigterm_stops_the_demo_and_its_node(tmp_path: Path) -> None:
     env = {**os.environ, "GOTASK_DEMO_LISTEN": f"127.0.0.1:{free_port()}",
+           "GOTASK_DEMO_HTTP": f"127.0.0.1:{free_port()}",
            "GOTASK_DEMO_STORAGE": f"sqlite://{tmp_path}/gotask.db"}
     demo = subprocess.Popen([sys.executable, "-m", "examples.demo"], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)

@@ -1,0 +1,38 @@
+"""A live node with its HTTP face on a real socket, and an httpx client for it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from gotask._server import Server, open_server
+from gotask.config import NodeConfig
+
+from .webapp import app
+
+TOKEN = "test-token-0123456789abcdef"
+
+
+def node_config(**kwargs: Any) -> NodeConfig:
+    """A small node serving HTTP on a free loopback port."""
+    defaults: dict[str, Any] = dict(app=app, name="web1", listen=None, concurrency=4,
+                                    lease_timeout_s=10, heartbeat_s=2, grace_s=2,
+                                    http=("127.0.0.1", 0))
+    return NodeConfig(**(defaults | kwargs))
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[Server]:
+    async with open_server(node_config(http_token=TOKEN.encode())) as srv:
+        yield srv
+
+
+@pytest.fixture
+async def http(server: Server) -> AsyncIterator[httpx.AsyncClient]:
+    assert server.http_url is not None
+    async with httpx.AsyncClient(base_url=server.http_url, timeout=30,
+                                 headers={"Authorization": f"Bearer {TOKEN}"}) as client:
+        yield client

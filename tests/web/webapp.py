@@ -1,0 +1,37 @@
+"""The tasks of the HTTP tests (also `--app tests.web.webapp` for a node process)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+
+from gotask._app import App
+
+app = App("web-tests")
+
+
+@app.task(name="add")
+async def add(x: int, y: int) -> int:
+    return x + y
+
+
+@app.task(name="echo")
+async def echo(*args: Any, **kwargs: Any) -> Any:
+    return {"args": list(args), "kwargs": kwargs}
+
+
+@app.task(name="blob")
+async def blob() -> bytes:
+    return b"\x00\xffbytes"
+
+
+@app.task(name="always_fails", max_attempts=1)
+async def always_fails() -> None:
+    raise ValueError("nope")
+
+
+@app.task(name="sleepy")
+async def sleepy(seconds: float) -> str:
+    await trio.sleep(seconds)
+    return "woke"

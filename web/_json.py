@@ -1,0 +1,87 @@
+"""JSON shapes of the REST API: jobs, pages, queues, nodes, and values out of msgpack.
+
+Rules of this module:
+- Pure: plain data in, JSON-ready data out; no IO, no clock.
+- A job's `args`/`result` are msgpack on the wire and in storage; here they become JSON
+  where representable. Bytes become `{"$base64": "..."}`, map keys that are not strings
+  become their `str()`, and a payload that is not msgpack (never written by GoTask) is
+  returned as `{"$base64": ...}` of the raw bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+from typing import Any
+
+import msgpack
+
+from gotask._app import unpack_args
+from gotask._job import JobRecord
+from gotask._protocol import NodeInfo, QueueCount
+
+__all__ = ["job_json", "jsonable", "nodes_json", "queues_json"]
+
+
+def jsonable(value: Any) -> Any:
+    """`value` (as msgpack decodes) with bytes, odd keys and non-finite floats made JSON."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return {"$base64": base64.b64encode(bytes(value)).decode()}
+    if isinstance(value, dict):
+        return {k if isinstance(k, str) else str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)  # msgpack ExtType and the like
+
+
+def _result(data: bytes | None) -> Any:
+    if data is None:
+        return None
+    try:
+        return jsonable(msgpack.unpackb(data, strict_map_key=False))
+    except (ValueError, msgpack.UnpackException):
+        return jsonable(data)
+
+
+def _args(data: bytes) -> tuple[Any, Any]:
+    try:
+        args, kwargs = unpack_args(data)
+    except (TypeError, ValueError):
+        return jsonable(data), {}
+    return jsonable(args), jsonable(kwargs)
+
+
+def job_json(job: JobRecord) -> dict[str, Any]:
+    """One job as the API shows it (times are seconds on the storage's clock)."""
+    args, kwargs = _args(job.args)
+    return {
+        "id": job.id, "task": job.task, "queue": job.queue, "state": job.state,
+        "priority": job.priority, "args": args, "kwargs": kwargs,
+        "created_at": job.created_at, "due_at": job.due_at,
+        "max_attempts": job.max_attempts, "attempts": job.attempts_counted,
+        "timeout_s": job.timeout_s, "result_ttl_s": job.result_ttl_s,
+        "leased_at": job.leased_at, "finished_at": job.finished_at,
+        "lease_node": job.lease_node, "result": _result(job.result),
+        "error_type": job.error_type, "error": job.error, "traceback": job.traceback,
+        "progress": job.progress, "progress_message": job.progress_message,
+        "idempotency_key": job.idempotency_key, "cancel_requested": job.cancel_requested,
+        "expires_at": job.expires_at,
+    }
+
+
+def queues_json(counts: tuple[QueueCount, ...]) -> list[dict[str, Any]]:
+    """Counts per queue: `[{"name": q, "counts": {state: n}}]`, sorted by name."""
+    out: dict[str, dict[str, int]] = {}
+    for c in counts:
+        out.setdefault(c.queue, {})[c.state] = c.count
+    return [{"name": q, "counts": s} for q, s in sorted(out.items())]
+
+
+def nodes_json(nodes: tuple[NodeInfo, ...]) -> list[dict[str, Any]]:
+    """Live nodes with what each announced about itself."""
+    return [{"node": n.node, "info": jsonable(n.info), "first_seen": n.first_seen,
+             "last_seen": n.last_seen, "expires_at": n.expires_at} for n in nodes]

@@ -20,6 +20,7 @@ from typing import Any, TypeVar, overload
 import attrs
 import msgpack
 
+from gotask._cron import CronEntry, make_entry
 from gotask._errors import InvalidArguments, TaskNotFound
 from gotask._job import check_job_fields
 from gotask._retry import RetryPolicy, RetryRule
@@ -90,6 +91,7 @@ class App:
     def __init__(self, name: str = "gotask") -> None:
         self.name = name
         self._tasks: dict[str, Task] = {}
+        self._crons: dict[str, CronEntry] = {}
 
     @overload
     def task(self, fn: F, /) -> F: ...
@@ -143,6 +145,62 @@ class App:
     def names(self) -> list[str]:
         """Registered task names, sorted."""
         return sorted(self._tasks)
+
+    # -- cron entries (issue 15) ---------------------------------------------------------
+
+    def cron(
+        self, schedule: str | None = None, /, **options: Any
+    ) -> Callable[[F], F]:
+        """Declare a recurring job of the decorated function (registered as a task
+        with default options if it is not one yet). The entry is named after the task
+        unless `name=` is given. Options are those of `add_cron`.
+
+        Example:
+            @app.cron("0 7 * * mon-fri", zone="Europe/Paris")
+            def morning_report() -> None: ...
+
+        Raises:
+            ValueError: an invalid entry (the message names it).
+        """
+
+        def register(func: F) -> F:
+            task = next((t for t in self._tasks.values() if t.fn is func), None)
+            if task is None:
+                task = self._register(func, {})
+            self.add_cron(options.pop("name", task.name), task.name, schedule, **options)
+            return func
+
+        return register
+
+    def add_cron(
+        self, name: str, task: str, schedule: str | None = None, /, **options: Any
+    ) -> CronEntry:
+        """Declare a recurring job of the registered task `task`: a cron expression
+        (`schedule`, evaluated by cronsim in `zone`) or `every_s=` seconds.
+
+        Options: every_s, zone (IANA name, default "UTC"), args, kwargs, queue, priority,
+        options (max_attempts, timeout_s, result_ttl_s), misfire ("skip", "once" (the
+        default) or "all"), misfire_limit, grace_s, jitter_s. See docs/cron.md.
+
+        Raises:
+            ValueError: an invalid entry, an unknown task or a name declared twice.
+            TypeError: an unknown option.
+        """
+        if name in self._crons:
+            raise ValueError(f"cron entry {name!r} is already declared")
+        if task not in self._tasks:
+            raise ValueError(f"cron entry {name!r}: unknown task {task!r} (register it first)")
+        try:
+            entry = make_entry(name, task, schedule=schedule, **options)
+        except TypeError as exc:
+            raise TypeError(f"cron entry {name!r}: {exc}") from None
+        pack_args(entry.args, entry.kwargs)
+        self._crons[name] = entry
+        return entry
+
+    def cron_entries(self) -> list[CronEntry]:
+        """Declared cron entries, sorted by name."""
+        return [self._crons[name] for name in sorted(self._crons)]
 
 
 def _check_options(options: Mapping[str, Any]) -> None:

@@ -9,6 +9,13 @@ from typing import TypeAlias
 
 import attrs
 
+from ._base_cron import (
+    CronFireReply,
+    CronListReply,
+    CronRegisterReply,
+    CronSetPausedReply,
+)
+
 from gotask._job import JobRecord
 from gotask.runtime.message import message
 
@@ -231,4 +238,9 @@ StorageReply: TypeAlias = (
     | RegisterNodeReply
     | ListNodesReply
     | ExpireNodesReply
+    # -- cron (issue 15) --
+    | CronRegisterReply
+    | CronFireReply
+    | CronListReply
+    | CronSetPausedReply
 )

@@ -39,6 +39,22 @@ from typing import Protocol, TypeVar
 
 from gotask._job import LeaseToken
 
+from ._base_cron import (
+    CRON_FIRED,
+    CRON_MISSING,
+    CRON_PAUSED,
+    CRON_STALE,
+    CronDef,
+    CronFire,
+    CronFireReply,
+    CronList,
+    CronListReply,
+    CronRegister,
+    CronRegisterReply,
+    CronSetPaused,
+    CronSetPausedReply,
+    CronState,
+)
 from ._base_commands import (
     BATCH_MAX,
     LIMIT_MAX,
@@ -101,6 +117,20 @@ from ._base_replies import (
 )
 
 __all__ = [
+    "CRON_FIRED",
+    "CRON_MISSING",
+    "CRON_PAUSED",
+    "CRON_STALE",
+    "CronDef",
+    "CronFire",
+    "CronFireReply",
+    "CronList",
+    "CronListReply",
+    "CronRegister",
+    "CronRegisterReply",
+    "CronSetPaused",
+    "CronSetPausedReply",
+    "CronState",
     "BATCH_MAX",
     "LIMIT_MAX",
     "QUEUES_MAX",

@@ -34,6 +34,7 @@ from gotask._errors import StorageFull
 from gotask._job import JobRecord, LeaseToken, NewJob
 
 from . import base as b
+from ._memory_cron import _MemoryCron
 from ._memory_maintenance import _MemoryMaintenance
 from ._memory_queries import _MemoryQueries
 from ._memory_state import (
@@ -105,7 +106,7 @@ def _unknown(cmd: Never) -> NoReturn:
     raise TypeError(f"not a storage command: {type(cmd).__name__}")
 
 
-class MemoryStorageCore(_MemoryQueries, _MemoryMaintenance):
+class MemoryStorageCore(_MemoryQueries, _MemoryMaintenance, _MemoryCron):
     """The memory backend's state and the storage contract over it.
 
     Args:
@@ -174,6 +175,15 @@ class MemoryStorageCore(_MemoryQueries, _MemoryMaintenance):
                 return b.ListNodesReply(self._live_nodes(now))
             case b.ExpireNodes():
                 return b.ExpireNodesReply(self._expire_nodes(now))
+            # -- cron (issue 15) --
+            case b.CronRegister():
+                return self._cron_register(cmd, now)
+            case b.CronFire():
+                return self._cron_fire(cmd, now)
+            case b.CronList():
+                return self._cron_list()
+            case b.CronSetPaused():
+                return self._cron_pause(cmd)
             case _:
                 _unknown(cmd)
 

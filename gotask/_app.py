@@ -152,8 +152,9 @@ class App:
         self, schedule: str | None = None, /, **options: Any
     ) -> Callable[[F], F]:
         """Declare a recurring job of the decorated function (registered as a task
-        with default options if it is not one yet). The entry is named after the task
-        unless `name=` is given. Options are those of `add_cron`.
+        with default options, named `name` if given, unless it is one already). The
+        entry is named after the task unless `name=` is given. Options are those of
+        `add_cron`.
 
         Example:
             @app.cron("0 7 * * mon-fri", zone="Europe/Paris")
@@ -164,10 +165,11 @@ class App:
         """
 
         def register(func: F) -> F:
+            name = options.pop("name", None)
             task = next((t for t in self._tasks.values() if t.fn is func), None)
             if task is None:
-                task = self._register(func, {})
-            self.add_cron(options.pop("name", task.name), task.name, schedule, **options)
+                task = self._register(func, {"name": name} if name else {})
+            self.add_cron(name or task.name, task.name, schedule, **options)
             return func
 
         return register

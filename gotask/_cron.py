@@ -6,7 +6,9 @@ Rules of this module:
   the entry. Cron expressions are parsed and evaluated by cronsim, never by hand.
 - Ticks are instants in whole seconds since the epoch. A cron entry's ticks are those
   cronsim yields in the entry's zone (daylight-saving time as cronsim defines it: a
-  skipped local time fires once at the first valid instant, a repeated one fires once);
+  time in a skipped hour fires at the first valid instant after it; a fixed time in a
+  repeated hour fires once, its first pass; a wildcard hour fires in both passes), and
+  never one at or before the instant asked about;
   an interval entry's ticks are the multiples of `every_s` since the epoch, so every
   node computes the same ticks.
 - `due_ticks(last, now)` decides which ticks to fire, purely, from the last fired tick
@@ -90,7 +92,9 @@ class CronEntry:
         zone = zoneinfo.ZoneInfo(self.zone)
         start = dt.datetime.fromtimestamp(math.floor(t), zone)
         for when in cronsim.CronSim(self.schedule, start):
-            yield int(when.timestamp())
+            tick = int(when.timestamp())
+            if tick > t:  # started inside a repeated hour, cronsim may yield its first pass
+                yield tick
 
     def next_tick(self, t: float) -> int:
         """The first tick strictly after `t`."""

@@ -73,7 +73,7 @@ class CronState:
     last_job: str | None
 
 
-@message("s.cron.register.rep")
+@message("s.cron.reg.rep")
 @attrs.frozen
 class CronRegisterReply:
     """The registered entries' states (in the order given); the names whose stored
@@ -84,7 +84,7 @@ class CronRegisterReply:
     unknown: tuple[str, ...]
 
 
-@message("s.cron.register")
+@message("s.cron.reg")
 @attrs.frozen
 class CronRegister(Command[CronRegisterReply]):
     """Register `node`'s cron entries at storage time (see the module's rules)."""

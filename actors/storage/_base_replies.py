@@ -9,16 +9,15 @@ from typing import TypeAlias
 
 import attrs
 
+from gotask._job import JobRecord
+from gotask.runtime.message import message
+
 from ._base_cron import (
     CronFireReply,
     CronListReply,
     CronRegisterReply,
     CronSetPausedReply,
 )
-
-from gotask._job import JobRecord
-from gotask.runtime.message import message
-
 from ._base_items import NodeInfo, QueueCount
 
 __all__ = [

@@ -39,22 +39,6 @@ from typing import Protocol, TypeVar
 
 from gotask._job import LeaseToken
 
-from ._base_cron import (
-    CRON_FIRED,
-    CRON_MISSING,
-    CRON_PAUSED,
-    CRON_STALE,
-    CronDef,
-    CronFire,
-    CronFireReply,
-    CronList,
-    CronListReply,
-    CronRegister,
-    CronRegisterReply,
-    CronSetPaused,
-    CronSetPausedReply,
-    CronState,
-)
 from ._base_commands import (
     BATCH_MAX,
     LIMIT_MAX,
@@ -81,6 +65,22 @@ from ._base_commands import (
     RequeueExpired,
     RetryDead,
     StorageCommand,
+)
+from ._base_cron import (
+    CRON_FIRED,
+    CRON_MISSING,
+    CRON_PAUSED,
+    CRON_STALE,
+    CronDef,
+    CronFire,
+    CronFireReply,
+    CronList,
+    CronListReply,
+    CronRegister,
+    CronRegisterReply,
+    CronSetPaused,
+    CronSetPausedReply,
+    CronState,
 )
 from ._base_items import (
     AckItem,
@@ -117,21 +117,11 @@ from ._base_replies import (
 )
 
 __all__ = [
+    "BATCH_MAX",
     "CRON_FIRED",
     "CRON_MISSING",
     "CRON_PAUSED",
     "CRON_STALE",
-    "CronDef",
-    "CronFire",
-    "CronFireReply",
-    "CronList",
-    "CronListReply",
-    "CronRegister",
-    "CronRegisterReply",
-    "CronSetPaused",
-    "CronSetPausedReply",
-    "CronState",
-    "BATCH_MAX",
     "LIMIT_MAX",
     "QUEUES_MAX",
     "AckItem",
@@ -142,6 +132,16 @@ __all__ = [
     "Command",
     "CountJobs",
     "CountJobsReply",
+    "CronDef",
+    "CronFire",
+    "CronFireReply",
+    "CronList",
+    "CronListReply",
+    "CronRegister",
+    "CronRegisterReply",
+    "CronSetPaused",
+    "CronSetPausedReply",
+    "CronState",
     "EnqueueJobs",
     "EnqueueReply",
     "ExpireNodes",

@@ -22,6 +22,7 @@ from gotask._errors import IllegalTransition, StorageFull, StorageUnavailable
 from gotask._job import JobRecord
 
 from . import base as b
+from ._sqlite_cron import _SqliteCron
 from ._sqlite_maintenance import (
     _COLS,
     CANCEL,
@@ -89,7 +90,7 @@ def _leased(row: Any, now: float, expires_at: float, node: str) -> JobRecord:
     )  # fmt: skip
 
 
-class SqliteStorageCore(_SqliteMaintenance):
+class SqliteStorageCore(_SqliteMaintenance, _SqliteCron):
     """The storage contract over one SQLite connection (see `sqlite` for the rules).
 
     Args:
@@ -219,6 +220,15 @@ class SqliteStorageCore(_SqliteMaintenance):
                 return b.ListNodesReply(self._live_nodes(now))
             case b.ExpireNodes():
                 return b.ExpireNodesReply(self._expire_nodes(now))
+            # -- cron (issue 15) --
+            case b.CronRegister():
+                return self._cron_register(cmd, now)
+            case b.CronFire():
+                return self._cron_fire(cmd, now)
+            case b.CronList():
+                return self._cron_list()
+            case b.CronSetPaused():
+                return self._cron_pause(cmd)
             case _:
                 _unknown(cmd)
 

@@ -45,9 +45,11 @@ CRON_MISSING = "missing"
 CRON_MAX = 100_000
 
 
-def _entries(_inst: object, _attr: object, value: tuple[object, ...]) -> None:
+def _entries(_inst: object, _attr: object, value: tuple[CronDef, ...]) -> None:
     if len(value) > CRON_MAX:
         raise ValueError(f"{len(value)} cron entries, more than {CRON_MAX}")
+    if len({entry.name for entry in value}) != len(value):
+        raise ValueError("a cron entry is named twice in one registration")
 
 
 @message("s.cron.def")

@@ -216,7 +216,13 @@ _ENCODERS: dict[type, Callable[[Any], Plan]] = {
     b.ExpireNodes: lambda c: Plan("expire_nodes", []),
 }
 # -- cron (issue 15): every cron command may be resent (a repeated fire is "stale") --
-_ENCODERS.update({cls: (lambda c, enc=enc: Plan(*enc(c))) for cls, enc in CRON_ENCODERS.items()})
+
+
+def _cron_plan(enc: Callable[[Any], tuple[str, list[Any]]]) -> Callable[[Any], Plan]:
+    return lambda c: Plan(*enc(c))
+
+
+_ENCODERS.update({cls: _cron_plan(enc) for cls, enc in CRON_ENCODERS.items()})
 
 
 def encode(cmd: object, nodes_max: int = 10_000) -> Plan:

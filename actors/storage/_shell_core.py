@@ -241,8 +241,8 @@ class StorageShellCore(Generic[R]):
     def _note_sent(self, cmd: b.StorageCommand, mono: float) -> None:
         """Wake the parked leases a command of this shell may give jobs to.
 
-        An enqueue (or a cron fire) wakes its queues (on a shared store too, to save a round trip), and
-        where no events tell, sets their timers for its delayed jobs; other commands that
+        An enqueue (or a cron fire) wakes its queues (on a shared store too, to save a
+        round trip), and where no events tell, sets their timers for its delayed jobs; other commands that
         make jobs ready wake every queue where no events tell which, and a nack sets
         every wait's timer for its earliest retry.
         """

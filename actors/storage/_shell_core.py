@@ -242,9 +242,9 @@ class StorageShellCore(Generic[R]):
         """Wake the parked leases a command of this shell may give jobs to.
 
         An enqueue (or a cron fire) wakes its queues (on a shared store too, to save a
-        round trip), and where no events tell, sets their timers for its delayed jobs; other commands that
-        make jobs ready wake every queue where no events tell which, and a nack sets
-        every wait's timer for its earliest retry.
+        round trip), and where no events tell, sets their timers for its delayed jobs;
+        other commands that make jobs ready wake every queue where no events tell which,
+        and a nack sets every wait's timer for its earliest retry.
         """
         if isinstance(cmd, b.EnqueueJobs | b.CronFire):  # a cron fire enqueues its jobs
             ready: set[str] = set()

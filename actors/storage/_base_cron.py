@@ -11,6 +11,9 @@ and these:
   applies only while the stored last fired tick equals `expected`, and then atomically
   stores `tick` and enqueues `jobs` (as `EnqueueJobs` would) unless the entry is paused
   (a paused entry's ticks pass unfired). Otherwise nothing changes ("stale").
+- Ticks are judged on the storage clock: a fire of a tick after storage's now is refused
+  ("early", nothing changes), whatever the firing node's clock says. Every fire reply
+  carries storage's now, from which a node keeps its estimate of the storage clock.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from gotask._job import NewJob
 from gotask.runtime.message import Command, message
 
 __all__ = [
+    "CRON_EARLY",
     "CRON_FIRED",
     "CRON_MISSING",
     "CRON_PAUSED",
@@ -38,6 +42,7 @@ __all__ = [
 ]
 
 CRON_FIRED = "fired"
+CRON_EARLY = "early"
 CRON_PAUSED = "paused"
 CRON_STALE = "stale"
 CRON_MISSING = "missing"
@@ -98,12 +103,14 @@ class CronRegister(Command[CronRegisterReply]):
 @message("s.cron.fire.rep")
 @attrs.frozen
 class CronFireReply:
-    """`fired`, `paused`, `stale` or `missing`; the stored last fired tick after the
-    command (None when missing); the ids of the jobs enqueued (empty unless fired)."""
+    """`fired`, `paused`, `stale`, `early` or `missing`; the stored last fired tick after
+    the command (None when missing); the ids of the jobs enqueued (empty unless fired);
+    the storage time of the command."""
 
     outcome: str
     last_tick: int | None
-    ids: tuple[str, ...] = ()
+    ids: tuple[str, ...]
+    now: float
 
 
 @message("s.cron.fire")

@@ -51,16 +51,18 @@ class _MemoryCron(_MemoryState):
         table = self._crons
         state = table.get(cmd.name)
         if state is None:
-            return b.CronFireReply(b.CRON_MISSING, None)
+            return b.CronFireReply(b.CRON_MISSING, None, (), now)
+        if cmd.tick > now:
+            return b.CronFireReply(b.CRON_EARLY, state.last_tick, (), now)
         if state.last_tick != cmd.expected:
-            return b.CronFireReply(b.CRON_STALE, state.last_tick)
+            return b.CronFireReply(b.CRON_STALE, state.last_tick, (), now)
         if state.paused:
             table[cmd.name] = attrs.evolve(state, last_tick=cmd.tick)
-            return b.CronFireReply(b.CRON_PAUSED, cmd.tick)
+            return b.CronFireReply(b.CRON_PAUSED, cmd.tick, (), now)
         ids = self._enqueue(b.EnqueueJobs(cmd.jobs), now).ids if cmd.jobs else ()
         table[cmd.name] = attrs.evolve(state, last_tick=cmd.tick,
                                        last_job=ids[-1] if ids else state.last_job)
-        return b.CronFireReply(b.CRON_FIRED, cmd.tick, ids)
+        return b.CronFireReply(b.CRON_FIRED, cmd.tick, ids, now)
 
     def _cron_list(self) -> b.CronListReply:
         table = self._crons

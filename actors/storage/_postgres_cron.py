@@ -60,23 +60,26 @@ CREATE FUNCTION @S@.cron_fire(p_name text, p_expected bigint, p_tick bigint,
     p_ids text[], p_tasks text[], p_queues text[], p_args bytea[], p_priorities integer[],
     p_delays double precision[], p_max_attempts integer[], p_timeouts double precision[],
     p_ttls double precision[], p_keys text[], p_now double precision)
-RETURNS TABLE (outcome text, last_tick bigint, ids text[]) LANGUAGE plpgsql AS $$
+RETURNS TABLE (outcome text, last_tick bigint, ids text[], now double precision)
+LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
+    v_now double precision := @S@.clock(p_now);
     v_paused boolean;
     v_last bigint;
     v_ids text[];
 BEGIN
     UPDATE @S@.cron_entries c SET last_tick = p_tick
-    WHERE c.name = p_name AND c.last_tick = p_expected RETURNING c.paused INTO v_paused;
+    WHERE c.name = p_name AND c.last_tick = p_expected AND p_tick <= v_now
+    RETURNING c.paused INTO v_paused;
     IF NOT FOUND THEN
         SELECT c.last_tick INTO v_last FROM @S@.cron_entries c WHERE c.name = p_name;
-        RETURN QUERY SELECT CASE WHEN FOUND THEN 'stale' ELSE 'missing' END, v_last,
-            '{{}}'::text[];
+        RETURN QUERY SELECT CASE WHEN NOT FOUND THEN 'missing'
+            WHEN p_tick > v_now THEN 'early' ELSE 'stale' END, v_last, '{{}}'::text[], v_now;
         RETURN;
     END IF;
     IF v_paused THEN
-        RETURN QUERY SELECT 'paused'::text, p_tick, '{{}}'::text[];
+        RETURN QUERY SELECT 'paused'::text, p_tick, '{{}}'::text[], v_now;
         RETURN;
     END IF;
     IF cardinality(p_ids) > 0 THEN
@@ -87,7 +90,7 @@ BEGIN
         UPDATE @S@.cron_entries c SET last_job = v_ids[cardinality(v_ids)]
         WHERE c.name = p_name;
     END IF;
-    RETURN QUERY SELECT 'fired'::text, p_tick, coalesce(v_ids, '{{}}'::text[]);
+    RETURN QUERY SELECT 'fired'::text, p_tick, coalesce(v_ids, '{{}}'::text[]), v_now;
 END $$;
 """
 
@@ -125,7 +128,7 @@ CRON_ENCODERS: dict[type, Callable[[Any, str, float | None],
     b.CronFire: lambda c, s, now: (
         f"SELECT * FROM {s}.cron_fire($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, "
         "$13, $14)", _fire_args(c, now),
-        lambda rows: b.CronFireReply(rows[0][0], rows[0][1], tuple(rows[0][2]))),
+        lambda rows: b.CronFireReply(rows[0][0], rows[0][1], tuple(rows[0][2]), rows[0][3])),
     b.CronList: lambda c, s, now: (
         f"SELECT {_COLS} FROM {s}.cron_entries c ORDER BY c.name", (),
         lambda rows: b.CronListReply(tuple(_state(r) for r in rows))),

@@ -47,15 +47,16 @@ return {states, changed, unknown}
 CRON_FIRE = r"""
 local ck, expected, tick = P .. ':cron:' .. ARGV[3], ARGV[4], ARGV[5]
 local current = redis.call('HGET', ck, 'last_tick')
-if not current then return {'missing', false, {}} end
-if current ~= expected then return {'stale', current, {}} end
+if not current then return {'missing', false, {}, snow} end
+if tonumber(tick) > now then return {'early', current, {}, snow} end
+if current ~= expected then return {'stale', current, {}, snow} end
 redis.call('HSET', ck, 'last_tick', tick)
-if redis.call('HGET', ck, 'paused') == '1' then return {'paused', tick, {}} end
+if redis.call('HGET', ck, 'paused') == '1' then return {'paused', tick, {}, snow} end
 local JARGV = {ARGV[1], ARGV[2]}
 for i = 6, #ARGV do JARGV[#JARGV + 1] = ARGV[i] end
 """ + ENQUEUE[: -len(_ENQUEUE_TAIL)].replace("ARGV", "JARGV") + r"""
 if #ids > 0 then redis.call('HSET', ck, 'last_job', ids[#ids]) end
-return {'fired', tick, ids}
+return {'fired', tick, ids, snow}
 """
 
 CRON_LIST = r"""
@@ -102,7 +103,8 @@ def _state(pairs: list[bytes]) -> b.CronState:
 
 def _fired(raw: list[Any]) -> b.CronFireReply:
     last = None if raw[1] is None else int(raw[1])
-    return b.CronFireReply(raw[0].decode(), last, tuple(v.decode() for v in raw[2]))
+    return b.CronFireReply(raw[0].decode(), last, tuple(v.decode() for v in raw[2]),
+                           float(raw[3]))
 
 
 CRON_ENCODERS: dict[type, Callable[[Any], tuple[str, list[Any]]]] = {

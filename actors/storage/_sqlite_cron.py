@@ -58,19 +58,22 @@ class _SqliteCron:
         return b.CronRegisterReply(tuple(states), tuple(changed), unknown)
 
     def _cron_fire(self, cmd: b.CronFire, now: float) -> b.CronFireReply:
-        row = self._conn.execute(_ADVANCE, (cmd.tick, cmd.name, cmd.expected)).fetchone()
+        row = None
+        if cmd.tick <= now:
+            row = self._conn.execute(_ADVANCE, (cmd.tick, cmd.name, cmd.expected)).fetchone()
         if row is None:
             state = self._cron_get(cmd.name)
             if state is None:
-                return b.CronFireReply(b.CRON_MISSING, None)
-            return b.CronFireReply(b.CRON_STALE, state.last_tick)
+                return b.CronFireReply(b.CRON_MISSING, None, (), now)
+            outcome = b.CRON_EARLY if cmd.tick > now else b.CRON_STALE
+            return b.CronFireReply(outcome, state.last_tick, (), now)
         if row[0]:
-            return b.CronFireReply(b.CRON_PAUSED, cmd.tick)
+            return b.CronFireReply(b.CRON_PAUSED, cmd.tick, (), now)
         ids = self._enqueue(b.EnqueueJobs(cmd.jobs), now).ids if cmd.jobs else ()
         if ids:
             self._conn.execute("UPDATE cron_entries SET last_job = ? WHERE name = ?",
                                (ids[-1], cmd.name))
-        return b.CronFireReply(b.CRON_FIRED, cmd.tick, ids)
+        return b.CronFireReply(b.CRON_FIRED, cmd.tick, ids, now)
 
     def _cron_list(self) -> b.CronListReply:
         rows = self._conn.execute(_STATE + "FROM cron_entries ORDER BY name")

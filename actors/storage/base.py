@@ -67,6 +67,7 @@ from ._base_commands import (
     StorageCommand,
 )
 from ._base_cron import (
+    CRON_EARLY,
     CRON_FIRED,
     CRON_MISSING,
     CRON_PAUSED,
@@ -118,6 +119,7 @@ from ._base_replies import (
 
 __all__ = [
     "BATCH_MAX",
+    "CRON_EARLY",
     "CRON_FIRED",
     "CRON_MISSING",
     "CRON_PAUSED",

@@ -12,6 +12,7 @@ from typing import Any, Protocol, TypeVar
 
 from gotask._job import NewJob
 from gotask.actors.storage.base import (
+    CRON_EARLY,
     CRON_FIRED,
     CRON_MISSING,
     CRON_PAUSED,
@@ -70,6 +71,7 @@ class CronContract:
     ) -> None:
         _register(storage, "n1", a="A", b="B")
         start = math.floor(storage.now())
+        storage.advance(60)
         assert storage.execute(CronFire("a", start, start + 60)).outcome == CRON_FIRED
         storage.advance(5)
         reply = _register(storage, "n2", a="A2")
@@ -83,11 +85,13 @@ class CronContract:
         _register(storage, "n1", m="M")
         start = math.floor(storage.now())
         tick = start + 60
+        storage.advance(61)
         first = storage.execute(CronFire("m", start, tick, (_job("m", tick),)))
         assert first.outcome == CRON_FIRED and first.last_tick == tick
         (job_id,) = first.ids
         again = storage.execute(CronFire("m", start, tick, (_job("m", tick),)))
         assert (again.outcome, again.last_tick, again.ids) == (CRON_STALE, tick, ())
+        assert first.now == again.now == storage.now()
         (job,) = storage.execute(GetJobs((job_id,))).jobs
         assert job is not None and job.idempotency_key == f"cron:m:{tick}"
         assert _state(storage, "m").last_job == job_id
@@ -96,6 +100,7 @@ class CronContract:
         _register(storage, "m", m="M")
         start = math.floor(storage.now())
         jobs = tuple(_job("m", start + 60 * k) for k in (1, 2, 3))
+        storage.advance(180)
         reply = storage.execute(CronFire("m", start, start + 180, jobs))
         assert reply.outcome == CRON_FIRED and len(set(reply.ids)) == 3
         assert _state(storage, "m").last_job == reply.ids[-1]
@@ -104,12 +109,24 @@ class CronContract:
         reply = storage.execute(CronFire("nope", 0, 60, (_job("nope", 60),)))
         assert (reply.outcome, reply.last_tick, reply.ids) == (CRON_MISSING, None, ())
 
+    def test_cron_fire_of_a_tick_after_storage_now_is_early(self, storage: _Harness) -> None:
+        _register(storage, "n1", e="E")
+        start = math.floor(storage.now())
+        storage.advance(59)
+        early = storage.execute(CronFire("e", start, start + 60, (_job("e", start + 60),)))
+        assert (early.outcome, early.last_tick, early.ids) == (CRON_EARLY, start, ())
+        assert early.now == storage.now()
+        storage.advance(1)
+        fired = storage.execute(CronFire("e", start, start + 60, (_job("e", start + 60),)))
+        assert fired.outcome == CRON_FIRED
+
     def test_cron_paused_entry_passes_ticks_unfired_until_resumed(
         self, storage: _Harness
     ) -> None:
         _register(storage, "n1", p="P")
         start = math.floor(storage.now())
         assert storage.execute(CronSetPaused("p", True)).found
+        storage.advance(120)
         paused = storage.execute(CronFire("p", start, start + 60, (_job("p", start + 60),)))
         assert (paused.outcome, paused.last_tick, paused.ids) == (CRON_PAUSED, start + 60, ())
         state = _register(storage, "n2", p="P").states[0]

@@ -31,6 +31,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:-]{0,127}$")
 ARGS_BYTES_MAX = 512 * 1024
 DEFAULT_RETRY = RetryPolicy()
+#: What a cron entry's `options` may set on its jobs.
+_CRON_JOB_OPTIONS = {"max_attempts", "timeout_s", "result_ttl_s"}
 
 
 @attrs.frozen
@@ -197,6 +199,15 @@ class App:
         except TypeError as exc:
             raise TypeError(f"cron entry {name!r}: {exc}") from None
         pack_args(entry.args, entry.kwargs)
+        unknown = set(entry.options) - _CRON_JOB_OPTIONS
+        if unknown:
+            raise TypeError(f"cron entry {name!r}: unknown job option(s): "
+                            f"{', '.join(sorted(unknown))}")
+        try:
+            _check_options({**entry.options, "queue": entry.queue or "default",
+                            **({} if entry.priority is None else {"priority": entry.priority})})
+        except ValueError as exc:
+            raise ValueError(f"cron entry {name!r}: {exc}") from None
         self._crons[name] = entry
         return entry
 

@@ -192,3 +192,15 @@ def test_jitter_is_the_same_on_every_node_and_bounded() -> None:
     assert entry.jitter_for(T0) == make_entry("j", "t", schedule=MINUTELY,
                                               jitter_s=30).jitter_for(T0)
     assert make_entry("j", "t", schedule=MINUTELY).jitter_for(T0) == 0.0
+
+
+def test_job_options_are_checked() -> None:
+    app = _app()
+    with pytest.raises(TypeError, match="cron entry 'o': unknown job option.*retry"):
+        app.add_cron("o", "report", "* * * * *", options={"retry": None})
+    with pytest.raises(ValueError, match="cron entry 'o': max_attempts"):
+        app.add_cron("o", "report", "* * * * *", options={"max_attempts": 0})
+    with pytest.raises(ValueError, match="cron entry 'o': invalid queue name"):
+        app.add_cron("o", "report", "* * * * *", queue="no spaces")
+    assert app.add_cron("o", "report", "* * * * *", options={"timeout_s": 5}).options == {
+        "timeout_s": 5}

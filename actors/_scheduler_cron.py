@@ -34,7 +34,7 @@ from gotask.runtime import Address
 from ._effects import Call, Effect, Log
 from .storage import base as b
 
-__all__ = ["CRON_REGISTER", "CronDuties", "CronJobDefaults", "cron_duty"]
+__all__ = ["CRON_REGISTER", "CronDuties", "CronJobDefaults", "build_job", "cron_duty"]
 
 CRON_REGISTER = "cron-register"
 _PREFIX = "cron:"
@@ -159,14 +159,20 @@ class CronDuties:
         heapq.heappush(self.timers, (tick - self.offset, cron_duty(name)))
 
     def _job(self, entry: CronEntry, tick: int) -> NewJob:
-        d = self.defaults[entry.name]
-        opts = entry.options
-        return NewJob(
-            id=self.new_id(), task=entry.task, queue=entry.queue or d.queue,
-            args=self.args[entry.name],
-            priority=d.priority if entry.priority is None else entry.priority,
-            delay_s=entry.jitter_for(tick),
-            max_attempts=opts.get("max_attempts", d.max_attempts),
-            timeout_s=opts.get("timeout_s", d.timeout_s),
-            result_ttl_s=opts.get("result_ttl_s", d.result_ttl_s),
-            idempotency_key=cron_key(entry.name, tick))
+        return build_job(entry, self.defaults[entry.name], self.args[entry.name],
+                         self.new_id(), tick)
+
+
+def build_job(entry: CronEntry, d: CronJobDefaults, args: bytes, job_id: str,
+              tick: int | None) -> NewJob:
+    """The job of `entry` for `tick`, keyed `cron:NAME:TICK` (None: a manual run, no key,
+    no jitter)."""
+    opts = entry.options
+    return NewJob(
+        id=job_id, task=entry.task, queue=entry.queue or d.queue, args=args,
+        priority=d.priority if entry.priority is None else entry.priority,
+        delay_s=entry.jitter_for(tick) if tick is not None else 0.0,
+        max_attempts=opts.get("max_attempts", d.max_attempts),
+        timeout_s=opts.get("timeout_s", d.timeout_s),
+        result_ttl_s=opts.get("result_ttl_s", d.result_ttl_s),
+        idempotency_key=cron_key(entry.name, tick) if tick is not None else None)

@@ -196,7 +196,7 @@ def test_jitter_is_the_same_on_every_node_and_bounded() -> None:
 
 def test_job_options_are_checked() -> None:
     app = _app()
-    with pytest.raises(TypeError, match="cron entry 'o': unknown job option.*retry"):
+    with pytest.raises(TypeError, match=r"cron entry 'o': unknown job option.*retry"):
         app.add_cron("o", "report", "* * * * *", options={"retry": None})
     with pytest.raises(ValueError, match="cron entry 'o': max_attempts"):
         app.add_cron("o", "report", "* * * * *", options={"max_attempts": 0})

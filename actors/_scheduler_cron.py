@@ -16,7 +16,9 @@ Rules of this module:
   move on to the next tick. "early" (this node's estimate ran ahead of the storage
   clock) re-arms the timer at the tick by the corrected estimate.
 - A failed call re-arms the entry after `retry_s`; its last fired tick is unchanged, so
-  the retry is again a compare-and-set and cannot fire a tick twice.
+  the retry is again a compare-and-set and cannot fire a tick twice. An entry storage
+  no longer holds ("missing", e.g. a memory store restarted) is registered again; a
+  registration arms only entries not armed yet, so no entry ever has two timers.
 """
 
 from __future__ import annotations
@@ -97,6 +99,8 @@ class CronDuties:
         if reply.states:
             self.offset = reply.states[0].registered_at - now
         for state in reply.states:
+            if state.name in self.last:  # armed already (a timer or a call in flight)
+                continue
             self.last[state.name] = state.last_tick
             self._arm(state.name)
         if reply.changed:
@@ -135,9 +139,11 @@ class CronDuties:
         if not isinstance(reply, b.CronFireReply) or asked is None:
             return self.fire_failed(duty, f"unexpected reply {type(reply).__name__}", now)
         self.offset = reply.now - now
-        if reply.outcome == b.CRON_MISSING:
+        if reply.outcome == b.CRON_MISSING:  # storage lost it: register it again
+            del self.last[name]
+            heapq.heappush(self.timers, (now + self.retry_s, CRON_REGISTER))
             return [Log(logging.WARNING, f"cron entry {name!r} is not in storage; "
-                                         "it fires again once re-registered")]
+                                         "registering it again")]
         if reply.last_tick is not None:
             self.last[name] = reply.last_tick
         if reply.outcome == b.CRON_EARLY:

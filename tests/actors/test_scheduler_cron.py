@@ -205,3 +205,17 @@ def test_a_failed_fire_is_retried_as_a_compare_and_set() -> None:
     assert [e.level for e in failed if isinstance(e, Log)] == [logging.WARNING]
     (again,) = [e for e in core.handle(Tick(33.0), 33.0) if isinstance(e, Call)]
     assert again.msg.expected == fire.msg.expected and again.msg.tick == fire.msg.tick
+
+
+def test_an_entry_storage_lost_is_registered_again_with_one_timer() -> None:
+    cluster = Cluster(_app())
+    cluster.start("a", 0.0)
+    cluster.run(60)
+    cluster.storage = MemoryStorageCore()  # the store restarted empty
+    cluster.fired.clear()
+    cluster.run(180)
+    assert any("not in storage; registering it again" in line for line in cluster.logs)
+    core, _ = cluster.nodes["a"]
+    assert sorted(d for _, d in core.timers if d.startswith("cron:")) == [
+        "cron:hourly", "cron:minutely"]
+    assert set(cluster.fired.values()) == {1} and len(cluster.fired) >= 2

@@ -5,8 +5,9 @@ Rules of this module:
   another node's storage), Broker, WorkerSupervisor, Dispatcher, Scheduler, Reaper, and
   the TCP listener. It is ready when every actor is.
 - With `sqlite://` storage this node owns the database file (its storage actor runs the
-  memory shell over the SQLite core, committing each batch in the writer thread); other
-  nodes `--join` it, as with memory storage. The file is opened before the node starts
+  one storage shell over it, each batch whole in the writer thread, answered after its
+  commit; the storage clock is the World wall clock); other nodes `--join` it, as with
+  memory storage. The file is opened before the node starts
   and closed after its actors stopped.
 - With `redis://` or `postgresql://` storage every node runs its own storage actor
   against the shared database; nodes share all state through it and need no `--join`.
@@ -90,7 +91,7 @@ async def open_server(
     async with AsyncExitStack() as resources:
         backend: Any = None
         if storage is None and config.join is None and config.storage.startswith("sqlite:"):
-            backend = await _open_sqlite(config, world, resources)
+            backend = await _open_sqlite(config, resources)
         elif storage is None and config.join is None and not config.storage.startswith("memory:"):
             backend = await _connect_redis(config, resources)
         async with open_node(name, world) as node:
@@ -115,8 +116,8 @@ async def _open_storage(node: Node, config: NodeConfig, backend: Any) -> Address
         raise StorageUnavailable(f"cannot reach the node to join at {host}:{port} "
                                  f"within {JOIN_TIMEOUT_S:g}s")
     if config.storage.startswith("sqlite:") and backend is not None:
-        await node.start_actor(STORAGE, functools.partial(
-            run_storage, core=backend.core, commit=backend.commit), inbox_max=4096)
+        await node.start_actor(STORAGE, functools.partial(run_storage, backend=backend),
+                               inbox_max=4096)
         return node.address(STORAGE)
     if backend is not None:
         # Every node runs its own Redis (or PostgreSQL) storage actor; they share state
@@ -136,10 +137,10 @@ async def _open_storage(node: Node, config: NodeConfig, backend: Any) -> Address
     return node.address(STORAGE)
 
 
-async def _open_sqlite(config: NodeConfig, world: World, resources: AsyncExitStack) -> Any:
+async def _open_sqlite(config: NodeConfig, resources: AsyncExitStack) -> Any:
     from gotask.actors.storage.sqlite import open_sqlite_storage
 
-    sqlite = await open_sqlite_storage(config.storage, world.wall)
+    sqlite = await open_sqlite_storage(config.storage)
     resources.push_async_callback(sqlite.aclose)
     return sqlite
 

@@ -138,72 +138,72 @@ def _field_lines(
             check = "" if kind is None else f"if type({v}) is not k{i}: "
             lines.append(f"    {check}{v} = c{i}({v}, depth)")
             continue
-        if decoding and spec[0] is Address:
-            # Interned: look the array up here; the closure decodes a miss and caches it.
-            env["addr_get"] = _ADDRESSES.get
-            indent = "    "
-            if spec[1]:
-                lines.append(f"    if {v} is not None:")
-                indent = "        "
-            body = [
-                "try:",
-                f"    hit = addr_get({v}) if depth < DEPTH_MAX else None",
-                "except TypeError:  # unhashable: a map inside, which the closure refuses",
-                "    hit = None",
-                f"{v} = c{i}({v}, depth) if hit is None else hit",
-            ]
-            lines += [indent + line for line in body]
-            continue
         cls, optional = spec
-        if not decoding and cls is Address:
-            # Built here: two str checks and a list, instead of a call to its encoder.
-            env["addr_tag"] = tag_of(Address)
-            indent = "    "
-            if optional:
-                lines.append(f"    if {v} is not None:")
-                indent = "        "
-            body = [
-                f"if type({v}) is n{i} and depth < DEPTH_MAX:",
-                f"    node, name = {v}.node, {v}.name",
-                "else:",
-                "    node = name = None",
-                "if type(node) is str and type(name) is str:",
-                f"    {v} = [addr_tag, node, name]",
-                "else:",
-                f"    {v} = c{i}({v}, depth)",
-            ]
-            env[f"n{i}"] = cls
-            lines += [indent + line for line in body]
-            continue
-        if decoding:
-            env[f"t{i}"] = None if cls is None else tag_of(cls)
-            head = f"type({v}[0]) is str" if cls is None else f"{v}[0] == t{i}"
-            body = [
-                f"if type({v}) is tuple and {v} and {head}:",
-                f"    code = dec_get({v}[0])",
-                "else:",
-                "    code = None",
-                "if code is None:",
-            ]
+        if cls is Address:
+            body = _address_lines(i, env, decoding)
         else:
-            env[f"n{i}"] = cls
-            kind_check = "" if cls is None else f" or type({v}) is not n{i}"
-            body = [f"code = enc_get(type({v}))", f"if code is None{kind_check}:"]
-        body.append(f"    {v} = c{i}({v}, depth)")
-        body += [
-            "else:",
-            "    try:",
-            f"        {v} = code({v}, depth + 1)",
-            "    except Invalid as err:",
-            f"        err.add(s{i})",
-            "        raise",
-        ]
-        indent = "    "
+            body = _nested_lines(i, cls, env, decoding)
         if optional:
             lines.append(f"    if {v} is not None:")
-            indent = "        "
-        lines += [indent + line for line in body]
+            lines += ["        " + line for line in body]
+        else:
+            lines += ["    " + line for line in body]
     return lines
+
+
+def _address_lines(i: int, env: dict[str, Any], decoding: bool) -> list[str]:
+    v = f"v{i}"
+    if decoding:
+        # Interned: look the array up here; the closure decodes a miss and caches it.
+        env["addr_get"] = _ADDRESSES.get
+        return [
+            "try:",
+            f"    hit = addr_get({v}) if depth < DEPTH_MAX else None",
+            "except TypeError:  # unhashable: a map inside, which the closure refuses",
+            "    hit = None",
+            f"{v} = c{i}({v}, depth) if hit is None else hit",
+        ]
+    # Built here: two str checks and a list, instead of a call to its encoder.
+    env["addr_tag"] = tag_of(Address)
+    env[f"n{i}"] = Address
+    return [
+        f"if type({v}) is n{i} and depth < DEPTH_MAX:",
+        f"    node, name = {v}.node, {v}.name",
+        "else:",
+        "    node = name = None",
+        "if type(node) is str and type(name) is str:",
+        f"    {v} = [addr_tag, node, name]",
+        "else:",
+        f"    {v} = c{i}({v}, depth)",
+    ]
+
+
+def _nested_lines(i: int, cls: type | None, env: dict[str, Any], decoding: bool) -> list[str]:
+    v = f"v{i}"
+    if decoding:
+        env[f"t{i}"] = None if cls is None else tag_of(cls)
+        head = f"type({v}[0]) is str" if cls is None else f"{v}[0] == t{i}"
+        body = [
+            f"if type({v}) is tuple and {v} and {head}:",
+            f"    code = dec_get({v}[0])",
+            "else:",
+            "    code = None",
+            "if code is None:",
+        ]
+    else:
+        env[f"n{i}"] = cls
+        kind_check = "" if cls is None else f" or type({v}) is not n{i}"
+        body = [f"code = enc_get(type({v}))", f"if code is None{kind_check}:"]
+    return [
+        *body,
+        f"    {v} = c{i}({v}, depth)",
+        "else:",
+        "    try:",
+        f"        {v} = code({v}, depth + 1)",
+        "    except Invalid as err:",
+        f"        err.add(s{i})",
+        "        raise",
+    ]
 
 
 def _generate(name: str, lines: list[str], env: dict[str, Any], label: str) -> _Code:

@@ -29,8 +29,9 @@ The protocol (`StorageBackend`):
   (Redis, PostgreSQL on the asyncio thread `_aiothread`).
 
 How the backends run: the memory core inline (`InlineBackend` over a sync
-`handle(cmd, now)`); SQLite the same sync `handle` in a dedicated writer thread, one
-transaction per batch; Redis and PostgreSQL on the asyncio thread bridge.
+`handle(cmd, now)`); SQLite the same sync `handle` (`run_commands`) in a dedicated
+writer thread, one transaction per group of batches (`sqlite`); Redis and PostgreSQL
+on the asyncio thread bridge.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ __all__ = [
     "StorageEvents",
     "Submitted",
     "WatchRead",
+    "run_commands",
 ]
 
 #: Budget of one lease reply, well under the wire's 1 MiB frame.
@@ -142,13 +144,36 @@ class Done:
         return self.results
 
 
-class InlineBackend:
-    """A pure core (`handle(cmd, now)`) run in the shell's own loop, command by command.
+def run_commands(core: StorageCore, cmds: list[Any], now: float) -> list[Any]:
+    """Run `cmds` on a sync core at storage time `now`, in order: one result per command,
+    its reply or its expected error; a `LeaseJobs` answered with `Leased`, a `WatchRead`
+    run as `GetJobs`.
 
     A core with a `next_due()` method (the earliest due time of its scheduled jobs, or
     None) lets parked leases wake when a job becomes due by time alone; without one,
     they wake when a command (the Scheduler's `PromoteDue`) makes jobs ready.
     """
+    handle = core.handle
+    next_due: Callable[[], float | None] | None = getattr(core, "next_due", None)
+    results: list[Any] = []
+    for cmd in cmds:
+        try:
+            if isinstance(cmd, LeaseJobs):
+                reply = handle(cmd, now)
+                # Only an empty lease parks, so only then is the next due time worth finding.
+                due = None if reply.jobs or next_due is None else next_due()
+                results.append(Leased(reply, now, due))
+            elif isinstance(cmd, WatchRead):
+                results.append(handle(GetJobs(cmd.ids), now))
+            else:
+                results.append(handle(cmd, now))
+        except EXPECTED_ERRORS as exc:
+            results.append(exc)
+    return results
+
+
+class InlineBackend:
+    """A pure core (`handle(cmd, now)`) run in the shell's own loop (`run_commands`)."""
 
     shared = False
     own_clock = False
@@ -156,30 +181,11 @@ class InlineBackend:
 
     def __init__(self, core: StorageCore) -> None:
         self.core = core
-        self._next_due: Callable[[], float | None] | None = getattr(core, "next_due", None)
 
     def submit(self, cmds: list[Any], now: float | None) -> Done:
         """Execute `cmds` at storage time `now`, at once."""
         assert now is not None
-        handle = self.core.handle
-        results: list[Any] = []
-        for cmd in cmds:
-            try:
-                if isinstance(cmd, LeaseJobs):
-                    results.append(self._lease(cmd, now))
-                elif isinstance(cmd, WatchRead):
-                    results.append(handle(GetJobs(cmd.ids), now))
-                else:
-                    results.append(handle(cmd, now))
-            except EXPECTED_ERRORS as exc:
-                results.append(exc)
-        return Done(results)
-
-    def _lease(self, cmd: LeaseJobs, now: float) -> Leased:
-        reply = self.core.handle(cmd, now)
-        # Only an empty lease parks, so only then is the next due time worth finding.
-        next_due = None if reply.jobs or self._next_due is None else self._next_due()
-        return Leased(reply, now, next_due)
+        return Done(run_commands(self.core, cmds, now))
 
     async def next_events(self) -> StorageEvents:
         """Never called: nobody else changes this store."""

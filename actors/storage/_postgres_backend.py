@@ -20,8 +20,8 @@ Rules of this module:
   connection succeeds.
 - The clock: `now=None` lets every statement read the database clock; tests pin it.
 - Events: a separate connection LISTENs on the schema's channel; notifications are
-  merged into the Redis backend's `Events`. A wait of `SAFETY_POLL_S` without any
-  checks the listener (a query) and answers `Events(resubscribed=True)`, so parked
+  merged into the shell's `StorageEvents`. A wait of `SAFETY_POLL_S` without any
+  checks the listener (a query) and answers `StorageEvents(resubscribed=True)`, so parked
   leases look again: a slow safety poll. A lost listener is reconnected with backoff
   and counted (`listener_reconnects`).
 """
@@ -37,10 +37,10 @@ import asyncpg  # type: ignore[import-untyped]
 
 from gotask._errors import StorageError, StorageFull, StorageUnavailable
 
+from ._backend import StorageEvents
 from ._postgres_codec import Plan, encode, enqueue_resent, merge, split
 from ._postgres_schema import channel
 from ._postgres_settings import PostgresSettings, apply_migrations
-from ._redis_backend import Events
 from .base import EnqueueJobs, EnqueueReply
 
 __all__ = ["PostgresBackend"]
@@ -324,21 +324,21 @@ class PostgresBackend:
             self._payloads.append(payload)
         self._arrived.set()
 
-    async def next_events(self, jitter: float = 1.0) -> Events:
+    async def next_events(self, jitter: float = 1.0) -> StorageEvents:
         """Wait for events; return every event that arrived (merged).
 
         After `SAFETY_POLL_S` without any, or when the listener was lost (then remade
-        with backoff and counted), answers `Events(resubscribed=True)`.
+        with backoff and counted), answers `StorageEvents(resubscribed=True)`.
         """
         while True:
             if self._listener is None or self._listener.is_closed():
                 await self._relisten(jitter)
-                return Events(resubscribed=True)
+                return StorageEvents(resubscribed=True)
             try:
                 await asyncio.wait_for(self._arrived.wait(), SAFETY_POLL_S)
             except TimeoutError:
                 if await self._listener_alive():
-                    return Events(resubscribed=True)
+                    return StorageEvents(resubscribed=True)
                 continue
             self._arrived.clear()
             payloads, self._payloads = self._payloads, []
@@ -373,8 +373,8 @@ class PostgresBackend:
             return
 
 
-def parse_events(payloads: list[str]) -> Events:
-    """Merge notifications (JSON arrays, see `_postgres_functions`) into one `Events`.
+def parse_events(payloads: list[str]) -> StorageEvents:
+    """Merge notifications (JSON arrays, see `_postgres_functions`) into one `StorageEvents`.
 
     `now` is left None: a notification is sent at commit, after the time it could
     carry, so every ready queue counts for parked leases.
@@ -394,7 +394,7 @@ def parse_events(payloads: list[str]) -> Events:
             cancels.append((event[1], event[2], int(event[3])))
         elif kind == "i":
             ids.add(event[1])
-    return Events(None, frozenset(ids), frozenset(ready), tuple(due), tuple(cancels))
+    return StorageEvents(None, frozenset(ids), frozenset(ready), tuple(due), tuple(cancels))
 
 
 async def _reset(conn: asyncpg.Connection) -> None:

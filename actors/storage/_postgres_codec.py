@@ -25,9 +25,10 @@ import msgpack
 from gotask._job import JobRecord
 
 from . import base as b
+from ._backend import Leased, WatchRead
 from ._postgres_cron import CRON_ENCODERS
 from ._postgres_schema import JOB_COLUMNS
-from ._redis_codec import LEASE_PROMOTE_MAX, Leased, WatchRead
+from ._redis_codec import LEASE_PROMOTE_MAX
 
 __all__ = ["Plan", "encode", "merge", "record", "split"]
 

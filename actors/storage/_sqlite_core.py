@@ -60,6 +60,7 @@ _FENCE = ("SELECT state, attempt, settled_attempt, releases, attempt_base, max_a
           "cancel_requested FROM jobs WHERE id = ?")
 _PROGRESS = ("UPDATE jobs SET progress = ?, progress_message = ? "
              "WHERE id = ? AND state = 'active' AND attempt = ?")
+_NEXT_DUE = "SELECT min(due_at) FROM jobs WHERE state = 'scheduled'"
 _ILLEGAL = "illegal job state transition"
 
 
@@ -156,6 +157,18 @@ class SqliteStorageCore(_SqliteMaintenance, _SqliteCron):
         except sqlite3.Error as exc:
             self._rollback()
             raise StorageUnavailable(_describe(exc)) from None
+
+    def next_due(self) -> float | None:
+        """The earliest due time of the scheduled jobs (None: none), in the batch.
+
+        Raises:
+            StorageUnavailable: SQLite failed: the batch is lost.
+        """
+        try:
+            row = self._conn.execute(_NEXT_DUE).fetchone()
+        except sqlite3.Error as exc:
+            self._fail_batch(exc)
+        return None if row[0] is None else float(row[0])
 
     def rollback(self) -> None:
         """Drop the batch's changes (nothing of it was answered)."""

@@ -4,10 +4,10 @@ Rules of this module:
 - `open_postgres_storage(url)` connects in its own asyncio thread (`_aiothread`),
   applies missing migrations under an advisory lock and LISTENs for events; the node
   keeps the returned `PostgresStorage` across restarts of the actor.
-- The actor is the Redis storage shell (`redis.run_redis_storage`) over this backend:
-  batches cross into the asyncio thread once each way, parked leases wait for
-  notifications (LISTEN/NOTIFY, see `_postgres_backend`), watchers get `JobChanged`
-  pushes, cancellations reach the node running the job.
+- The actor is the one storage shell over this backend through the asyncio thread
+  bridge (`_aiostore`), as for Redis: batches cross into the asyncio thread once each
+  way, parked leases wait for notifications (LISTEN/NOTIFY, see `_postgres_backend`),
+  watchers get `JobChanged` pushes, cancellations reach the node running the job.
 - `enqueue_statement` gives the SQL and parameters that enqueue one job on the caller's
   own connection, inside the caller's transaction: the job exists if and only if that
   transaction commits, and the nodes pick it up through the same notification.
@@ -22,7 +22,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-import attrs
 import trio
 
 from gotask._app import App, unpack_args
@@ -31,11 +30,11 @@ from gotask._protocol import JobSpec, check_spec
 from gotask.runtime import ActorContext
 from gotask.runtime.world import World, real_world
 
+from ._aiostore import AioStorage, run_aio_storage
 from ._aiothread import AioThread
 from ._postgres_backend import PostgresBackend
 from ._postgres_schema import check_schema, migration_script
 from ._postgres_settings import PostgresSettings, apply_migrations
-from .redis import run_redis_storage
 
 __all__ = [
     "PostgresSettings",
@@ -51,20 +50,8 @@ __all__ = [
 ]
 
 
-@attrs.define(eq=False)
-class PostgresStorage:
+class PostgresStorage(AioStorage[PostgresSettings, PostgresBackend]):
     """A connected PostgreSQL backend and the asyncio thread it lives in."""
-
-    settings: PostgresSettings
-    aio: AioThread
-    backend: PostgresBackend
-
-    async def aclose(self) -> None:
-        """Close the connections, then stop the thread."""
-        try:
-            await self.aio.call(self.backend.close)
-        finally:
-            await self.aio.aclose()
 
 
 async def open_postgres_storage(url: str, *, migrate: bool = True) -> PostgresStorage:
@@ -96,7 +83,7 @@ async def run_postgres_storage(
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve storage commands from the inbox with the PostgreSQL backend of `storage`."""
-    await run_redis_storage(ctx, storage=storage, task_status=task_status)
+    await run_aio_storage(ctx, storage=storage, task_status=task_status)
 
 
 async def migrate(url: str) -> list[int]:

@@ -4,12 +4,12 @@ Rules of this module:
 - `open_redis_storage(url)` connects (in its own asyncio thread, `_aiothread`) and
   checks the server; the node keeps the returned `RedisStorage` across restarts of
   the actor, like the memory core. `run_redis_storage` runs the one storage shell
-  (`actor.run_storage`) over it: parking, watch pushes, error answers and cancel
-  pushes are the shell's.
+  over it through the asyncio thread bridge (`_aiostore`): parking, watch pushes,
+  error answers and cancel pushes are the shell's.
 - Everything a batch needs from Redis crosses into the asyncio thread in ONE call and
   comes back in one. Redis runs it as one pipeline of Lua scripts (`_redis_scripts`),
   each atomic, in order; the storage clock is Redis `TIME`, read inside each script.
-  Up to `INFLIGHT_MAX` batches are in Redis at once.
+  Up to `_aiostore.INFLIGHT_MAX` batches are in Redis at once.
 - Events: every script that changes jobs publishes on the events channel; the shell
   waits on the subscription (`next_events`, a blocking read, no polling). Events name
   the queues made ready (with the storage time), due times, changed jobs that a
@@ -23,19 +23,15 @@ Rules of this module:
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-import attrs
 import trio
 
 from gotask.runtime import ActorContext
 
-from ._aiothread import AioThread, Pending
-from ._backend import StorageEvents
+from ._aiostore import AioStorage, run_aio_storage
+from ._aiothread import AioThread
 from ._redis_backend import RedisBackend, RedisSettings
-from .actor import run_storage
 
 __all__ = [
     "RedisSettings",
@@ -46,23 +42,8 @@ __all__ = [
     "with_prefix",
 ]
 
-#: Most batches in Redis at once.
-INFLIGHT_MAX = 4
-
-@attrs.define(eq=False)
-class RedisStorage:
+class RedisStorage(AioStorage[RedisSettings, RedisBackend]):
     """A connected Redis backend and the asyncio thread it lives in."""
-
-    settings: RedisSettings
-    aio: AioThread
-    backend: RedisBackend
-
-    async def aclose(self) -> None:
-        """Close the connections, then stop the thread."""
-        try:
-            await self.aio.call(self.backend.close)
-        finally:
-            await self.aio.aclose()
 
 
 async def open_redis_storage(url: str) -> RedisStorage:
@@ -112,27 +93,6 @@ def delete_prefix(url: str) -> int:
 # -- the actor ----------------------------------------------------------------------------
 
 
-@attrs.define(eq=False)
-class _RedisShellBackend:
-    """`RedisStorage` as the shell's `StorageBackend`; `jitter` spreads reconnections."""
-
-    storage: RedisStorage
-    jitter: Callable[[], float]
-    shared = True
-    own_clock = True
-    inflight_max = INFLIGHT_MAX
-
-    def submit(self, cmds: list[Any], now: float | None) -> Pending[list[Any]]:
-        """Send `cmds` to Redis now, as one pipeline."""
-        storage = self.storage
-        return storage.aio.submit(storage.backend.execute, cmds, now, self.jitter())
-
-    async def next_events(self) -> StorageEvents:
-        """Wait for events on the subscription."""
-        storage = self.storage
-        return await storage.aio.call(storage.backend.next_events, self.jitter())
-
-
 async def run_redis_storage(
     ctx: ActorContext,
     *,
@@ -140,6 +100,4 @@ async def run_redis_storage(
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve storage commands from the inbox with the Redis backend of `storage`."""
-    world = ctx.node.world
-    backend = _RedisShellBackend(storage, lambda: world.jitter(0.5, 1.5))
-    await run_storage(ctx, backend=backend, task_status=task_status)
+    await run_aio_storage(ctx, storage=storage, task_status=task_status)

@@ -4,20 +4,23 @@ Rules of the SQLite backend (this module and the `_sqlite_*` modules it is split
 - One node process owns the file (`_sqlite_schema`: an exclusive lock, private modes,
   a versioned schema migrated at start; a foreign or corrupt file is refused). Other
   nodes `--join` the owner, as with memory storage.
-- `SqliteStorageCore.handle(cmd, now)` applies one command inside the current batch's
-  transaction; `commit()` ends the batch. One batch is one transaction and one sync of
-  the WAL (group commit), never one per job. The storage clock is the owning node's
-  World wall clock, passed in as `now`.
-- `SqliteStorage` owns the core and ONE writer thread for the connection; a batch
-  crosses into it once and its replies come back once (`execute`). Under the current
-  actor shell (`actor.run_storage` with `commit=`), the commands run on the actor's
-  thread inside the open transaction and only the COMMIT (the sync) crosses into the
-  writer thread; replies wait for it. The thread is never used by two callers at once.
+- `SqliteStorageCore.handle(cmd, now)` applies one command inside the current
+  transaction; `commit()` ends it. The storage clock is the owning node's World wall
+  clock, read by the storage shell and passed in as `now`.
+- `SqliteStorage` is the one storage shell's backend (`actor.run_storage`): it owns the
+  core and ONE writer thread for the connection. A batch crosses into the thread once
+  (`submit`), runs there whole (`_backend.run_commands`) and its results come back once,
+  after its COMMIT: nothing is answered before it is durable. The thread alone touches
+  the connection.
+- Group commit: batches submitted while the thread works on earlier ones (the shell
+  keeps up to `INFLIGHT_MAX` in flight) wait together and then run as ONE transaction,
+  in submission order, with one COMMIT and one sync of the WAL. So the sync of one
+  group overlaps the shell's work on the next batches, and groups grow with the load.
 - Durability: `synchronous=FULL` (the default) syncs the WAL at every commit, so an
   answered write survives kill -9 and power loss. `synchronous=NORMAL` syncs only at
   checkpoints: it survives kill -9 but power loss may undo the last commits.
-- A write SQLite cannot make (disk full, I/O error) fails its whole batch with
-  `StorageUnavailable`; nothing of the batch is stored or answered as stored.
+- A write SQLite cannot make (disk full, I/O error) fails its whole group with
+  `StorageUnavailable`; nothing of it is stored or answered as stored.
 """
 
 from __future__ import annotations
@@ -32,8 +35,9 @@ import attrs
 import outcome
 import trio
 
-from gotask._errors import GoTaskError, StorageUnavailable
+from gotask._errors import StorageUnavailable
 
+from ._backend import StorageEvents, run_commands
 from ._sqlite_core import SqliteStorageCore
 from ._sqlite_schema import DEFAULT_PATH, SqliteSettings, open_database
 
@@ -41,6 +45,9 @@ __all__ = ["DEFAULT_PATH", "SqliteSettings", "SqliteStorage", "open_sqlite_stora
 
 T = TypeVar("T")
 _Work = tuple[Callable[[], Any], Callable[[outcome.Outcome[Any]], None]]
+
+#: Most batches the shell has in the writer thread at once (queued or running).
+INFLIGHT_MAX = 8
 
 
 class WriterThread:
@@ -56,6 +63,10 @@ class WriterThread:
             fn, deliver = job
             deliver(outcome.capture(fn))
 
+    def put(self, fn: Callable[[], Any], deliver: Callable[[outcome.Outcome[Any]], None]) -> None:
+        """Queue `fn`; the thread calls `deliver` with its outcome (in the thread)."""
+        self._jobs.put((fn, deliver))
+
     async def run(self, fn: Callable[[], T]) -> T:
         """Run `fn()` in the thread and return its result (or raise its exception).
 
@@ -67,7 +78,7 @@ class WriterThread:
         def deliver(result: outcome.Outcome[Any]) -> None:
             token.run_sync_soon(trio.lowlevel.reschedule, task, result)
 
-        self._jobs.put((fn, deliver))
+        self.put(fn, deliver)
         result: T = await trio.lowlevel.wait_task_rescheduled(
             lambda _: trio.lowlevel.Abort.FAILED)
         return result
@@ -78,62 +89,78 @@ class WriterThread:
         await trio.to_thread.run_sync(self._thread.join)
 
 
+class Pending:
+    """A batch submitted to the writer thread; its results arrive after its commit."""
+
+    def __init__(self, cmds: list[Any], now: float) -> None:
+        self.cmds, self.now = cmds, now
+        self._token = trio.lowlevel.current_trio_token()
+        self._done = trio.Event()
+        self._results: list[Any] = []
+
+    def deliver(self, results: list[Any]) -> None:
+        """Hand over the results (from the writer thread)."""
+        try:
+            self._token.run_sync_soon(self._set, results)
+        except trio.RunFinishedError:
+            pass  # the node stopped: nobody waits any more
+
+    def _set(self, results: list[Any]) -> None:
+        self._results = results
+        self._done.set()
+
+    async def wait(self) -> list[Any]:
+        """One result per command: its reply, or the exception it failed with."""
+        if not self._done.is_set():  # else no checkpoint: it costs a scheduling round
+            await self._done.wait()
+        return self._results
+
+
 @attrs.define(eq=False)
 class SqliteStorage:
-    """An open SQLite database, its core and its writer thread.
-
-    Args:
-        clock: the storage clock (seconds) for `execute(cmds, None)`; the owning node's
-            World wall clock.
-    """
+    """An open SQLite database, its core and its writer thread: a `StorageBackend`
+    (see `_backend`) whose batches run whole in the thread, committed in groups."""
 
     settings: SqliteSettings
     core: SqliteStorageCore
     writer: WriterThread
     lock: IO[str]
-    clock: Callable[[], float] | None = None
-    _committed: int = 0
+    _waiting: list[Pending] = attrs.field(factory=list)  # submitted, not yet in the thread
+    _guard: threading.Lock = attrs.field(factory=threading.Lock)
 
-    async def execute(self, cmds: list[Any], now: float | None = None) -> list[Any]:
-        """Run a batch as one transaction in the writer thread (one crossing each way).
+    shared = False
+    own_clock = False
+    inflight_max = INFLIGHT_MAX
 
-        Returns:
-            Per command its reply, or the exception it raised (ValueError, TypeError,
-            a GoTaskError). When the batch cannot be committed, every entry is the
-            `StorageUnavailable` that says why.
-        """
-        if now is None:
-            if self.clock is None:
-                raise ValueError("SqliteStorage.execute needs `now` or a clock")
-            now = self.clock()
-        return await self.writer.run(functools.partial(self._run_batch, cmds, now))
+    def submit(self, cmds: list[Any], now: float | None) -> Pending:
+        """Queue `cmds` for the writer thread at storage time `now`; they run after every
+        batch submitted before, in the same transaction as those still waiting."""
+        assert now is not None
+        pending = Pending(cmds, now)
+        with self._guard:
+            self._waiting.append(pending)
+            first = len(self._waiting) == 1
+        if first:
+            self.writer.put(self._run_group, _raise)
+        return pending
 
-    def _run_batch(self, cmds: list[Any], now: float) -> list[Any]:
-        replies: list[Any] = []
-        for cmd in cmds:
-            try:
-                replies.append(self.core.handle(cmd, now))
-            except (ValueError, TypeError, GoTaskError) as exc:
-                replies.append(exc)
+    def _run_group(self) -> None:  # in the writer thread
+        with self._guard:
+            group, self._waiting = self._waiting, []
         try:
+            results = [run_commands(self.core, p.cmds, p.now) for p in group]
             self.core.commit()
         except StorageUnavailable as exc:
-            return [exc] * len(cmds)
-        return replies
+            results = [[exc] * len(p.cmds) for p in group]
+        except Exception as exc:  # a bug: answered with it, the shell crashes the actor
+            self.core.rollback()
+            results = [[exc] * len(p.cmds) for p in group]
+        for pending, replies in zip(group, results, strict=True):
+            pending.deliver(replies)
 
-    async def commit(self) -> None:
-        """End the batch the actor shell ran on its own thread: the COMMIT (and its sync)
-        runs in the writer thread; a batch that changed nothing just ends, in place.
-
-        Raises:
-            StorageUnavailable: the batch failed or could not be committed.
-        """
-        changes = self.core.connection.total_changes
-        if changes == self._committed:
-            self.core.commit()
-            return
-        self._committed = changes
-        await self.writer.run(self.core.commit)
+    async def next_events(self) -> StorageEvents:
+        """Never called: only this node's storage actor changes the file."""
+        raise NotImplementedError("SQLite storage has no events")
 
     async def aclose(self) -> None:
         """Roll back an unfinished batch, close the database, release the lock."""
@@ -148,16 +175,19 @@ class SqliteStorage:
         self.core.connection.close()
 
 
-async def open_sqlite_storage(
-    url: str, clock: Callable[[], float] | None = None
-) -> SqliteStorage:
+def _raise(result: outcome.Outcome[Any]) -> None:
+    # `_run_group` answers every error it meets; what is left (a BaseException) ends the
+    # thread loudly.
+    result.unwrap()
+
+
+async def open_sqlite_storage(url: str) -> SqliteStorage:
     """Open (create, migrate) the database of `url` and lock it for this process.
 
     Args:
         url: `sqlite:///abs/path.db`, `sqlite://rel/path.db` or `sqlite://` (the
             default file), with `?synchronous=NORMAL` to trade power-loss safety of
             the last commits for speed.
-        clock: the storage clock; see `SqliteStorage`.
 
     Raises:
         ConfigError: a malformed URL.
@@ -171,4 +201,4 @@ async def open_sqlite_storage(
         await writer.aclose()
         raise
     core = SqliteStorageCore(conn)
-    return SqliteStorage(settings, core, writer, lock, clock, conn.total_changes)
+    return SqliteStorage(settings, core, writer, lock)

@@ -58,6 +58,7 @@ from gotask.runtime import Address, open_node
 
 from ._postgres_support import DSN, drop_schema, unique_schema, unreachable, url_for
 from .contract import new_job
+from .shell_contract import Actor, StorageShellContract
 
 if (_reason := unreachable()) is not None:
     pytest.skip(_reason, allow_module_level=True)
@@ -215,6 +216,20 @@ def test_events_merge_notifications() -> None:
 
 
 # -- the actor --------------------------------------------------------------------------------
+
+
+class TestPostgresShell(StorageShellContract):
+    @pytest.fixture
+    async def actor(self) -> AsyncIterator[Actor]:
+        name = unique_schema("s")
+        storage = await open_postgres_storage(url_for(name))
+        try:
+            async with open_node("solo") as node:
+                addr = await node.start_actor(STORAGE, _partial(storage), inbox_max=4096)
+                yield node, addr
+        finally:
+            await storage.aclose()
+            drop_schema(name)
 
 
 @pytest.fixture

@@ -33,13 +33,14 @@ import attrs
 
 from gotask import _protocol as proto
 from gotask._app import App, unpack_args
-from gotask._errors import ActorNotFound, GoTaskError, RemoteProtocolError
+from gotask._errors import ActorNotFound, CronEntryNotFound, GoTaskError, RemoteProtocolError
 from gotask._job import TERMINAL, JobRecord, NewJob
 from gotask._messages import JobChanged, PauseWorkers
 from gotask._messages import UnwatchJobs as StorageUnwatch
 from gotask._messages import WatchJobs as StorageWatch
 from gotask.runtime.message import Address, Envelope, Ok
 
+from ._broker_cron import cron_listing, run_job
 from ._broker_effects import (
     Answer,
     BrokerEvent,
@@ -61,6 +62,7 @@ from ._broker_effects import (
     storage_command,
 )
 from ._watch import WatchBook
+from .storage import base as storage_base
 from .storage.base import BATCH_MAX, EnqueueJobs, EnqueueReply, GetJobsReply
 
 __all__ = ["WAITERS_MAX", "BrokerCore", "BrokerMsg"]
@@ -113,7 +115,28 @@ class _Pausing:
     request: Envelope
 
 
-_Pending: TypeAlias = _Enqueuing | _Forwarding | _Watching | _Snapshot | _Pausing
+# -- cron (issue 15) --
+
+
+@attrs.frozen
+class _CronListing:
+    request: Envelope
+    states: tuple[storage_base.CronState, ...] | None = None  # set: jobs asked
+
+
+@attrs.frozen
+class _CronPausing:
+    request: Envelope
+    name: str
+
+
+@attrs.frozen
+class _CronRunning:
+    request: Envelope
+
+
+_Pending: TypeAlias = (_Enqueuing | _Forwarding | _Watching | _Snapshot | _Pausing
+                       | _CronListing | _CronPausing | _CronRunning)
 
 
 @attrs.define
@@ -200,8 +223,45 @@ class BrokerCore:
                   | proto.RetryDead() | proto.PurgeDead() | proto.CountQueues()
                   | proto.ListNodes()):
                 return self._forward(env, msg)
+            case proto.ListCron() | proto.PauseCron() | proto.RunCron():
+                return self._cron(env, msg)
             case _:
                 assert_never(msg)
+
+    def _cron(self, env: Envelope, msg: proto.ListCron | proto.PauseCron | proto.RunCron
+              ) -> list[Effect]:
+        match msg:
+            case proto.ListCron():
+                return [self._call(_CronListing(env), Target.STORAGE, storage_base.CronList())]
+            case proto.PauseCron(name=name, paused=paused):
+                return [self._call(_CronPausing(env, name), Target.STORAGE,
+                                   storage_base.CronSetPaused(name, paused))]
+            case proto.RunCron(name=name):
+                try:
+                    job = run_job(self.app, name, self.new_id)
+                except GoTaskError as exc:
+                    return [Refuse(env, exc)]
+                return [self._call(_CronRunning(env), Target.STORAGE, EnqueueJobs((job,)))]
+
+    def _cron_done(self, pending: _CronListing | _CronPausing | _CronRunning,
+                   reply: object) -> list[Effect]:
+        match pending, reply:
+            case _CronListing(request=env, states=None), storage_base.CronListReply(states=st):
+                ids = tuple(s.last_job for s in st if s.last_job is not None)
+                if not ids:
+                    return [Answer(env, cron_listing(self.app, st, {}))]
+                return [self._call(_CronListing(env, st), Target.STORAGE,
+                                   storage_base.GetJobs(ids))]
+            case _CronListing(request=env, states=tuple() as st), GetJobsReply(jobs=jobs):
+                found = {job.id: job for job in jobs if job is not None}
+                return [Answer(env, cron_listing(self.app, st, dict(found)))]
+            case _CronPausing(request=env, name=name), storage_base.CronSetPausedReply(found=f):
+                if not f:
+                    return [Refuse(env, CronEntryNotFound(f"no cron entry {name!r}"))]
+                return [Answer(env, Ok())]
+            case _CronRunning(request=env), EnqueueReply(ids=(job_id,)):
+                return [Answer(env, proto.RunCronReply(job_id))]
+        return [Refuse(pending.request, _unexpected(type(pending).__name__, reply))]
 
     def _call(self, pending: _Pending, target: Target, msg: object,
               lane: Lane = Lane.OTHER) -> Call:
@@ -353,6 +413,8 @@ class BrokerCore:
                 return self._snapshot(key, reply)
             case _Pausing(request=request):
                 return [Answer(request, Ok())]
+            case _CronListing() | _CronPausing() | _CronRunning():
+                return self._cron_done(pending, reply)
             case _:
                 assert_never(pending)
 
@@ -360,7 +422,9 @@ class BrokerCore:
         match pending:
             case _Enqueuing(parts=parts):
                 return [Refuse(env, error) for env, _ in parts]
-            case _Forwarding(request=request) | _Pausing(request=request):
+            case _Forwarding(request=request) | _Pausing(request=request) \
+                    | _CronListing(request=request) | _CronPausing(request=request) \
+                    | _CronRunning(request=request):
                 return [Refuse(request, error)]
             case _Watching(request=request, ids=ids, watcher=watcher):
                 return [Refuse(request, error),

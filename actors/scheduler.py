@@ -5,7 +5,8 @@ Rules of this module:
   fires) and turns a `Tick` past the earliest into a storage call. Today one duty,
   `promote`, asks storage every `interval_s` to promote due `scheduled` jobs
   (`PromoteDue`), again at once while a full batch came back. Cron entries (issue 15)
-  join the same heap, one timer per entry.
+  join the same heap, one timer per entry, decided by `_scheduler_cron.CronDuties`
+  (registration at start, then one compare-and-set fire per due tick).
 - A duty never has two calls in flight: its timer is re-armed only when storage has
   answered (or failed, in which case it is logged and tried at the next interval).
 - Due times are judged by the storage clock. Several nodes may run a Scheduler against
@@ -18,18 +19,21 @@ from __future__ import annotations
 import heapq
 import logging
 import math
+from collections.abc import Callable
 from typing import assert_never
 
 import attrs
 import trio
 
+from gotask._app import App, pack_args
 from gotask.runtime import ActorContext, Address, Envelope
 
 from ._effects import Call, Called, CallFailed, Effect, Log, Tick, unknown_message
+from ._scheduler_cron import CRON_REGISTER, CronDuties, CronJobDefaults
 from ._shell import Shell
 from .storage.base import PromoteDue, PromoteDueReply
 
-__all__ = ["PROMOTE_LIMIT", "SchedulerCore", "SchedulerMsg", "run_scheduler"]
+__all__ = ["PROMOTE_LIMIT", "SchedulerCore", "SchedulerMsg", "cron_duties", "run_scheduler"]
 
 log = logging.getLogger("gotask.scheduler")
 PROMOTE_LIMIT = 1000
@@ -50,6 +54,8 @@ class SchedulerCore:
     #: (when, duty) for every duty waiting for its time; a duty in flight is absent.
     timers: list[tuple[float, str]] = attrs.Factory(list)
     started: bool = False
+    #: The cron duties, sharing `timers` (None: no cron entries on this node).
+    cron: CronDuties | None = None
 
     def deadline(self) -> float:
         """When the earliest timer fires (-inf before the first tick)."""
@@ -67,6 +73,10 @@ class SchedulerCore:
             case Called(tag=tag, reply=reply):
                 return self._answered(tag, reply, now)
             case CallFailed(tag=tag, error=error):
+                if self.cron is not None and tag == CRON_REGISTER:
+                    return self.cron.register_failed(error, now)
+                if self.cron is not None and isinstance(tag, str) and tag.startswith("cron:"):
+                    return self.cron.fire_failed(tag, error, now)
                 if tag != PROMOTE:
                     return []
                 heapq.heappush(self.timers, (now + self.interval_s, PROMOTE))
@@ -76,19 +86,28 @@ class SchedulerCore:
                 assert_never(msg)
 
     def _tick(self, now: float) -> list[Effect]:
+        effects: list[Effect] = []
         if not self.started:  # the first promotion comes one interval after start
             self.started = True
             heapq.heappush(self.timers, (now + self.interval_s, PROMOTE))
-        effects: list[Effect] = []
+            if self.cron is not None:
+                effects += self.cron.start()
         while self.timers and self.timers[0][0] <= now:
             _, duty = heapq.heappop(self.timers)
-            effects.append(self._fire(duty))
+            if duty == PROMOTE or self.cron is None:
+                effects.append(self._fire(duty))
+            else:
+                effects += self.cron.due(duty, now)
         return effects
 
     def _fire(self, duty: str) -> Effect:
         return Call(self.storage, PromoteDue(self.limit), duty)
 
     def _answered(self, tag: object, reply: object, now: float) -> list[Effect]:
+        if self.cron is not None and tag == CRON_REGISTER:
+            return self.cron.registered(reply, now)
+        if self.cron is not None and isinstance(tag, str) and tag.startswith("cron:"):
+            return self.cron.fired(tag, reply, now)
         if tag != PROMOTE:
             return []
         if isinstance(reply, PromoteDueReply) and reply.promoted >= self.limit:
@@ -104,11 +123,28 @@ async def run_scheduler(
     *,
     storage: Address,
     interval_s: float = 0.2,
+    app: App | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Promote due jobs every `interval_s` seconds."""
+    """Promote due jobs every `interval_s` seconds; fire `app`'s cron entries."""
     core = SchedulerCore(storage, interval_s)
+    if app is not None and app.cron_entries():
+        core.cron = cron_duties(app, ctx.node.name, storage, ctx.node.world.new_id,
+                                core.timers)
     async with trio.open_nursery() as nursery:
         task_status.started()
         await Shell(ctx, nursery, log, SCHEDULER_MSGS).serve(core)
         nursery.cancel_scope.cancel()
+
+
+def cron_duties(app: App, node: str, storage: Address, new_id: Callable[[], str],
+                timers: list[tuple[float, str]]) -> CronDuties:
+    """The cron duties of `app`'s entries, sharing the Scheduler's `timers`."""
+    entries = {e.name: e for e in app.cron_entries()}
+    defaults = {}
+    for name, entry in entries.items():
+        task = app.get(entry.task)
+        defaults[name] = CronJobDefaults(task.queue, task.priority, task.max_attempts,
+                                         task.timeout_s, task.result_ttl_s)
+    args = {name: pack_args(e.args, e.kwargs) for name, e in entries.items()}
+    return CronDuties(node, storage, entries, defaults, args, new_id, timers)

@@ -21,6 +21,7 @@ from typing import Any, TypeVar, overload
 import attrs
 import msgpack
 
+from gotask._cron import CronEntry, make_entry
 from gotask._errors import InvalidArguments, TaskNotFound
 from gotask._job import check_job_fields
 from gotask._retry import RetryPolicy, RetryRule
@@ -31,6 +32,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:-]{0,127}$")
 ARGS_BYTES_MAX = 512 * 1024
 DEFAULT_RETRY = RetryPolicy()
+#: What a cron entry's `options` may set on its jobs.
+_CRON_JOB_OPTIONS = {"max_attempts", "timeout_s", "result_ttl_s"}
 
 
 @attrs.frozen
@@ -91,6 +94,7 @@ class App:
     def __init__(self, name: str = "gotask") -> None:
         self.name = name
         self._tasks: dict[str, Task] = {}
+        self._crons: dict[str, CronEntry] = {}
 
     @overload
     def task(self, fn: F, /) -> F: ...
@@ -158,6 +162,73 @@ class App:
     def names(self) -> list[str]:
         """Registered task names, sorted."""
         return sorted(self._tasks)
+
+    # -- cron entries (issue 15) ---------------------------------------------------------
+
+    def cron(
+        self, schedule: str | None = None, /, **options: Any
+    ) -> Callable[[F], F]:
+        """Declare a recurring job of the decorated function (registered as a task
+        with default options, named `name` if given, unless it is one already). The
+        entry is named after the task unless `name=` is given. Options are those of
+        `add_cron`.
+
+        Example:
+            @app.cron("0 7 * * mon-fri", zone="Europe/Paris")
+            def morning_report() -> None: ...
+
+        Raises:
+            ValueError: an invalid entry (the message names it).
+        """
+
+        def register(func: F) -> F:
+            name = options.pop("name", None)
+            task = next((t for t in self._tasks.values() if t.fn is func), None)
+            if task is None:
+                task = self._register(func, {"name": name} if name else {})
+            self.add_cron(name or task.name, task.name, schedule, **options)
+            return func
+
+        return register
+
+    def add_cron(
+        self, name: str, task: str, schedule: str | None = None, /, **options: Any
+    ) -> CronEntry:
+        """Declare a recurring job of the registered task `task`: a cron expression
+        (`schedule`, evaluated by cronsim in `zone`) or `every_s=` seconds.
+
+        Options: every_s, zone (IANA name, default "UTC"), args, kwargs, queue, priority,
+        options (max_attempts, timeout_s, result_ttl_s), misfire ("skip", "once" (the
+        default) or "all"), misfire_limit, grace_s, jitter_s. See docs/cron.md.
+
+        Raises:
+            ValueError: an invalid entry, an unknown task or a name declared twice.
+            TypeError: an unknown option.
+        """
+        if name in self._crons:
+            raise ValueError(f"cron entry {name!r} is already declared")
+        if task not in self._tasks:
+            raise ValueError(f"cron entry {name!r}: unknown task {task!r} (register it first)")
+        try:
+            entry = make_entry(name, task, schedule=schedule, **options)
+        except TypeError as exc:
+            raise TypeError(f"cron entry {name!r}: {exc}") from None
+        pack_args(entry.args, entry.kwargs)
+        unknown = set(entry.options) - _CRON_JOB_OPTIONS
+        if unknown:
+            raise TypeError(f"cron entry {name!r}: unknown job option(s): "
+                            f"{', '.join(sorted(unknown))}")
+        try:
+            _check_options({**entry.options, "queue": entry.queue or "default",
+                            **({} if entry.priority is None else {"priority": entry.priority})})
+        except ValueError as exc:
+            raise ValueError(f"cron entry {name!r}: {exc}") from None
+        self._crons[name] = entry
+        return entry
+
+    def cron_entries(self) -> list[CronEntry]:
+        """Declared cron entries, sorted by name."""
+        return [self._crons[name] for name in sorted(self._crons)]
 
 
 def _check_options(options: Mapping[str, Any]) -> None:

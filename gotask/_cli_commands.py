@@ -29,6 +29,8 @@ async def run(client: AsyncClient, args: argparse.Namespace) -> int:
     """
     if args.command == "dlq":
         return await _dlq(client, args)
+    if args.command == "cron":
+        return await _cron(client, args)
     command = {"enqueue": _enqueue, "job": _job, "queues": _queues, "cancel": _cancel,
                "nodes": _nodes}[args.command]
     return await command(client, args)
@@ -163,4 +165,23 @@ async def _dlq(client: AsyncClient, args: argparse.Namespace) -> int:
         print(f"gotask: error: {missing} of the given id(s) are not in the dead-letter "
               "queue (see 'gotask dlq list')", file=sys.stderr)
         return 1
+    return 0
+
+
+async def _cron(client: AsyncClient, args: argparse.Namespace) -> int:
+    if args.action == "list":
+        entries = await client.cron_list()
+        if args.json:
+            _print(out.to_json([out.cron_json(e) for e in entries]))
+        else:
+            _print(out.cron_table(entries) if entries else "no cron entries")
+        return 0
+    if args.action == "run":
+        job_id = await client.cron_run(args.name)
+        _print(out.to_json({"name": args.name, "id": job_id}) if args.json else job_id)
+        return 0
+    await client.cron_pause(args.name, paused=args.action == "pause")
+    state = "paused" if args.action == "pause" else "resumed"
+    _print(out.to_json({"name": args.name, "state": state}) if args.json
+           else f"{args.name}: {state}")
     return 0

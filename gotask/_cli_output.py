@@ -24,7 +24,7 @@ import msgpack
 from gotask._app import unpack_args
 from gotask._errors import InvalidArguments
 from gotask._job import JobRecord
-from gotask._protocol import NodeInfo
+from gotask._protocol import CronEntryInfo, NodeInfo
 
 __all__ = [
     "STATE_COLUMNS",
@@ -183,6 +183,25 @@ def nodes_table(nodes: Sequence[NodeInfo]) -> str:
              _short(" ".join(f"{k}={to_json(v)}" for k, v in sorted(n.info.items())), 80)]
             for n in nodes]
     return format_table(["NODE", "SINCE", "LAST SEEN", "INFO"], rows)
+
+
+def cron_json(entry: CronEntryInfo) -> dict[str, Any]:
+    """`gotask cron list --json`: one entry's fields."""
+    return attrs.asdict(entry)
+
+
+def cron_table(entries: Sequence[CronEntryInfo]) -> str:
+    """`gotask cron list`: one row per stored entry."""
+    rows = []
+    for e in entries:
+        when = e.schedule if e.schedule is not None else (
+            f"every {e.every_s}s" if e.every_s is not None else "(not in this app)")
+        status = "paused" if e.paused else ("stale" if not e.current else "active")
+        rows.append([e.name, when, e.zone or "-",
+                     _when(e.next_tick) if e.next_tick is not None else "-",
+                     _when(e.last_tick), e.last_job_state or "-", status])
+    return format_table(["NAME", "SCHEDULE", "ZONE", "NEXT", "LAST TICK", "LAST JOB",
+                         "STATUS"], rows)
 
 
 def outcome_line(job: JobRecord) -> str:

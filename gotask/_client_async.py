@@ -65,16 +65,20 @@ from gotask._job import JobRecord
 from gotask._protocol import (
     CancelJobs,
     CountQueues,
+    CronEntryInfo,
     Enqueue,
     GetJobs,
     JobSpec,
+    ListCron,
     ListDead,
     ListJobs,
     ListNodes,
     NodeInfo,
+    PauseCron,
     PauseWorkers,
     PurgeDead,
     RetryDead,
+    RunCron,
     UnwatchJobs,
     WaitJobs,
     WatchJobs,
@@ -554,6 +558,28 @@ class AsyncClient:
     async def nodes(self) -> list[NodeInfo]:
         """The live nodes of the cluster, sorted by name."""
         return list((await self._request(ListNodes(), retry=True)).nodes)
+
+    # -- cron (issue 15) ---------------------------------------------------------------
+
+    async def cron_list(self) -> list[CronEntryInfo]:
+        """The cron entries in storage, sorted by name, as the answering node sees them."""
+        return list((await self._request(ListCron(), retry=True)).entries)
+
+    async def cron_pause(self, name: str, paused: bool = True) -> None:
+        """Pause (or, with `paused=False`, resume) cron entry `name` cluster-wide.
+
+        Raises:
+            CronEntryNotFound: no entry of that name is stored.
+        """
+        await self._request(PauseCron(name, paused), retry=True)
+
+    async def cron_run(self, name: str) -> str:
+        """Enqueue one job of cron entry `name` now, outside its schedule; its id.
+
+        Raises:
+            CronEntryNotFound: the answering node's app declares no such entry.
+        """
+        return (await self._request(RunCron(name), retry=False)).job_id
 
 
 def _checked(msg: Command[R], reply: object) -> R:

@@ -22,7 +22,7 @@ from gotask._client_async import AsyncClient
 from gotask._client_conn import nodes_from_env, secret_from_env
 from gotask._client_jobs import JobTuple
 from gotask._job import JobRecord
-from gotask._protocol import NodeInfo
+from gotask._protocol import CronEntryInfo, NodeInfo
 
 __all__ = ["Client"]
 
@@ -207,3 +207,15 @@ class Client:
     def nodes(self) -> list[NodeInfo]:
         """The live nodes. See `AsyncClient.nodes`."""
         return self._run(AsyncClient.nodes)
+
+    def cron_list(self) -> list[CronEntryInfo]:
+        """The cron entries. See `AsyncClient.cron_list`."""
+        return self._run(AsyncClient.cron_list)
+
+    def cron_pause(self, name: str, paused: bool = True) -> None:
+        """Pause or resume a cron entry. See `AsyncClient.cron_pause`."""
+        self._run(AsyncClient.cron_pause, name, paused)
+
+    def cron_run(self, name: str) -> str:
+        """Enqueue one job of a cron entry now. See `AsyncClient.cron_run`."""
+        return self._run(AsyncClient.cron_run, name)

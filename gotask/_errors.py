@@ -15,6 +15,7 @@ __all__ = [
     "AuthenticationError",
     "CallTimeout",
     "ConfigError",
+    "CronEntryNotFound",
     "FramingError",
     "GoTaskError",
     "InvalidArguments",
@@ -52,6 +53,10 @@ class JobNotFound(JobError, LookupError):
 
 class TaskNotFound(JobError, LookupError):
     """No task is registered under this name; nothing is imported by path."""
+
+
+class CronEntryNotFound(GoTaskError, LookupError):
+    """No cron entry has this name (in storage, or in the answering node's app)."""
 
 
 class InvalidArguments(JobError, TypeError):

@@ -24,6 +24,14 @@ import attrs
 
 from gotask._app import pack_args
 from gotask._job import JobRecord, check_job_fields
+from gotask._protocol_cron import (
+    CronEntryInfo,
+    CronListing,
+    ListCron,
+    PauseCron,
+    RunCron,
+    RunCronReply,
+)
 from gotask.runtime.message import Address, Command, Ok, message
 
 __all__ = [
@@ -36,6 +44,8 @@ __all__ = [
     "ClientRequest",
     "CountQueues",
     "CountReply",
+    "CronEntryInfo",
+    "CronListing",
     "Enqueue",
     "EnqueueReply",
     "GetJobs",
@@ -43,16 +53,20 @@ __all__ = [
     "JobPage",
     "JobSpec",
     "JobsReply",
+    "ListCron",
     "ListDead",
     "ListJobs",
     "ListNodes",
     "NodeInfo",
     "NodesReply",
+    "PauseCron",
     "PauseWorkers",
     "PurgeDead",
     "QueueCount",
     "QueuesReply",
     "RetryDead",
+    "RunCron",
+    "RunCronReply",
     "UnwatchJobs",
     "WaitJobs",
     "WatchJobs",
@@ -345,6 +359,10 @@ ClientRequest: TypeAlias = (
     | CountQueues
     | ListNodes
     | PauseWorkers
+    # -- cron (issue 15) --
+    | ListCron
+    | PauseCron
+    | RunCron
 )
 
 #: Every request of the client protocol, for faces that map names onto it.
@@ -387,4 +405,5 @@ def check_spec(task: str, args: Sequence[Any], kwargs: Mapping[str, Any] | None,
 REQUESTS: Final[tuple[type, ...]] = (
     Enqueue, GetJobs, WaitJobs, WatchJobs, UnwatchJobs, CancelJobs, ListJobs, ListDead,
     RetryDead, PurgeDead, CountQueues, ListNodes, PauseWorkers,
+    ListCron, PauseCron, RunCron,  # cron (issue 15)
 )

@@ -187,7 +187,8 @@ async def _start_actors(server: Server) -> None:
             concurrency=config.concurrency, prefetch=config.concurrency,
             lease_timeout_s=config.lease_timeout_s,
             lease_max=512 if local else 256, leases_in_flight=1 if local else 2)))
-    await node.start_actor(SCHEDULER, functools.partial(run_scheduler, storage=storage))
+    await node.start_actor(SCHEDULER, functools.partial(
+        run_scheduler, storage=storage, app=config.app))
     await node.start_actor(REAPER, functools.partial(
         run_reaper, storage=storage, node_info=functools.partial(_node_info, server)))
 

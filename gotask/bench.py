@@ -18,7 +18,8 @@ Rules of this module:
   speed (`python_mops`) and the share of CPU time the hypervisor gave to other guests
   during the runs (`cpu_steal_pct`, from /proc/stat): on a shared VM those tell a slow
   machine from slow code.
-- `gotask bench runtime` measures the actor runtime itself (gotask.bench_runtime).
+- `gotask bench runtime` measures the actor runtime itself (gotask.bench_runtime);
+  `gotask bench cron` the Scheduler with many cron entries (gotask.bench_cron).
 - `gotask bench http --url URL` measures REST enqueue on a running node (gotask.bench_http).
 """
 
@@ -303,7 +304,7 @@ def run_job_bench(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> int:
-    """`gotask bench [runtime] ...`; returns the exit code."""
+    """`gotask bench [runtime|cron|http] ...`; returns the exit code."""
     if argv[:1] == ["http"]:
         from gotask.bench_http import main as http_main
 
@@ -312,6 +313,10 @@ def main(argv: list[str]) -> int:
         from gotask.bench_runtime import main as runtime_main
 
         return runtime_main(argv[1:])
+    if argv[:1] == ["cron"]:
+        from gotask.bench_cron import main as cron_main
+
+        return cron_main(argv[1:])
     parser = argparse.ArgumentParser(prog="gotask bench")
     parser.add_argument("--storage", default="memory://")
     parser.add_argument("--jobs", type=int, default=100_000)

@@ -160,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     cancel = sub.add_parser("cancel", parents=[client], help="cancel a job")
     cancel.add_argument("id", metavar="ID")
     sub.add_parser("nodes", parents=[client], help="the live nodes of the cluster")
+    _add_cron(sub, client)
     _add_node(sub)
     _add_migrate(sub)
     sub.add_parser("bench", add_help=False, help="run a benchmark (gotask bench --help)")
@@ -220,6 +221,17 @@ def _add_dlq(sub: Any, client: _Parser) -> None:
         p = actions.add_parser(name, parents=[client], help=text)
         p.add_argument("ids", nargs="*", metavar="ID")
         p.add_argument("--all", action="store_true", help="every dead job")
+
+
+def _add_cron(sub: Any, client: _Parser) -> None:
+    cron = sub.add_parser("cron", help="recurring jobs (cron entries)")
+    actions = cron.add_subparsers(dest="action", required=True, metavar="ACTION")
+    actions.add_parser("list", parents=[client], help="list the cron entries")
+    for name, text in (("pause", "pause an entry, cluster-wide"),
+                       ("resume", "resume a paused entry"),
+                       ("run", "enqueue one job of an entry now, outside its schedule")):
+        p = actions.add_parser(name, parents=[client], help=text)
+        p.add_argument("name", metavar="NAME")
 
 
 def _add_node(sub: Any) -> None:

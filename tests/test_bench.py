@@ -92,3 +92,12 @@ def test_call_floor_refuses_an_unknown_program() -> None:
     with pytest.raises(ValueError, match="unknown floor program 'nope'"):
         measure("nope", 1)
 
+
+
+def test_cron_bench_fires_every_entry_each_minute_at_a_tiny_size() -> None:
+    from gotask.bench_cron import run_cron_bench
+
+    result = run_cron_bench(entries=20, minutes=2, step_s=0.5)
+    assert result["jobs_enqueued"] == 40  # 20 entries x 2 minutes, each tick once
+    assert result["first_tick_all_enqueued_cpu_s"] is not None
+    assert 0 <= result["scheduler_cpu_pct_of_core"] < 100

@@ -4,7 +4,8 @@ Layers, bottom first (docs/architecture.md says why):
 0. `gotask._errors`: the error tree.
 1. the codec and values: `gotask.runtime.message`, `gotask.transports._wire*`,
    `_handshake`, `_link_protocol`; the job model and the client protocol
-   (`gotask._job`, `_retry`, `_app`, `_messages`, `_protocol`).
+   (`gotask._job`, `_retry`, `_app`, `_cron`, `_messages`, `_protocol`,
+   `_protocol_cron`).
 2. the runtime: `gotask.runtime` (trio).
 3. transports (the trio link and its shells) and actors.
 4. the faces and the assembly: clients, CLI, node assembly, web, bench.
@@ -38,8 +39,10 @@ LAYERS: list[tuple[str, int]] = [
     ("gotask._job", 1),
     ("gotask._retry", 1),
     ("gotask._app", 1),
+    ("gotask._cron", 1),
     ("gotask._messages", 1),
     ("gotask._protocol", 1),
+    ("gotask._protocol_cron", 1),
     ("gotask.runtime", 2),
     ("gotask.transports", 3),
     ("gotask.actors", 3),

@@ -84,7 +84,8 @@ def test_every_request_declares_its_reply_and_is_registered() -> None:
         proto.ListJobs: proto.JobPage, proto.ListDead: proto.JobPage,
         proto.RetryDead: proto.CountReply, proto.PurgeDead: proto.CountReply,
         proto.CountQueues: proto.QueuesReply, proto.ListNodes: proto.NodesReply,
-        proto.PauseWorkers: Ok,
+        proto.PauseWorkers: Ok, proto.ListCron: proto.CronListing, proto.PauseCron: Ok,
+        proto.RunCron: proto.RunCronReply,
     }
     assert set(proto.REQUESTS) == set(expected)
     for request, reply in expected.items():

@@ -15,6 +15,7 @@ import attrs
 from gotask._job import LeaseToken, NewJob
 from gotask.runtime.message import Command, message
 
+from ._base_cron import CronFire, CronList, CronRegister, CronSetPaused
 from ._base_items import AckItem, NackItem, ProgressItem, QueueWeight
 from ._base_replies import (
     AckReply,
@@ -307,4 +308,9 @@ StorageCommand: TypeAlias = (
     | RegisterNode
     | ListNodes
     | ExpireNodes
+    # -- cron (issue 15) --
+    | CronRegister
+    | CronFire
+    | CronList
+    | CronSetPaused
 )

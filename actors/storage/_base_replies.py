@@ -12,6 +12,12 @@ import attrs
 from gotask._job import JobRecord
 from gotask.runtime.message import message
 
+from ._base_cron import (
+    CronFireReply,
+    CronListReply,
+    CronRegisterReply,
+    CronSetPausedReply,
+)
 from ._base_items import NodeInfo, QueueCount
 
 __all__ = [
@@ -231,4 +237,9 @@ StorageReply: TypeAlias = (
     | RegisterNodeReply
     | ListNodesReply
     | ExpireNodesReply
+    # -- cron (issue 15) --
+    | CronRegisterReply
+    | CronFireReply
+    | CronListReply
+    | CronSetPausedReply
 )

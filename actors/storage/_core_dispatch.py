@@ -43,6 +43,10 @@ class CoreHandlers(Protocol):
     def _register(self, cmd: b.RegisterNode, now: float) -> float: ...
     def _live_nodes(self, now: float) -> tuple[b.NodeInfo, ...]: ...
     def _expire_nodes(self, now: float) -> tuple[str, ...]: ...
+    def _cron_register(self, cmd: b.CronRegister, now: float) -> b.CronRegisterReply: ...
+    def _cron_fire(self, cmd: b.CronFire, now: float) -> b.CronFireReply: ...
+    def _cron_list(self) -> b.CronListReply: ...
+    def _cron_pause(self, cmd: b.CronSetPaused) -> b.CronSetPausedReply: ...
 
 
 def unknown(cmd: Never) -> NoReturn:
@@ -93,5 +97,14 @@ def dispatch(core: CoreHandlers, cmd: StorageCommand, now: float) -> StorageRepl
             return b.ListNodesReply(core._live_nodes(now))
         case b.ExpireNodes():
             return b.ExpireNodesReply(core._expire_nodes(now))
+        # -- cron (issue 15) --
+        case b.CronRegister():
+            return core._cron_register(cmd, now)
+        case b.CronFire():
+            return core._cron_fire(cmd, now)
+        case b.CronList():
+            return core._cron_list()
+        case b.CronSetPaused():
+            return core._cron_pause(cmd)
         case _:
             unknown(cmd)

@@ -144,14 +144,16 @@ def _render(sql: str, schema: str) -> str:
 
 def migrations(schema: str) -> list[tuple[int, str]]:
     """Every migration as (version, SQL) for `schema`, in order."""
+    from ._postgres_cron import CRON_SQL
     from ._postgres_functions import FUNCTIONS
 
     check_schema(schema)
-    return [(1, _render(_TABLES + FUNCTIONS, schema))]
+    return [(1, _render(_TABLES + FUNCTIONS, schema)),
+            (2, _render(CRON_SQL, schema))]  # cron (issue 15)
 
 
 #: The newest migration's version.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def migration_script(schema: str) -> str:

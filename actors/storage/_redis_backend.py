@@ -40,11 +40,14 @@ from gotask._errors import ConfigError, StorageError, StorageFull, StorageUnavai
 
 from ._backend import StorageEvents
 from ._redis_codec import Plan, decode, encode
-from ._redis_scripts import SCRIPTS
+from ._redis_cron import CRON_SCRIPTS
+from ._redis_scripts import SCRIPTS as _JOB_SCRIPTS
 
 __all__ = ["Events", "RedisBackend", "RedisSettings"]
 
 log = logging.getLogger("gotask.storage.redis")
+#: Every script the backend loads: the job lifecycle's and the cron block's (issue 15).
+SCRIPTS = {**_JOB_SCRIPTS, **CRON_SCRIPTS}
 
 CONNECT_TIMEOUT_S = 5.0
 SOCKET_TIMEOUT_S = 30.0

@@ -27,6 +27,7 @@ from gotask._job import JobRecord
 
 from . import base as b
 from ._backend import JOB_OVERHEAD_BYTES, LEASE_REPLY_BYTES_MAX, Leased, WatchRead
+from ._redis_cron import CRON_DECODERS, CRON_ENCODERS
 
 __all__ = ["Leased", "Plan", "WatchRead", "decode", "encode", "record", "records"]
 
@@ -214,6 +215,14 @@ _ENCODERS: dict[type, Callable[[Any], Plan]] = {
     b.ListNodes: lambda c: Plan("list_nodes", []),
     b.ExpireNodes: lambda c: Plan("expire_nodes", []),
 }
+# -- cron (issue 15): every cron command may be resent (a repeated fire is "stale") --
+
+
+def _cron_plan(enc: Callable[[Any], tuple[str, list[Any]]]) -> Callable[[Any], Plan]:
+    return lambda c: Plan(*enc(c))
+
+
+_ENCODERS.update({cls: _cron_plan(enc) for cls, enc in CRON_ENCODERS.items()})
 
 
 def encode(cmd: object, nodes_max: int = 10_000) -> Plan:
@@ -302,6 +311,7 @@ _DECODERS: dict[str, Callable[[Any, Any], Any]] = {
     "register_node": lambda c, r: b.RegisterNodeReply(float(r)),
     "list_nodes": lambda c, r: _nodes(r),
     "expire_nodes": lambda c, r: b.ExpireNodesReply(tuple(sorted(v.decode() for v in r))),
+    **CRON_DECODERS,
 }
 
 

@@ -213,7 +213,8 @@ class StorageShellCore(Generic[R]):
                     | b.NackJobs() | b.ReportProgress() | b.ReleaseJobs() | b.CancelJobs() \
                     | b.GetJobs() | b.ListJobs() | b.CountJobs() | b.RequeueExpired() \
                     | b.PromoteDue() | b.PurgeExpired() | b.ListDead() | b.RetryDead() \
-                    | b.PurgeDead() | b.RegisterNode() | b.ListNodes() | b.ExpireNodes():
+                    | b.PurgeDead() | b.RegisterNode() | b.ListNodes() | b.ExpireNodes() \
+                    | b.CronRegister() | b.CronFire() | b.CronList() | b.CronSetPaused():
                 self._note_sent(msg, mono)
                 batch.add(msg, _Reply(request))
             case LeaseWait():
@@ -240,12 +241,12 @@ class StorageShellCore(Generic[R]):
     def _note_sent(self, cmd: b.StorageCommand, mono: float) -> None:
         """Wake the parked leases a command of this shell may give jobs to.
 
-        An enqueue wakes its queues (on a shared store too, to save a round trip), and
-        where no events tell, sets their timers for its delayed jobs; other commands that
-        make jobs ready wake every queue where no events tell which, and a nack sets
-        every wait's timer for its earliest retry.
+        An enqueue (or a cron fire) wakes its queues (on a shared store too, to save a
+        round trip), and where no events tell, sets their timers for its delayed jobs;
+        other commands that make jobs ready wake every queue where no events tell which,
+        and a nack sets every wait's timer for its earliest retry.
         """
-        if isinstance(cmd, b.EnqueueJobs):
+        if isinstance(cmd, b.EnqueueJobs | b.CronFire):  # a cron fire enqueues its jobs
             ready: set[str] = set()
             for job in cmd.jobs:
                 if job.delay_s <= 0:

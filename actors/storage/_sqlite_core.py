@@ -24,6 +24,7 @@ from gotask._job import JobRecord
 from . import base as b
 from ._core_dispatch import dispatch
 from ._fairness import FairCredits, swrr
+from ._sqlite_cron import _SqliteCron
 from ._sqlite_maintenance import (
     _COLS,
     CANCEL,
@@ -75,7 +76,7 @@ def _leased(row: Any, now: float, expires_at: float, node: str) -> JobRecord:
     )  # fmt: skip
 
 
-class SqliteStorageCore(_SqliteMaintenance):
+class SqliteStorageCore(_SqliteMaintenance, _SqliteCron):
     """The storage contract over one SQLite connection (see `sqlite` for the rules).
 
     Args:

@@ -40,7 +40,7 @@ __all__ = [
 
 #: `PRAGMA application_id` of a GoTask database: "GTsq".
 APPLICATION_ID = 0x47547371
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 #: Where `sqlite://` (no path) keeps its file, relative to the working directory.
 DEFAULT_PATH = ".gotask/gotask.db"
 _SYNC_MODES = ("FULL", "NORMAL")
@@ -126,8 +126,21 @@ CREATE TABLE nodes (
 ) WITHOUT ROWID;
 """
 
+# -- cron (issue 15) --
+_SCHEMA_V2_CRON = """
+CREATE TABLE cron_entries (
+    name TEXT PRIMARY KEY,
+    definition TEXT NOT NULL,
+    node TEXT NOT NULL,
+    registered_at REAL NOT NULL,
+    last_tick INTEGER NOT NULL,
+    paused INTEGER NOT NULL DEFAULT 0,
+    last_job TEXT
+) WITHOUT ROWID;
+"""
+
 #: Scripts that bring a database from version `i` to `i + 1`; index 0 creates it.
-MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1,)
+MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1, _SCHEMA_V2_CRON)
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 

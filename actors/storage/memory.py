@@ -36,6 +36,7 @@ from gotask._job import JobRecord, LeaseToken, NewJob
 from . import base as b
 from ._core_dispatch import dispatch
 from ._fairness import swrr
+from ._memory_cron import _MemoryCron
 from ._memory_maintenance import _MemoryMaintenance
 from ._memory_queries import _MemoryQueries
 from ._memory_state import (
@@ -86,7 +87,7 @@ def _fence(job: _Job | None, attempt: int) -> str:
     return STALE
 
 
-class MemoryStorageCore(_MemoryQueries, _MemoryMaintenance):
+class MemoryStorageCore(_MemoryQueries, _MemoryMaintenance, _MemoryCron):
     """The memory backend's state and the storage contract over it.
 
     Args:

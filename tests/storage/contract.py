@@ -67,6 +67,8 @@ from gotask.actors.storage.base import (
 )
 from gotask.runtime.world import encode_id
 
+from .contract_cron import CronContract
+
 __all__ = ["StorageContract", "StorageHarness", "make_state_machine"]
 
 R = TypeVar("R")
@@ -153,7 +155,7 @@ def kill(s: StorageHarness, max_attempts: int = 1, queue: str = "default") -> st
     return job_id
 
 
-class StorageContract:
+class StorageContract(CronContract):
     """The contract every storage backend passes; needs a `storage` fixture."""
 
     # -- enqueue and read -------------------------------------------------------------

@@ -269,3 +269,30 @@ def test_an_illegal_move_is_refused_by_the_schema(harness: SqliteHarness) -> Non
     harness.execute(EnqueueJobs((job,)))
     with pytest.raises(sqlite3.IntegrityError, match="illegal job state transition"):
         harness.conn.execute("UPDATE jobs SET state = 'succeeded' WHERE id = ?", (job.id,))
+
+
+def test_a_version_1_database_gains_the_cron_table_and_keeps_its_jobs(tmp_path: Path) -> None:
+    from gotask.actors.storage._sqlite_schema import MIGRATIONS, _statements
+    from gotask.actors.storage.base import CronDef, CronList, CronRegister
+
+    path = tmp_path / "v1.db"
+    raw = sqlite3.connect(path, isolation_level=None)
+    raw.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+    for statement in _statements(MIGRATIONS[0]):
+        raw.execute(statement)
+    raw.execute("PRAGMA user_version = 1")
+    job = new_job()
+    SqliteStorageCore(raw).handle(EnqueueJobs((job,)), START_S)
+    raw.execute("COMMIT")
+    raw.close()
+    conn, lock = open_database(SqliteSettings(path))
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        core = SqliteStorageCore(conn)
+        assert core.handle(GetJobs((job.id,)), START_S).jobs[0] is not None
+        core.handle(CronRegister("n1", (CronDef("e", "E"),)), START_S)
+        assert [s.name for s in core.handle(CronList(), START_S).states] == ["e"]
+        core.commit()
+    finally:
+        conn.close()
+        lock.close()

@@ -51,6 +51,9 @@ def _check_bind(host: str, secret: bytes | None, insecure: bool) -> None:
             f"refusing to listen on {host or 'all interfaces'!r} without a secret: "
             "set a shared secret, or pass insecure=True (--insecure) to accept anyone"
         )
+    if secret is None and not is_loopback(host):
+        log.warning("listening on %s without a secret (--insecure): anyone who can reach "
+                    "the port can run jobs and read results", host or "all interfaces")
 
 
 async def serve_tcp(

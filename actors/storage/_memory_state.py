@@ -21,11 +21,11 @@ from .base import Status
 __all__ = [
     "ACTIVE",
     "BYTES_MAX",
-    "JOB_BYTES_OVERHEAD",
     "CANCEL",
     "CANCELLED",
     "DEAD",
     "DUPLICATE",
+    "JOB_BYTES_OVERHEAD",
     "MISSING",
     "OK",
     "QUEUED",

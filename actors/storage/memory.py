@@ -43,11 +43,11 @@ from ._memory_queries import _MemoryQueries
 from ._memory_state import (
     _PLAIN,
     ACTIVE,
-    JOB_BYTES_OVERHEAD,
     CANCEL,
     CANCELLED,
     DEAD,
     DUPLICATE,
+    JOB_BYTES_OVERHEAD,
     MISSING,
     OK,
     QUEUED,

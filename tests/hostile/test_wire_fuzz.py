@@ -15,7 +15,7 @@ import msgpack
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import actors.storage.base  # noqa: F401  (registers the storage messages)
+import gotask.actors.storage.base  # noqa: F401  (registers the storage messages)
 from gotask import _protocol as proto
 from gotask._errors import ProtocolError
 from gotask.runtime.message import REGISTRY, Address, Envelope

@@ -29,6 +29,7 @@ import trio
 
 from gotask._errors import StorageUnavailable
 from gotask._messages import BROKER, DISPATCHER, REAPER, SCHEDULER, STORAGE, WORKERS, Drain
+from gotask._node_name import NodeNameTaken, check_name_free, release_name
 from gotask.actors.broker import run_broker
 from gotask.actors.dispatcher import DispatcherConfig, run_dispatcher
 from gotask.actors.reaper import run_reaper
@@ -54,6 +55,10 @@ class Server:
     config: NodeConfig
     storage: Address
     port: int | None = None
+    #: Random id of this run of the node, registered so another node cannot reuse the name.
+    instance: str = ""
+    #: Set on a clean stop: the registry shows the name as free to take.
+    stopping: bool = False
 
     @property
     def broker(self) -> Address:
@@ -93,14 +98,25 @@ async def open_server(
             backend = await _open_sqlite(config, world, resources)
         elif storage is None and config.join is None and not config.storage.startswith("memory:"):
             backend = await _connect_redis(config, resources)
+        claim, taken = storage is None, None
         async with open_node(name, world) as node:
             if storage is None:
                 storage = await _open_storage(node, config, backend)
-            server = Server(node, config, storage)
-            await _start_actors(server)
-            if listen and config.listen is not None:
-                server.port = await _listen(node, config)
-            yield server
+            server = Server(node, config, storage, instance=world.new_id())
+            try:
+                if claim:  # a caller that passes `storage` names its own nodes
+                    await check_name_free(node, storage, server.instance)
+            except NodeNameTaken as exc:
+                taken = exc
+            if taken is None:
+                await _start_actors(server)
+                if listen and config.listen is not None:
+                    server.port = await _listen(node, config)
+                yield server
+                server.stopping = True  # from now on registered as stopping
+                await release_name(node, storage, server.instance)
+        if taken is not None:
+            raise taken  # outside the node's nursery: a plain error, not a group
 
 
 async def _open_storage(node: Node, config: NodeConfig, backend: Any) -> Address:
@@ -185,6 +201,8 @@ async def _start_actors(server: Server) -> None:
 def _node_info(server: Server) -> dict[str, Any]:
     config = server.config
     return {
+        "instance": server.instance,
+        **({"stopping": True} if server.stopping else {}),
         "pid": os.getpid(),
         "queues": [f"{q}:{w}" for q, w in config.queues],
         "concurrency": config.concurrency,

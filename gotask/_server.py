@@ -37,7 +37,7 @@ from gotask.actors.scheduler import run_scheduler
 from gotask.actors.storage.actor import run_storage
 from gotask.actors.storage.base import QueueWeight
 from gotask.actors.storage.memory import MemoryStorageCore
-from gotask.actors.worker_supervisor import WorkerConfig, run_workers
+from gotask.actors.worker_supervisor import ThreadBook, WorkerConfig, run_workers, thread_book
 from gotask.config import NodeConfig
 from gotask.runtime import Address, Node, World, open_node, real_world
 
@@ -59,6 +59,9 @@ class Server:
     instance: str = ""
     #: Set on a clean stop: the registry shows the name as free to take.
     stopping: bool = False
+    #: The sync threads of the worker pool (abandoned ones, degraded), for `gotask nodes`.
+    threads: ThreadBook = attrs.field(
+        default=attrs.Factory(lambda self: thread_book(self.config.threads), takes_self=True))
 
     @property
     def broker(self) -> Address:
@@ -183,6 +186,7 @@ async def _start_actors(server: Server) -> None:
         run_broker, app=config.app, storage=storage, dispatcher=dispatcher), inbox_max=4096)
     await node.start_actor(WORKERS, functools.partial(
         run_workers, app=config.app, storage=storage, dispatcher=dispatcher,
+        threads=server.threads,
         config=WorkerConfig(concurrency=config.concurrency, threads=config.threads,
                             lease_timeout_s=config.lease_timeout_s,
                             heartbeat_s=config.heartbeat_s, flushers=1 if local else 3)))
@@ -206,6 +210,7 @@ def _node_info(server: Server) -> dict[str, Any]:
         "pid": os.getpid(),
         "queues": [f"{q}:{w}" for q, w in config.queues],
         "concurrency": config.concurrency,
+        **server.threads.info(),
         "tasks": config.app.names(),
         "listen": f"{config.listen[0]}:{server.port}" if config.listen else None,
         "storage": "joined" if config.join else _redact(config.storage),

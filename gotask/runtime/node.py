@@ -126,6 +126,7 @@ class Node:
     _links: dict[str, Link] = attrs.Factory(dict)
     #: Open links to a peer that a newer link to the same peer replaced, oldest first.
     _older_links: dict[str, list[Link]] = attrs.Factory(dict)
+    _peer_lost: list[Callable[[str], None]] = attrs.Factory(list)
     _pending: dict[int, _Pending] = attrs.Factory(dict)
     # Correlation ids start at a random point (from the World, so simulations replay):
     # a node that restarts under the same name must not take a late reply meant for
@@ -502,11 +503,20 @@ class Node:
             del self._links[link.peer]
             if older:
                 self._links[link.peer] = older.pop()
+            else:
+                for listener in list(self._peer_lost):
+                    listener(link.peer)
             lost = [corr for corr, p in self._pending.items() if p.dst_node == link.peer]
             for corr in lost:
                 pending = self._settle(corr)
                 assert pending is not None
                 pending.error = ActorNotFound(f"connection to node {link.peer!r} lost")
+
+    def on_peer_lost(self, listener: Callable[[str], None]) -> Callable[[], None]:
+        """Call `listener(peer)` whenever the last link to a peer closes (in the trio
+        thread, synchronously: it must not block). Returns the unsubscribe function."""
+        self._peer_lost.append(listener)
+        return lambda: self._peer_lost.remove(listener)
 
     def connected_nodes(self) -> list[str]:
         """Names of the nodes with a link attached."""

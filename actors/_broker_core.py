@@ -51,6 +51,7 @@ from ._broker_effects import (
     Flush,
     Forwarded,
     Lane,
+    PeerGone,
     Push,
     PushFailed,
     Received,
@@ -175,6 +176,8 @@ class BrokerCore:
                 return self._failed(self._calls.pop(key), error)
             case PushFailed(watcher=watcher):
                 return self._unwatch_storage(self.book.drop(watcher))
+            case PeerGone(node=node):
+                return self._unwatch_storage(self.book.drop_where(lambda w: w.node == node))
             case Tick():
                 return self._expire(now)
             case Flush():

@@ -1,8 +1,9 @@
 """What goes into the Broker's core and what comes out: events, effects, translations.
 
 Rules of this module:
-- Events (`Received`, `CallDone`, `CallFailed`, `PushFailed`, `Tick`, `Flush`) are all the
-  core learns; effects (`Answer`, `Refuse`, `Push`, `Call`, `Tell`) are all it asks for.
+- Events (`Received`, `CallDone`, `CallFailed`, `PushFailed`, `PeerGone`, `Tick`,
+  `Flush`) are all the core learns; effects (`Answer`, `Refuse`, `Push`, `Call`,
+  `Tell`) are all it asks for.
   The shell turns the world into events and effects into IO; neither knows the other's
   internals.
 - `storage_command` and `client_reply` are the two directions of the translation between
@@ -33,6 +34,7 @@ __all__ = [
     "Flush",
     "Forwarded",
     "Lane",
+    "PeerGone",
     "Push",
     "PushFailed",
     "Received",
@@ -93,6 +95,13 @@ class PushFailed:
 
 
 @attrs.frozen
+class PeerGone:
+    """The last link to node `node` closed: its watchers are gone with it."""
+
+    node: str
+
+
+@attrs.frozen
 class Tick:
     """Time passed: waits whose timeout is due are answered."""
 
@@ -102,7 +111,9 @@ class Flush:
     """The end of one inbox batch: the enqueues taken in it go to storage together."""
 
 
-BrokerEvent: TypeAlias = Received | CallDone | CallFailed | PushFailed | Tick | Flush
+BrokerEvent: TypeAlias = (
+    Received | CallDone | CallFailed | PushFailed | PeerGone | Tick | Flush
+)
 
 
 # -- effects: out of the core -------------------------------------------------------------

@@ -14,7 +14,7 @@ Rules of this module:
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from typing import Generic, TypeVar
 
 import attrs
@@ -104,6 +104,14 @@ class WatchBook(Generic[W]):
     def drop(self, watcher: W) -> list[str]:
         """Forget `watcher` entirely; returns the ids nobody watches any longer."""
         return self.unwatch(list(self._by_watcher.get(watcher, ())), watcher)
+
+    def drop_where(self, predicate: Callable[[W], bool]) -> list[str]:
+        """Forget every watcher for which `predicate` holds (a client whose connection
+        went away); returns the ids nobody watches any longer, sorted."""
+        gone: list[str] = []
+        for watcher in [w for w in self._by_watcher if predicate(w)]:
+            gone.extend(self.drop(watcher))
+        return sorted(gone)  # a replayable order
 
     def settle(self, job_id: str) -> frozenset[W]:
         """The job reached a terminal state: end every watch of it, return its watchers."""

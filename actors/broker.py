@@ -41,6 +41,7 @@ from ._broker_effects import (
     Effect,
     Flush,
     Lane,
+    PeerGone,
     Push,
     PushFailed,
     Received,
@@ -84,8 +85,12 @@ async def run_broker(
     async with trio.open_nursery() as nursery:
         shell = _Shell(ctx, core, {Target.STORAGE: storage, Target.DISPATCHER: dispatcher},
                        nursery)
+        unsubscribe = ctx.node.on_peer_lost(shell.peer_lost)
         task_status.started()
-        await shell.serve()
+        try:
+            await shell.serve()
+        finally:
+            unsubscribe()
 
 
 @attrs.define(eq=False)
@@ -138,6 +143,13 @@ class _Shell:
             self.ctx.send_nowait(watcher, msg)
         except (trio.WouldBlock, *_GONE):
             await self.carry_out(self.core.handle(PushFailed(watcher), trio.current_time()))
+
+    def peer_lost(self, node: str) -> None:
+        """The node's last link to `node` closed: drop that node's watchers."""
+        self.nursery.start_soon(self._carry_event, PeerGone(node))
+
+    async def _carry_event(self, event: PeerGone) -> None:
+        await self.carry_out(self.core.handle(event, trio.current_time()))
 
     async def _call(self, call: Call, lane: trio.Semaphore) -> None:
         dst = self.targets[call.target]

@@ -8,7 +8,8 @@ Rules of this module (the shell; the decisions and their rules are in `_worker_c
   flush decision, not per job.
 - Async tasks run in the worker's trio task; sync tasks in threads under a capacity
   limit. A timeout or a cancellation of a sync task abandons its thread (Python cannot
-  kill one): the job is settled at once, the thread's eventual result is ignored.
+  kill one): the job is settled at once, the thread's eventual result is ignored, and
+  the thread is replaced, within bounds (`_worker_threads`).
 - A job is cancelled (a `CancelJob` effect) through the cancel scope it runs under, or
   through the flag that `current_job().cancelled` reads in a thread.
 - Everything else (the inbox, heartbeats, flushes, drain) is `actors._shell` carrying
@@ -34,9 +35,10 @@ from gotask.runtime import ActorContext, Address, World
 from ._shell import Shell
 from ._worker_core import WORKER_MSGS, OutcomesReady, Running, Settled, WorkerConfig, WorkerCore
 from ._worker_outcomes import ack, cancelled, nack
+from ._worker_threads import ThreadBook, run_in_thread
 from .storage.base import NackItem, Outcome, ProgressItem
 
-__all__ = ["WorkerConfig", "WorkerCore", "run_workers"]
+__all__ = ["ThreadBook", "WorkerConfig", "WorkerCore", "run_workers", "thread_book"]
 
 log = logging.getLogger("gotask.workers")
 CHECKPOINT_EVERY = 16
@@ -53,7 +55,7 @@ class _Pool:
     ctx: ActorContext
     app: App
     core: WorkerCore
-    limiter: trio.CapacityLimiter
+    threads: ThreadBook
     idle: trio.lowlevel.ParkingLot = attrs.Factory(trio.lowlevel.ParkingLot)
     waking: int = 0
     #: The cancel scope of every attempt running now, by (job id, attempt).
@@ -91,17 +93,28 @@ async def run_workers(
     storage: Address,
     dispatcher: Address,
     config: WorkerConfig,
+    threads: ThreadBook | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run the worker pool of this node until cancelled or drained."""
+    """Run the worker pool of this node until cancelled or drained.
+
+    `threads` is the book of its sync threads, for the node to report (default: a new one
+    of `config.threads` threads, as many replaceable)."""
     core = WorkerCore(ctx.node.name, storage, dispatcher, config)
-    pool = _Pool(ctx, app, core, trio.CapacityLimiter(config.threads))
+    book = threads or thread_book(config.threads)
+    pool = _Pool(ctx, app, core, book)
     async with trio.open_nursery() as nursery:
         for _ in range(config.concurrency):
             nursery.start_soon(_worker, pool)
         task_status.started()
         await Shell(ctx, nursery, log, WORKER_MSGS, runner=pool).serve(core)
         nursery.cancel_scope.cancel()
+
+
+def thread_book(threads: int) -> ThreadBook:
+    """The thread book of a pool of `threads` threads; as many abandoned ones are
+    replaced before the node counts as degraded."""
+    return ThreadBook(trio.CapacityLimiter(threads), replace_max=threads)
 
 
 async def _worker(pool: _Pool) -> None:
@@ -176,8 +189,7 @@ def _only_cancelled(exc: BaseException) -> bool:
 async def _call(pool: _Pool, task: Any, args: list[Any], kwargs: dict[str, Any]) -> Any:
     if task.is_async:
         return await task.fn(*args, **kwargs)
-    fn = functools.partial(task.fn, *args, **kwargs)
-    return await trio.to_thread.run_sync(fn, limiter=pool.limiter, abandon_on_cancel=True)
+    return await run_in_thread(pool.threads, functools.partial(task.fn, *args, **kwargs))
 
 
 def _failed(pool: _Pool, record: JobRecord, task: Any, exc: Exception) -> NackItem:

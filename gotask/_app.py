@@ -23,14 +23,13 @@ import msgpack
 
 from gotask._cron import CronEntry, make_entry
 from gotask._errors import InvalidArguments, TaskNotFound
-from gotask._job import check_job_fields
+from gotask._job import ARGS_BYTES_MAX, check_job_fields
 from gotask._retry import RetryPolicy, RetryRule
 
 __all__ = ["App", "JobContext", "Task", "current_job", "pack_args", "unpack_args"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:-]{0,127}$")
-ARGS_BYTES_MAX = 512 * 1024
 DEFAULT_RETRY = RetryPolicy()
 #: What a cron entry's `options` may set on its jobs.
 _CRON_JOB_OPTIONS = {"max_attempts", "timeout_s", "result_ttl_s"}
@@ -236,15 +235,13 @@ def _check_options(options: Mapping[str, Any]) -> None:
         if name in options and (isinstance(options[name], bool)
                                 or not isinstance(options[name], int | float)):
             raise ValueError(f"{name} must be a number, got {options[name]!r}")
-    check_job_fields(priority=options.get("priority"),
-                     result_ttl_s=options.get("result_ttl_s"))
-    if "max_attempts" in options and not (
-        isinstance(options["max_attempts"], int) and options["max_attempts"] >= 1
-    ):
-        raise ValueError(f"max_attempts must be an int >= 1, got {options['max_attempts']!r}")
+    if "max_attempts" in options and not isinstance(options["max_attempts"], int):
+        raise ValueError(f"max_attempts must be an int, got {options['max_attempts']!r}")
     timeout = options.get("timeout_s")
-    if timeout is not None and not (isinstance(timeout, int | float) and timeout > 0):
-        raise ValueError(f"timeout_s must be a number > 0 or None, got {timeout!r}")
+    if timeout is not None and not isinstance(timeout, int | float):
+        raise ValueError(f"timeout_s must be a number or None, got {timeout!r}")
+    check_job_fields(priority=options.get("priority"), max_attempts=options.get("max_attempts"),
+                     timeout_s=timeout, result_ttl_s=options.get("result_ttl_s"))
     retry = options.get("retry", DEFAULT_RETRY)
     if retry is not None and not isinstance(retry, RetryPolicy):
         raise ValueError(f"retry must be a RetryPolicy or None, got {retry!r}")

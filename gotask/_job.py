@@ -17,7 +17,6 @@ Rules of this module:
 from __future__ import annotations
 
 import enum
-import math
 from collections.abc import Mapping
 from types import MappingProxyType
 
@@ -27,6 +26,10 @@ from gotask._errors import IllegalTransition
 from gotask.runtime.message import message
 
 __all__ = [
+    "ARGS_BYTES_MAX",
+    "ATTEMPTS_MAX",
+    "DURATION_S_MAX",
+    "NAME_CHARS_MAX",
     "STORED_STATES",
     "TERMINAL",
     "TRANSITIONS",
@@ -38,8 +41,17 @@ __all__ = [
     "check_transition",
 ]
 
+#: Longest task or queue name, in characters; names must also be printable.
 NAME_CHARS_MAX = 128
 _PRIORITY_MIN, _PRIORITY_MAX = -(2**31), 2**31 - 1
+#: Most attempts a job may be given.
+ATTEMPTS_MAX = 1000
+#: Longest delay, timeout or result lifetime, in seconds (ten years).
+DURATION_S_MAX = 10 * 365 * 86_400.0
+#: Largest msgpack encoding of a job's arguments, in bytes.
+ARGS_BYTES_MAX = 512 * 1024
+#: Longest idempotency key, in characters.
+KEY_CHARS_MAX = 256
 
 
 class JobState(enum.StrEnum):
@@ -159,11 +171,32 @@ class JobRecord:
 
 
 def _positive_finite(value: float) -> bool:
-    return value > 0 and math.isfinite(value)
+    return 0 < value <= DURATION_S_MAX
 
 
 def _nonneg_finite(value: float) -> bool:
-    return value >= 0 and math.isfinite(value)
+    return 0 <= value <= DURATION_S_MAX
+
+
+def _check_name(what: str, text: str | None) -> None:
+    if text is None:
+        return
+    if not 0 < len(text) <= NAME_CHARS_MAX:
+        raise ValueError(f"{what} must be 1-{NAME_CHARS_MAX} characters: {text!r}")
+    if not text.isprintable():
+        raise ValueError(f"{what} must be printable (no control characters): {text!r}")
+
+
+def _check_durations(delay_s: float, timeout_s: float | None,
+                     result_ttl_s: float | None) -> None:
+    limit = f"{DURATION_S_MAX:.0f}"
+    if not _nonneg_finite(delay_s):
+        raise ValueError(f"delay_s must be a number 0-{limit}, got {delay_s}")
+    if timeout_s is not None and not _positive_finite(timeout_s):
+        raise ValueError(f"timeout_s must be a number > 0 and <= {limit} or None, "
+                         f"got {timeout_s}")
+    if result_ttl_s is not None and not _nonneg_finite(result_ttl_s):
+        raise ValueError(f"result_ttl_s must be a number 0-{limit}, got {result_ttl_s}")
 
 
 def check_job_fields(
@@ -176,29 +209,31 @@ def check_job_fields(
     timeout_s: float | None = None,
     result_ttl_s: float | None = None,
     idempotency_key: str | None = None,
+    args: bytes | None = None,
 ) -> None:
     """The one range check of a job's fields (None: not given, nothing to check).
 
-    Used where a job's fields come in: a client's `JobSpec` and a task's defaults.
+    Used where a job's fields come in: a client's `JobSpec` (where it is made, and again
+    where the node decodes it) and a task's defaults. Names are 1-`NAME_CHARS_MAX`
+    printable characters; durations are finite, at most `DURATION_S_MAX`; attempts are
+    1-`ATTEMPTS_MAX`; encoded arguments at most `ARGS_BYTES_MAX` bytes.
 
     Raises:
         ValueError: a field is out of range (the message names it).
     """
-    for name, text in (("task", task), ("queue", queue)):
-        if text is not None and not 0 < len(text) <= NAME_CHARS_MAX:
-            raise ValueError(f"{name} must be 1-{NAME_CHARS_MAX} characters: {text!r}")
+    _check_name("task", task)
+    _check_name("queue", queue)
     if priority is not None and not _PRIORITY_MIN <= priority <= _PRIORITY_MAX:
         raise ValueError(f"priority must be a signed 32-bit integer, got {priority}")
-    if not _nonneg_finite(delay_s):
-        raise ValueError(f"delay_s must be a finite number >= 0, got {delay_s}")
-    if max_attempts is not None and max_attempts < 1:
-        raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
-    if timeout_s is not None and not _positive_finite(timeout_s):
-        raise ValueError(f"timeout_s must be a finite number > 0 or None, got {timeout_s}")
-    if result_ttl_s is not None and not _nonneg_finite(result_ttl_s):
-        raise ValueError(f"result_ttl_s must be a finite number >= 0, got {result_ttl_s}")
-    if idempotency_key is not None and not 0 < len(idempotency_key) <= 256:
-        raise ValueError(f"idempotency_key must be 1-256 characters: {idempotency_key!r}")
+    _check_durations(delay_s, timeout_s, result_ttl_s)
+    if max_attempts is not None and not 1 <= max_attempts <= ATTEMPTS_MAX:
+        raise ValueError(f"max_attempts must be 1-{ATTEMPTS_MAX}, got {max_attempts}")
+    if idempotency_key is not None and not 0 < len(idempotency_key) <= KEY_CHARS_MAX:
+        raise ValueError(f"idempotency_key must be 1-{KEY_CHARS_MAX} characters: "
+                         f"{idempotency_key!r}")
+    if args is not None and len(args) > ARGS_BYTES_MAX:
+        raise ValueError(f"arguments encode to {len(args)} bytes; the limit is "
+                         f"{ARGS_BYTES_MAX}")
 
 
 @message("newjob")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 import trio
@@ -23,6 +24,8 @@ from gotask.config import (
     parse_hostport,
     parse_queues,
     read_secret,
+    storage_password,
+    with_password,
 )
 from gotask.web.serve import read_token
 
@@ -41,7 +44,7 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         app=load_app(args.app),
         name=getattr(args, "name", None),
         listen=parse_hostport(args.listen, "--listen") if args.listen else None,
-        storage=args.storage,
+        storage=with_password(args.storage, storage_password(os.environ)),
         join=parse_hostport(args.join, "--join") if args.join else None,
         concurrency=args.concurrency,
         queues=parse_queues(args.queues),

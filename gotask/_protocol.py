@@ -123,7 +123,7 @@ class JobSpec:
         check_job_fields(task=self.task, queue=self.queue, priority=self.priority,
                          delay_s=self.delay_s, max_attempts=self.max_attempts,
                          timeout_s=self.timeout_s, result_ttl_s=self.result_ttl_s,
-                         idempotency_key=self.idempotency_key)
+                         idempotency_key=self.idempotency_key, args=self.args)
 
 
 @message("c.qcount")

@@ -30,6 +30,7 @@ import trio
 
 from gotask._errors import StorageUnavailable
 from gotask._messages import BROKER, DISPATCHER, REAPER, SCHEDULER, STORAGE, WORKERS, Drain
+from gotask._node_name import NodeNameTaken, check_name_free, release_name
 from gotask.actors.broker import run_broker
 from gotask.actors.dispatcher import DispatcherConfig, run_dispatcher
 from gotask.actors.reaper import run_reaper
@@ -37,7 +38,7 @@ from gotask.actors.scheduler import run_scheduler
 from gotask.actors.storage.actor import run_storage
 from gotask.actors.storage.base import QueueWeight
 from gotask.actors.storage.memory import MemoryStorageCore
-from gotask.actors.worker_supervisor import WorkerConfig, run_workers
+from gotask.actors.worker_supervisor import ThreadBook, WorkerConfig, run_workers, thread_book
 from gotask.config import NodeConfig
 from gotask.runtime import Address, Node, World, open_node, real_world
 
@@ -55,6 +56,13 @@ class Server:
     config: NodeConfig
     storage: Address
     port: int | None = None
+    #: Random id of this run of the node, registered so another node cannot reuse the name.
+    instance: str = ""
+    #: Set on a clean stop: the registry shows the name as free to take.
+    stopping: bool = False
+    #: The sync threads of the worker pool (abandoned ones, degraded), for `gotask nodes`.
+    threads: ThreadBook = attrs.field(
+        default=attrs.Factory(lambda self: thread_book(self.config.threads), takes_self=True))
     http_port: int | None = None
 
     @property
@@ -104,18 +112,29 @@ async def open_server(
             backend = await _open_sqlite(config, resources)
         elif storage is None and config.join is None and not config.storage.startswith("memory:"):
             backend = await _connect_redis(config, resources)
+        claim, taken = storage is None, None
         async with open_node(name, world) as node:
             if storage is None:
                 storage = await _open_storage(node, config, backend)
-            server = Server(node, config, storage)
-            await _start_actors(server)
-            if listen and config.listen is not None:
-                server.port = await _listen(node, config)
-            if config.http is not None:
-                async with _open_http(server) as server.http_port:
+            server = Server(node, config, storage, instance=world.new_id())
+            try:
+                if claim:  # a caller that passes `storage` names its own nodes
+                    await check_name_free(node, storage, server.instance)
+            except NodeNameTaken as exc:
+                taken = exc
+            if taken is None:
+                await _start_actors(server)
+                if listen and config.listen is not None:
+                    server.port = await _listen(node, config)
+                if config.http is not None:
+                    async with _open_http(server) as server.http_port:
+                        yield server
+                else:
                     yield server
-            else:
-                yield server
+                server.stopping = True  # from now on registered as stopping
+                await release_name(node, storage, server.instance)
+        if taken is not None:
+            raise taken  # outside the node's nursery: a plain error, not a group
 
 
 async def _open_storage(node: Node, config: NodeConfig, backend: Any) -> Address:
@@ -177,6 +196,7 @@ async def _start_actors(server: Server) -> None:
         run_broker, app=config.app, storage=storage, dispatcher=dispatcher), inbox_max=4096)
     await node.start_actor(WORKERS, functools.partial(
         run_workers, app=config.app, storage=storage, dispatcher=dispatcher,
+        threads=server.threads,
         config=WorkerConfig(concurrency=config.concurrency, threads=config.threads,
                             lease_timeout_s=config.lease_timeout_s,
                             heartbeat_s=config.heartbeat_s, flushers=1 if local else 3)))
@@ -196,9 +216,12 @@ async def _start_actors(server: Server) -> None:
 def _node_info(server: Server) -> dict[str, Any]:
     config = server.config
     return {
+        "instance": server.instance,
+        **({"stopping": True} if server.stopping else {}),
         "pid": os.getpid(),
         "queues": [f"{q}:{w}" for q, w in config.queues],
         "concurrency": config.concurrency,
+        **server.threads.info(),
         "tasks": config.app.names(),
         "listen": f"{config.listen[0]}:{server.port}" if config.listen else None,
         "storage": "joined" if config.join else _redact(config.storage),

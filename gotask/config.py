@@ -5,15 +5,21 @@ Rules of this module:
   with a message naming the setting.
 - The app module is chosen by the operator (`--app MODULE[:ATTR]`); jobs never name
   code by path, only registered task names.
-- Secrets are read from a file and never appear in a repr, a log line or an error.
+- Secrets are read from a file and never appear in a repr, a log line or an error. Only
+  a regular file of at most `SECRET_BYTES_MAX` bytes is read; one that group or others
+  may read is used with a warning. Storage passwords come from the URL, or, to keep them
+  out of `ps`, from `$GOTASK_STORAGE_PASSWORD_FILE` or `$GOTASK_STORAGE_PASSWORD`.
 """
 
 from __future__ import annotations
 
 import importlib
+import logging
 import os
+import stat
 import sys
-from pathlib import Path
+from collections.abc import Mapping
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import attrs
 
@@ -28,7 +34,13 @@ __all__ = [
     "parse_hostport",
     "parse_queues",
     "read_secret",
+    "storage_password",
+    "with_password",
 ]
+
+log = logging.getLogger("gotask.config")
+#: Longest secret or password file read, in bytes.
+SECRET_BYTES_MAX = 4096
 
 DEFAULT_PORT = 7450
 #: Storage URLs a node accepts: the memory backend, a SQLite file this node owns, or a
@@ -123,19 +135,71 @@ def parse_queues(text: str) -> tuple[tuple[str, int], ...]:
 def read_secret(path: str | None) -> bytes | None:
     """Read a shared secret from a file (one trailing newline stripped).
 
+    Only a regular file is read (a FIFO or a device such as /dev/zero is refused without
+    blocking), at most `SECRET_BYTES_MAX` bytes; a file that group or others may read is
+    used, with a warning naming the file and its mode (never the secret).
+
     Raises:
-        ConfigError: unreadable, or shorter than 16 bytes.
+        ConfigError: unreadable, not a regular file, too long, or shorter than 16 bytes.
     """
     if path is None:
         return None
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"cannot read the secret file {path}: {exc.strerror}") from None
+    data = _read_small_file(path, "secret file")
     data = data[:-1] if data.endswith(b"\n") else data
     if len(data) < 16:
         raise ConfigError(f"the secret in {path} is shorter than 16 bytes")
     return data
+
+
+def _read_small_file(path: str, what: str) -> bytes:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise ConfigError(f"cannot read the {what} {path}: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as file:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError(f"the {what} {path} is not a regular file")
+        if info.st_mode & 0o077:
+            log.warning("the %s %s is readable by group or others (mode %o): "
+                        "chmod 600 it", what, path, stat.S_IMODE(info.st_mode))
+        data = file.read(SECRET_BYTES_MAX + 1)
+    if len(data) > SECRET_BYTES_MAX:
+        raise ConfigError(f"the {what} {path} is longer than {SECRET_BYTES_MAX} bytes")
+    return data
+
+
+def storage_password(environ: Mapping[str, str]) -> str | None:
+    """The storage password from `$GOTASK_STORAGE_PASSWORD_FILE` or
+    `$GOTASK_STORAGE_PASSWORD` (the file wins), or None: neither is set.
+
+    Raises:
+        ConfigError: the file is unreadable, not a regular file, too long, or not UTF-8.
+    """
+    path = environ.get("GOTASK_STORAGE_PASSWORD_FILE")
+    if path:
+        raw = _read_small_file(path, "storage password file")
+        try:
+            return raw.decode().rstrip("\r\n")
+        except UnicodeDecodeError:
+            raise ConfigError(f"the storage password file {path} is not UTF-8") from None
+    return environ.get("GOTASK_STORAGE_PASSWORD") or None
+
+
+def with_password(url: str, password: str | None) -> str:
+    """`url` (redis://, rediss://, postgresql://) with `password` set, unless it has one.
+
+    Keeps the password off the command line, where `ps` shows it to every local user.
+    """
+    if password is None or url.startswith(("memory://", "sqlite://", "unix://")):
+        return url
+    parts = urlsplit(url)
+    if parts.password is not None:
+        return url
+    user = quote(unquote(parts.username or ""), safe="")
+    host = parts.netloc.rpartition("@")[2]
+    netloc = f"{user}:{quote(password, safe='')}@{host}"
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def load_app(spec: str) -> App:

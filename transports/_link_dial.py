@@ -5,8 +5,9 @@ Rules of this module:
   `HandshakeProtocol`'s; this module moves its bytes over a `trio.abc.Stream`, within its
   deadline (`due_at`), and starts a `StreamLink` once it succeeds.
 - A listener answers a failed proof only after `auth_failure_delay_s` (slows guessing the
-  secret), and lets at most `unauthenticated_max` connections handshake at once
-  (`HandshakeGate`).
+  secret), holding no handshake slot while it waits. Who may handshake at once is
+  `_admission.HandshakeGate`'s rule (per listener and per source, oldest idle evicted);
+  a connection that sends nothing within `first_byte_timeout_s` is closed.
 - Nonces come from `secrets`, never from the World. Secrets are never logged.
 - `accept_link` never raises but `Cancelled`: a failed handshake is logged and the stream
   closed. `dial_link` raises, for the dialer to retry.
@@ -24,6 +25,7 @@ import trio
 from gotask._errors import ProtocolError, RemoteProtocolError
 from gotask.runtime.node import Node
 
+from ._admission import HandshakeGate, Slot, source_of
 from ._handshake import NONCE_BYTES, DialerHandshake, ListenerHandshake, WireError
 from ._link import ERROR_FLUSH_S, STREAM_ERRORS, StreamLink
 from ._link_handshake import HandshakeProtocol
@@ -33,25 +35,6 @@ from ._wire import Connection
 __all__ = ["HandshakeGate", "accept_link", "dial_link"]
 
 log = logging.getLogger("gotask.transport")
-
-
-@attrs.define
-class HandshakeGate:
-    """Counts one listener's connections still in the handshake, refusing past `limit`."""
-
-    limit: int
-    active: int = 0
-
-    def try_enter(self) -> bool:
-        """Take a slot; False when all `limit` slots are taken."""
-        if self.active >= self.limit:
-            return False
-        self.active += 1
-        return True
-
-    def leave(self) -> None:
-        """Give a slot back."""
-        self.active -= 1
 
 
 async def dial_link(
@@ -102,19 +85,30 @@ async def accept_link(
     Never raises but `Cancelled`: a failed handshake is logged with `peer_address` and
     the stream closed.
     """
-    if not gate.try_enter():
-        log.warning("refused %s: %d connections already handshaking", peer_address, gate.limit)
-        await trio.aclose_forcefully(stream)
-        return
-    try:
-        conn, peer = await _accept_handshake(node, stream, secret, options, peer_address)
-    finally:
-        gate.leave()
-    if peer is None:
+    with trio.CancelScope() as scope:
+        slot = gate.try_enter(source_of(peer_address), trio.current_time(), scope.cancel)
+        _report_shedding(gate)
+        if slot is None:
+            log.warning("refused %s: %d handshakes from its host already", peer_address,
+                        gate.per_source_max)
+            await trio.aclose_forcefully(stream)
+            return
+        try:
+            conn, peer = await _accept_handshake(node, stream, secret, options, peer_address,
+                                                 gate, slot)
+        finally:
+            gate.leave(slot)
+    if scope.cancelled_caught or peer is None:
         await trio.aclose_forcefully(stream)
         return
     link = StreamLink(node, stream, conn, peer=peer, peer_address=peer_address, options=options)
     await link.run()
+
+
+def _report_shedding(gate: HandshakeGate) -> None:
+    line = gate.shed_report(trio.current_time())
+    if line is not None:
+        log.warning("%s", line)
 
 
 async def _accept_handshake(
@@ -123,11 +117,14 @@ async def _accept_handshake(
     secret: bytes | None,
     options: LinkOptions,
     peer_address: str,
+    gate: HandshakeGate,
+    slot: Slot,
 ) -> tuple[Connection, str | None]:
     conn = options.connection()
     shake = ListenerHandshake(secret, node.name, secrets.token_bytes(NONCE_BYTES))
     try:
-        await _handshake(stream, conn, shake, options, listener=True)
+        await _handshake(stream, conn, shake, options, listener=True,
+                         admitted=_Admitted(gate, slot, options.first_byte_timeout_s))
         return conn, _peer_name(node, shake)
     except (ProtocolError, *STREAM_ERRORS) as exc:
         log.warning("handshake from %s failed: %s", peer_address, exc)
@@ -151,14 +148,19 @@ async def _handshake(
     options: LinkOptions,
     *,
     listener: bool,
+    admitted: _Admitted | None = None,
 ) -> None:
-    """Run the handshake; on a protocol failure tell the peer (best effort), then raise."""
+    """Run the handshake; on a protocol failure tell the peer (best effort), then raise.
+
+    A listener's `admitted` slot is given back before any failure delay."""
     hs = HandshakeProtocol(conn, shake, now=trio.current_time(),
                            timeout_s=options.handshake_timeout_s)
     try:
         with trio.fail_at(hs.due_at):
-            await _exchange(stream, hs, options.receive_bytes_max)
+            await _exchange(stream, hs, options.receive_bytes_max, admitted)
     except ProtocolError as exc:
+        if admitted is not None:
+            admitted.gate.leave(admitted.slot)
         await _refuse(stream, hs, hs.failure_frame(exc), options, listener=listener)
         raise
     except trio.TooSlowError:
@@ -166,10 +168,26 @@ async def _handshake(
         raise hs.timeout_error() from None
 
 
-async def _exchange(stream: trio.abc.Stream, hs: HandshakeProtocol, receive_bytes_max: int) -> None:
+@attrs.frozen
+class _Admitted:
+    """A listener's handshake slot and how long it may wait for the first byte."""
+
+    gate: HandshakeGate
+    slot: Slot
+    first_byte_timeout_s: float
+
+
+async def _exchange(stream: trio.abc.Stream, hs: HandshakeProtocol, receive_bytes_max: int,
+                    admitted: _Admitted | None) -> None:
     first = hs.start()
     if first:
         await stream.send_all(first)
+    if admitted is not None and not hs.done:
+        with trio.fail_after(admitted.first_byte_timeout_s):
+            data = hs.receive_data(cast(bytes, await stream.receive_some(receive_bytes_max)))
+        admitted.gate.first_byte(admitted.slot)
+        if data:
+            await stream.send_all(data)
     while not hs.done:
         data = hs.receive_data(cast(bytes, await stream.receive_some(receive_bytes_max)))
         if data:

@@ -92,8 +92,11 @@ class LinkOptions:
         frame_bytes_max: largest frame body once authenticated, both directions.
         preauth_frame_bytes_max: largest frame body before authentication.
         auth_failure_delay_s: a listener answers a failed proof only after this delay.
-        unauthenticated_max: connections one listener lets handshake at once; more are
-            closed at once.
+        unauthenticated_max: connections one listener lets handshake at once; a new one
+            evicts the oldest idle (see `_admission`).
+        unauthenticated_per_source_max: of those, at most this many from one host.
+        first_byte_timeout_s: a listener closes a connection that sent nothing for this
+            long (shorter than the handshake's whole deadline).
         receive_bytes_max: bytes asked of the stream per read.
     """
 
@@ -111,6 +114,8 @@ class LinkOptions:
     preauth_frame_bytes_max: int = attrs.field(default=16 << 10, validator=_positive)
     auth_failure_delay_s: float = attrs.field(default=1.0, validator=attrs.validators.ge(0))
     unauthenticated_max: int = attrs.field(default=64, validator=_positive)
+    unauthenticated_per_source_max: int = attrs.field(default=8, validator=_positive)
+    first_byte_timeout_s: float = attrs.field(default=2.0, validator=_positive)
     receive_bytes_max: int = attrs.field(default=256 << 10, validator=_positive)
 
     def connection(self) -> Connection:

@@ -18,8 +18,9 @@ import trio
 
 from gotask.runtime.node import Node
 
+from ._admission import HandshakeGate
 from ._link import LinkOptions, StreamLink
-from ._link_dial import HandshakeGate, accept_link, dial_link
+from ._link_dial import accept_link, dial_link
 
 __all__ = ["MemoryNetwork"]
 
@@ -131,7 +132,8 @@ class MemoryNetwork:
         name = node.name if name is None else name
         if name in self._listeners:
             raise ValueError(f"{name!r} is already served on this memory network")
-        listener = _Listener(node, secret, options, HandshakeGate(options.unauthenticated_max))
+        listener = _Listener(node, secret, options, HandshakeGate(
+            options.unauthenticated_max, options.unauthenticated_per_source_max))
         await node.nursery.start(self._hold, name, listener)
 
     async def _hold(

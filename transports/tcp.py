@@ -24,8 +24,9 @@ import trio
 from gotask._errors import ConfigError, ProtocolError
 from gotask.runtime.node import Node
 
+from ._admission import HandshakeGate
 from ._link import LinkOptions, StreamLink
-from ._link_dial import HandshakeGate, accept_link, dial_link
+from ._link_dial import accept_link, dial_link
 
 __all__ = ["connect_tcp", "maintain_link", "serve_tcp"]
 
@@ -51,6 +52,9 @@ def _check_bind(host: str, secret: bytes | None, insecure: bool) -> None:
             f"refusing to listen on {host or 'all interfaces'!r} without a secret: "
             "set a shared secret, or pass insecure=True (--insecure) to accept anyone"
         )
+    if secret is None and not is_loopback(host):
+        log.warning("listening on %s without a secret (--insecure): anyone who can reach "
+                    "the port can run jobs and read results", host or "all interfaces")
 
 
 async def serve_tcp(
@@ -86,7 +90,7 @@ async def serve_tcp(
     listeners: list[trio.abc.Listener[trio.abc.Stream]] = list(tcp_listeners)
     if ssl_context is not None:
         listeners = [trio.SSLListener(lst, ssl_context) for lst in tcp_listeners]
-    gate = HandshakeGate(options.unauthenticated_max)
+    gate = HandshakeGate(options.unauthenticated_max, options.unauthenticated_per_source_max)
     handler = partial(_accept, node, secret=secret, options=options, gate=gate)
     log.info("node %r listening on %s:%d%s", node.name, host or "*", bound_port,
              " (TLS)" if ssl_context is not None else "")

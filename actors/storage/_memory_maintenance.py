@@ -84,6 +84,7 @@ class _MemoryMaintenance(_MemoryState):
     def _remove(self, job: _Job) -> None:
         rec = job.rec
         del self._jobs[rec.id]
+        self.bytes_held -= job.size
         key = rec.idempotency_key
         if key is not None and self._keys.get(key) == rec.id:
             del self._keys[key]

@@ -21,10 +21,12 @@ from .base import Status
 
 __all__ = [
     "ACTIVE",
+    "BYTES_MAX",
     "CANCEL",
     "CANCELLED",
     "DEAD",
     "DUPLICATE",
+    "JOB_BYTES_OVERHEAD",
     "MISSING",
     "OK",
     "QUEUED",
@@ -37,6 +39,7 @@ __all__ = [
     "_Node",
     "_evolve",
     "_new_job",
+    "job_bytes",
 ]
 
 SCHEDULED, QUEUED, ACTIVE = JobState.SCHEDULED, JobState.QUEUED, JobState.ACTIVE
@@ -48,6 +51,10 @@ CANCEL: str = Status.CANCEL.value
 MISSING: str = Status.MISSING.value
 _PLAIN: dict[JobState, str] = {state: state.value for state in JobState}
 _HEAP_SLACK = 1024
+#: Default `bytes_max` of the memory core: 1 GiB of job data.
+BYTES_MAX = 1 << 30
+#: Bytes a job counts for beyond its data (record, indexes).
+JOB_BYTES_OVERHEAD = 512
 _new_record = object.__new__
 
 E = TypeVar("E", bound=tuple[Any, ...])
@@ -138,6 +145,7 @@ class _Job:
     rec: JobRecord
     state: JobState
     seq: int
+    size: int = 0
 
     def exhausted(self) -> bool:
         return self.rec.attempts_counted >= self.rec.max_attempts
@@ -164,6 +172,13 @@ else:
         return new
 
 
+def job_bytes(rec: JobRecord) -> int:
+    """What the memory core counts a job as holding: a fixed overhead, its arguments,
+    result, error, traceback and progress message."""
+    return (JOB_BYTES_OVERHEAD + len(rec.args) + len(rec.result or b"") + len(rec.error or "")
+            + len(rec.traceback or "") + len(rec.progress_message))
+
+
 def _new_job(new: NewJob, now: float, seq: int) -> _Job:
     """The job `new` enqueued at storage time `now`, `seq`-th."""
     state = SCHEDULED if new.delay_s > 0 else QUEUED
@@ -181,9 +196,11 @@ class _MemoryState:
 
     def __init__(
         self, jobs_max: int = 10_000_000, nodes_max: int = 10_000, *,
-        accept_stale_acks: bool = False,
+        bytes_max: int = BYTES_MAX, accept_stale_acks: bool = False,
     ) -> None:
         self.jobs_max = jobs_max
+        self.bytes_max = bytes_max
+        self.bytes_held = 0
         self.nodes_max = nodes_max
         self.accept_stale_acks = accept_stale_acks
         self._jobs: dict[str, _Job] = {}
@@ -201,6 +218,12 @@ class _MemoryState:
         self._seq = 0
 
     # -- moving jobs -------------------------------------------------------------------
+
+    def _resize(self, job: _Job) -> None:
+        """Bring `bytes_held` up to date after `job`'s record changed its data."""
+        size = job_bytes(job.rec)
+        self.bytes_held += size - job.size
+        job.size = size
 
     def _move(self, job: _Job, new: JobState) -> None:
         old = job.state
@@ -221,6 +244,7 @@ class _MemoryState:
         self._move(job, SCHEDULED)
         job.rec = _evolve(job.rec, due_at=due_at)
         self._due.push((due_at, job.seq, job.rec.id))
+        self._resize(job)
 
     def _finish(self, job: _Job, state: JobState, now: float) -> None:
         """Move to a terminal state; dead jobs wait in the DLQ, others expire."""
@@ -233,6 +257,7 @@ class _MemoryState:
             expires_at = now + rec.result_ttl_s
             job.rec = _evolve(rec, finished_at=now, lease_expires_at=None, expires_at=expires_at)
             self._expiry.push((expires_at, rec.id))
+        self._resize(job)
 
     def _requeue(self, job: _Job, now: float) -> None:
         """Hand a job back (release, lease expiry): queued in its old place, unless

@@ -15,7 +15,11 @@ Rules of the memory backend (this module and the `_memory_*` modules it is split
   - leases: `(lease_expires_at, id, attempt)`, live while that lease is current; a
     heartbeat that extends a lease leaves the entry, which is pushed again when reached;
   - expiry: `(expires_at, id)` for finished jobs awaiting purge.
-- Bounded: at most `jobs_max` jobs and `nodes_max` nodes; beyond is `StorageFull`.
+- Bounded: at most `jobs_max` jobs and `nodes_max` nodes; beyond is `StorageFull`. An
+  enqueue that would take the bytes held past `bytes_max` (default `BYTES_MAX`, 1 GiB)
+  is `StorageFull` too. A job counts `JOB_BYTES_OVERHEAD` plus its arguments, result,
+  error, traceback and progress message; results and errors of jobs already running are
+  still stored (each is capped by the worker), so the bound is checked at admission.
 
 The core is one class built over four modules: `_memory_state` (records, indexes, the
 state and `_move`), `_memory_maintenance` (cancellation, expired leases, purges, the
@@ -46,6 +50,7 @@ from ._memory_state import (
     CANCELLED,
     DEAD,
     DUPLICATE,
+    JOB_BYTES_OVERHEAD,
     MISSING,
     OK,
     QUEUED,
@@ -92,6 +97,7 @@ class MemoryStorageCore(_MemoryQueries, _MemoryMaintenance, _MemoryCron):
 
     Args:
         jobs_max: most jobs held at once (finished ones count until purged).
+        bytes_max: most bytes of job data held before an enqueue is refused.
         nodes_max: most registered nodes, and most nodes whose fairness state is kept.
         accept_stale_acks: TEST-ONLY planted bug, never set outside the simulation's
             self-test: an ack of a stale token is accepted while the job is active (the
@@ -103,7 +109,8 @@ class MemoryStorageCore(_MemoryQueries, _MemoryMaintenance, _MemoryCron):
 
         Raises:
             TypeError: `cmd` is not a storage command.
-            StorageFull: enqueue past `jobs_max`, or registering past `nodes_max`.
+            StorageFull: enqueue past `jobs_max` or `bytes_max`, or registering past
+                `nodes_max`.
         """
         return cast(R, dispatch(self, cast(StorageCommand, cmd), now))
 
@@ -121,6 +128,10 @@ class MemoryStorageCore(_MemoryQueries, _MemoryMaintenance, _MemoryCron):
         if len(self._jobs) + len(cmd.jobs) > self.jobs_max:
             raise StorageFull(f"memory storage holds {len(self._jobs)} jobs; "
                               f"{len(cmd.jobs)} more would pass jobs_max={self.jobs_max}")
+        incoming = sum(JOB_BYTES_OVERHEAD + len(new.args) for new in cmd.jobs)
+        if self.bytes_held + incoming > self.bytes_max:
+            raise StorageFull(f"memory storage holds {self.bytes_held} bytes of jobs; "
+                              f"{incoming} more would pass bytes_max={self.bytes_max}")
         ids: list[str] = []
         created: list[bool] = []
         for new in cmd.jobs:
@@ -137,6 +148,7 @@ class MemoryStorageCore(_MemoryQueries, _MemoryMaintenance, _MemoryCron):
         job = _new_job(new, now, self._seq)
         rec = job.rec
         self._jobs[rec.id] = job
+        self._resize(job)
         if rec.idempotency_key is not None:
             self._keys[rec.idempotency_key] = rec.id
         queue = self._queue(rec.queue)
@@ -251,6 +263,7 @@ class MemoryStorageCore(_MemoryQueries, _MemoryMaintenance, _MemoryCron):
     def _fail(self, job: _Job, item: NackItem, now: float) -> None:
         job.rec = _evolve(job.rec, settled_attempt=item.attempt, error_type=item.error_type,
                           error=item.error, traceback=item.traceback, lease_expires_at=None)
+        self._resize(job)
         if item.outcome == b.Outcome.CANCELLED or (
             item.outcome == b.Outcome.RETRY and job.rec.cancel_requested
         ):
@@ -293,5 +306,6 @@ class MemoryStorageCore(_MemoryQueries, _MemoryMaintenance, _MemoryCron):
                 assert job is not None
                 job.rec = _evolve(job.rec, progress=item.fraction,
                                   progress_message=item.message)
+                self._resize(job)
             accepted.append(ok)
         return b.ProgressReply(tuple(accepted))

@@ -124,6 +124,9 @@ class Node:
     nursery: trio.Nursery
     _inboxes: dict[str, trio.MemorySendChannel[Envelope]] = attrs.Factory(dict)
     _links: dict[str, Link] = attrs.Factory(dict)
+    #: Open links to a peer that a newer link to the same peer replaced, oldest first.
+    _older_links: dict[str, list[Link]] = attrs.Factory(dict)
+    _peer_lost: list[Callable[[str], None]] = attrs.Factory(list)
     _pending: dict[int, _Pending] = attrs.Factory(dict)
     # Correlation ids start at a random point (from the World, so simulations replay):
     # a node that restarts under the same name must not take a late reply meant for
@@ -483,18 +486,37 @@ class Node:
                 log.warning("dropped %s for %s: %s", type(item).__name__, _dst(item), exc)
 
     def attach_link(self, link: Link) -> None:
-        """Route messages for `link.peer` through `link` (replacing an older link)."""
+        """Route messages for `link.peer` through `link`; an older link to the same peer
+        that is still open is kept aside, and routed through again when this one goes."""
+        older = self._links.get(link.peer)
+        if older is not None:
+            self._older_links.setdefault(link.peer, []).append(older)
         self._links[link.peer] = link
 
     def detach_link(self, link: Link) -> None:
-        """Stop routing through `link`; fail calls waiting on its peer."""
+        """Stop routing through `link` (an older open link to its peer takes over, if
+        any); fail calls waiting on its peer, whose answers may have been lost with it."""
+        older = self._older_links.get(link.peer, [])
+        if link in older:
+            older.remove(link)
         if self._links.get(link.peer) is link:
             del self._links[link.peer]
+            if older:
+                self._links[link.peer] = older.pop()
+            else:
+                for listener in list(self._peer_lost):
+                    listener(link.peer)
             lost = [corr for corr, p in self._pending.items() if p.dst_node == link.peer]
             for corr in lost:
                 pending = self._settle(corr)
                 assert pending is not None
                 pending.error = ActorNotFound(f"connection to node {link.peer!r} lost")
+
+    def on_peer_lost(self, listener: Callable[[str], None]) -> Callable[[], None]:
+        """Call `listener(peer)` whenever the last link to a peer closes (in the trio
+        thread, synchronously: it must not block). Returns the unsubscribe function."""
+        self._peer_lost.append(listener)
+        return lambda: self._peer_lost.remove(listener)
 
     def connected_nodes(self) -> list[str]:
         """Names of the nodes with a link attached."""

@@ -214,16 +214,17 @@ async def test_peer_that_never_reads_is_disconnected(raw_peer: Any) -> None:
         await raw.aclose()
 
 
-async def test_unauthenticated_connections_are_capped(raw_peer: Any) -> None:
+async def test_unauthenticated_connections_are_capped_oldest_idle_evicted(raw_peer: Any) -> None:
     async with open_target() as target:
         idle = [await raw_peer.connect(target.port) for _ in range(OPTIONS.unauthenticated_max)]
         await trio.sleep(0.05)
         extra = await raw_peer.connect(target.port)
         started = trio.current_time()
-        assert await extra.receive(timeout_s=1) is CLOSED
+        assert await idle[0].receive(timeout_s=1) is CLOSED
         assert trio.current_time() - started < 0.5
+        await extra.handshake("extra", SECRET)
         await target.assert_good_peer_served()
-        for peer in idle:
+        for peer in [*idle, extra]:
             await peer.aclose()
 
 

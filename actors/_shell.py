@@ -25,12 +25,14 @@ import trio
 from gotask._errors import ActorError, RemoteActorError
 from gotask.runtime import ActorContext, Envelope, Respond, Send
 
+from . import _job_log
 from ._effects import (
     Call,
     Called,
     CallFailed,
     CancelJob,
     Effect,
+    JobEvent,
     Log,
     StartJobs,
     Stop,
@@ -112,6 +114,9 @@ class Shell:
                     self.nursery.start_soon(self._call, effect)
                 case Log(level=level, text=text):
                     self.log.log(level, text)
+                case JobEvent():
+                    _job_log.job_event(effect.event, effect.job_id, effect.task, effect.queue,
+                                       effect.attempt, effect.detail)
                 case Stop():
                     self.stopped = True
                 case StartJobs(count=count):

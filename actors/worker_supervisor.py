@@ -140,7 +140,8 @@ async def _logged(pool: _Pool, scope: trio.CancelScope, run: Running) -> Settled
     _job_log.started(run.record)
     began = pool.world.monotonic()
     item = await _run(pool, scope, run)
-    _job_log.settled(run.record, item, pool.world.monotonic() - began)
+    if not (run.released or run.stale):  # a released job is logged once storage has it
+        _job_log.settled(run.record, item, pool.world.monotonic() - began)
     return item
 
 

@@ -17,7 +17,7 @@ from ..processes import connect, free_port, stop
 
 def start_node(port: int, *extra: str) -> subprocess.Popen[bytes]:
     return processes.start_node("tests.lifecycle.killapp", port, "--concurrency", "8",
-                                "--log-format", "json", *extra)
+                                "--log-format", "json", "--log-level", "INFO", *extra)
 
 
 def json_lines(node: subprocess.Popen[bytes]) -> list[dict[str, Any]]:

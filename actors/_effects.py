@@ -31,6 +31,7 @@ __all__ = [
     "Called",
     "CancelJob",
     "Effect",
+    "JobEvent",
     "Log",
     "StartJobs",
     "Stop",
@@ -97,6 +98,18 @@ class Log:
 
 
 @attrs.frozen
+class JobEvent:
+    """Effect: log one job event (see `actors._job_log`); task and queue when known."""
+
+    event: str
+    job_id: str
+    attempt: int | None = None
+    task: str | None = None
+    queue: str | None = None
+    detail: str = ""
+
+
+@attrs.frozen
 class Stop:
     """Effect: the actor is done; its shell returns after the effects before this."""
 
@@ -116,7 +129,7 @@ class CancelJob:
     attempt: int
 
 
-Effect = Send | Respond | Call | Log | Stop | StartJobs | CancelJob
+Effect = Send | Respond | Call | Log | JobEvent | Stop | StartJobs | CancelJob
 
 
 def unknown_message(actor: str, msg: object, request: Envelope | None) -> list[Effect]:

@@ -25,18 +25,21 @@ import trio
 from gotask._errors import ActorError, RemoteActorError
 from gotask.runtime import ActorContext, Envelope, Respond, Send
 
+from . import _job_log
 from ._effects import (
     Call,
     Called,
     CallFailed,
     CancelJob,
     Effect,
+    JobEvent,
     Log,
     StartJobs,
     Stop,
     Tick,
     unknown_message,
 )
+from ._log_throttle import LogThrottle
 
 __all__ = ["Core", "JobRunner", "Shell"]
 
@@ -77,6 +80,8 @@ class Shell:
     make_tick: Callable[[float], Any] = Tick
     runner: JobRunner | None = None
     stopped: bool = False
+    #: Bounds repeated warnings (a store that is down fails every call for a while).
+    throttle: LogThrottle = attrs.Factory(LogThrottle)
 
     async def serve(self, core: Core) -> None:
         """Receive, handle and carry out until a `Stop` effect (or cancellation)."""
@@ -90,6 +95,14 @@ class Shell:
                     return
             if core.deadline() <= now:
                 await self.carry_out(core.handle(self.make_tick(now), now))
+
+    def _log(self, level: int, text: str) -> None:
+        if level >= logging.WARNING:
+            line = self.throttle.admit(text, self.ctx.node.world.monotonic())
+            if line is None:
+                return
+            text = line
+        self.log.log(level, text)
 
     def _handle(self, core: Core, env: Envelope, now: float) -> list[Effect]:
         msg = env.msg
@@ -111,7 +124,10 @@ class Shell:
                 case Call():
                     self.nursery.start_soon(self._call, effect)
                 case Log(level=level, text=text):
-                    self.log.log(level, text)
+                    self._log(level, text)
+                case JobEvent():
+                    _job_log.job_event(effect.event, effect.job_id, effect.task, effect.queue,
+                                       effect.attempt, effect.detail)
                 case Stop():
                     self.stopped = True
                 case StartJobs(count=count):

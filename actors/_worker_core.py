@@ -19,7 +19,9 @@ Rules of this module:
 - `Drain` pauses the Dispatcher, releases every job not started (and any lease that
   arrives later), lets running jobs finish until the grace period ends, then cancels
   the rest and releases their leases. It is answered, and the actor stops, once every
-  outcome is stored.
+  outcome is stored, with one "released N jobs" line. A second `Drain` during a drain
+  can only shorten the grace period (`Drain(0)`: cancel and release now).
+- Every released lease, once stored, is a `JobEvent` ("released"): one log line per job.
 """
 
 from __future__ import annotations
@@ -35,7 +37,18 @@ from gotask._job import JobRecord, LeaseToken
 from gotask._messages import CancelRunning, Drain, PauseWorkers, RunJobs, SlotsFreed
 from gotask.runtime import Address, Envelope, Ok, Respond, Send
 
-from ._effects import Call, Called, CallFailed, CancelJob, Effect, Log, StartJobs, Stop, Tick
+from ._effects import (
+    Call,
+    Called,
+    CallFailed,
+    CancelJob,
+    Effect,
+    JobEvent,
+    Log,
+    StartJobs,
+    Stop,
+    Tick,
+)
 from ._worker_outcomes import cancelled, chunks
 from .storage.base import (
     BATCH_MAX,
@@ -145,6 +158,9 @@ class WorkerCore:
     beats: int = 0  # heartbeat calls in flight
     drain: _Drain | None = None
     nudged: bool = False
+    #: Task and queue of each released lease not stored yet, for its log line.
+    released: dict[tuple[str, int], tuple[str, str]] = attrs.Factory(dict)
+    released_total: int = 0
 
     # -- the shell's workers (hot path: plain calls, no messages) ---------------------
 
@@ -171,6 +187,7 @@ class WorkerCore:
             run = None  # a newer lease of the job replaced this one
         if run is not None and run.released:
             self.releases.append(run.record.token)
+            self.released[record.id, record.attempt] = (record.task, record.queue)
         elif isinstance(item, AckItem):
             self.acks.append(item)
         elif isinstance(item, NackItem):
@@ -337,15 +354,20 @@ class WorkerCore:
     def _stored(self, tag: _Store, now: float) -> list[Effect]:
         """Storage answered `tag.cmd`: its leases need no more heartbeats from here."""
         cmd, pop = tag.cmd, self.unstored.pop
+        effects: list[Effect] = []
         if isinstance(cmd, ReleaseJobs):
+            self.released_total += len(cmd.tokens)
             for token in cmd.tokens:
                 pop((token.job_id, token.attempt), None)
+                task, queue = self.released.pop((token.job_id, token.attempt), (None, None))
+                effects.append(JobEvent("released", token.job_id, token.attempt, task, queue,
+                                        "lease given back; the attempt does not count"))
         elif not isinstance(cmd, ReportProgress):
             for item in cmd.items:
                 pop((item.job_id, item.attempt), None)
         if tag.group not in self.groups:
-            return []
-        return self._next_in(tag.group) + self._after(now)
+            return effects
+        return effects + self._next_in(tag.group) + self._after(now)
 
     # -- answers ---------------------------------------------------------------------------
 
@@ -384,9 +406,10 @@ class WorkerCore:
     # -- drain -----------------------------------------------------------------------------
 
     def _start_drain(self, request: Envelope | None, grace_at: float, now: float) -> list[Effect]:
-        if self.drain is not None:
+        if self.drain is not None:  # a second Drain may only shorten the grace period
             self.drain.requests += [request] if request is not None else []
-            return self._drained()
+            self.drain.grace_at = min(self.drain.grace_at, grace_at)
+            return self._tick(now)
         self.drain = _Drain([request] if request is not None else [], grace_at)
         while self.ready:
             record = self.ready.popleft()
@@ -408,4 +431,5 @@ class WorkerCore:
                 or self._buffered() or self.groups or self.retries):
             return []
         self.drain = None
-        return [*(Respond(r, Ok()) for r in drain.requests), Stop()]
+        done = Log(logging.INFO, f"drained: released {self.released_total} jobs")
+        return [done, *(Respond(r, Ok()) for r in drain.requests), Stop()]

@@ -25,7 +25,7 @@ import trio
 
 from gotask.runtime import ActorContext, Address, Envelope
 
-from ._effects import Call, Called, CallFailed, Effect, Log, unknown_message
+from ._effects import Call, Called, CallFailed, Effect, JobEvent, Log, unknown_message
 from ._shell import Shell
 from .storage.base import (
     ExpireNodes,
@@ -112,7 +112,12 @@ class ReaperCore:
         if not isinstance(reply, RequeueExpiredReply):
             self._end_round(now)
             return unknown_message("reaper", reply, None)
-        effects: list[Effect] = []
+        effects: list[Effect] = [
+            JobEvent("lease expired", job_id, detail=detail)
+            for ids, detail in ((reply.requeued, "queued again"),
+                                (reply.dead, "out of attempts: moved to the dead-letter queue"),
+                                (reply.cancelled, "cancelled, as was asked"))
+            for job_id in ids]
         if reply.dead:
             effects.append(Log(logging.WARNING, "jobs moved to the dead-letter queue after "
                                                 f"lease expiry: {', '.join(reply.dead[:10])}"))

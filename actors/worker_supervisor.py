@@ -32,6 +32,7 @@ from gotask._job import JobRecord
 from gotask._retry import decide
 from gotask.runtime import ActorContext, Address, World
 
+from . import _job_log
 from ._shell import Shell
 from ._worker_core import WORKER_MSGS, OutcomesReady, Running, Settled, WorkerConfig, WorkerCore
 from ._worker_outcomes import ack, cancelled, nack
@@ -136,12 +137,25 @@ async def _work(pool: _Pool, scope: trio.CancelScope) -> None:
             continue
         pool.start_jobs(1)
         start = core.start(record)
-        item = start if not isinstance(start, Running) else await _run(pool, scope, start)
+        if isinstance(start, Running):
+            item = await _logged(pool, scope, start) if _job_log.enabled() \
+                else await _run(pool, scope, start)
+        else:
+            item = start
         if core.finished(record, item):
             pool.wake_core()
         done += 1
         if done % CHECKPOINT_EVERY == 0 and not scope.cancel_called:
             await trio.lowlevel.checkpoint()
+
+
+async def _logged(pool: _Pool, scope: trio.CancelScope, run: Running) -> Settled:
+    _job_log.started(run.record)
+    began = pool.world.monotonic()
+    item = await _run(pool, scope, run)
+    if not (run.released or run.stale):  # a released job is logged once storage has it
+        _job_log.settled(run.record, item, pool.world.monotonic() - began)
+    return item
 
 
 async def _run(pool: _Pool, scope: trio.CancelScope, run: Running) -> Settled:

@@ -48,7 +48,9 @@ def start_node() -> subprocess.Popen[bytes]:
     cmd = [sys.executable, "-m", "gotask.cli", "node", "--app", "examples.tasks",
            "--listen", ADDRESS, "--http", HTTP, "--storage", STORAGE, "--concurrency", "16",
            "--name", NAME]
-    return subprocess.Popen(cmd)
+    # Its own session: a Ctrl-C in the terminal reaches only the demo, which passes each
+    # one on, so the node sees one signal per press (the second stops it at once).
+    return subprocess.Popen(cmd, start_new_session=True)
 
 
 def connect(node: subprocess.Popen[bytes]) -> gotask.Client:
@@ -103,22 +105,30 @@ def explain(jobs: dict[str, str]) -> None:
 
 
 def main() -> int:
-    # A SIGTERM (a supervisor, `timeout make run`) stops the node too, as Ctrl-C does;
-    # without this the demo would die and leave its node running.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     check_port_free()
     node = start_node()
+    # A SIGTERM (a supervisor, `timeout make run`) is passed on to the node, as Ctrl-C is.
+    signal.signal(signal.SIGTERM, lambda *_: node.send_signal(signal.SIGTERM))
     try:
-        with connect(node) as client:
-            explain(enqueue_demo_jobs(client))
-        return node.wait()
-    except KeyboardInterrupt:
-        node.send_signal(signal.SIGINT)
-        return node.wait()
+        try:
+            with connect(node) as client:
+                explain(enqueue_demo_jobs(client))
+        except KeyboardInterrupt:
+            node.send_signal(signal.SIGINT)
+        return wait_for(node)
     finally:
         if node.poll() is None:
             node.terminate()
             node.wait()
+
+
+def wait_for(node: subprocess.Popen[bytes]) -> int:
+    """Wait for the node, passing each Ctrl-C on: the first drains it, a second stops it."""
+    while True:
+        try:
+            return node.wait()
+        except KeyboardInterrupt:
+            node.send_signal(signal.SIGINT)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,11 @@
 `gotask migrate`, which brings a PostgreSQL schema up to date as a node does at start.
 
 Rules of this module:
+- Settings come from flags, the environment and a TOML file (`gotask._node_settings`).
+- The first SIGINT/SIGTERM drains: no new leases, running jobs get `--grace` seconds,
+  the rest are given back (released: the attempt does not count). The second cuts the
+  grace period to nothing: running jobs are cancelled and given back at once, within
+  STOP_NOW_S. Exit code 0 after a drain that gave every job back, 1 otherwise.
 - Everything the operator passes is checked before anything starts; a bad setting or an
   unreachable `--join` target prints one clear line and exits non-zero.
 - Logs go to stderr; secrets never appear in them.
@@ -12,12 +17,17 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
 
 import trio
 
 from gotask._errors import ConfigError, GoTaskError
-from gotask._server import Server, open_server, wait_for_signal
+from gotask._logging import setup_logging
+from gotask._node_settings import resolve
+from gotask._server import Server, open_server
 from gotask.config import (
     NodeConfig,
     load_app,
@@ -29,34 +39,52 @@ from gotask.config import (
 )
 from gotask.web.serve import read_token
 
-__all__ = ["config_from_args", "main", "migrate"]
+__all__ = ["config_from_args", "config_from_settings", "main", "migrate"]
 
 log = logging.getLogger("gotask.node")
+#: After a second signal: how long giving running jobs back may take before the node
+#: exits anyway (their leases then expire on their own).
+STOP_NOW_S = 10.0
 
 
-def config_from_args(args: argparse.Namespace) -> NodeConfig:
-    """Build a NodeConfig from parsed `gotask node` arguments.
+def config_from_args(args: argparse.Namespace,
+                     environ: Mapping[str, str] | None = None) -> NodeConfig:
+    """Build a NodeConfig from `gotask node` flags, the environment and the --config file
+    (flags > environment > file > defaults).
+
+    Raises:
+        ConfigError: a setting is malformed or unsafe.
+    """
+    return config_from_settings(resolve(vars(args), os.environ if environ is None else environ))
+
+
+def config_from_settings(s: Mapping[str, Any]) -> NodeConfig:
+    """Build a NodeConfig from resolved settings (see `gotask._node_settings`).
 
     Raises:
         ConfigError: a setting is malformed or unsafe.
     """
     return NodeConfig(
-        app=load_app(args.app),
-        name=getattr(args, "name", None),
-        listen=parse_hostport(args.listen, "--listen") if args.listen else None,
-        storage=with_password(args.storage, storage_password(os.environ)),
-        join=parse_hostport(args.join, "--join") if args.join else None,
-        concurrency=args.concurrency,
-        queues=parse_queues(args.queues),
-        secret=read_secret(args.secret_file),
-        insecure=args.insecure,
-        http=parse_hostport(args.http, "--http") if args.http else None,
-        http_token=read_token(args.http_token_file),
-        http_tls=_tls(args.http_tls_cert, args.http_tls_key),
-        threads=args.threads,
-        lease_timeout_s=args.lease_timeout,
-        heartbeat_s=args.heartbeat,
-        grace_s=args.grace,
+        app=load_app(s["app"]),
+        name=s["name"],
+        listen=parse_hostport(s["listen"], "--listen") if s["listen"] else None,
+        storage=with_password(s["storage"], storage_password(os.environ)),
+        join=parse_hostport(s["join"], "--join") if s["join"] else None,
+        concurrency=s["concurrency"],
+        queues=parse_queues(s["queues"]),
+        secret=read_secret(s["secret_file"]),
+        insecure=s["insecure"],
+        http=parse_hostport(s["http"], "--http") if s["http"] else None,
+        http_token=read_token(s["http_token_file"]),
+        http_tls=_tls(s["http_tls_cert"], s["http_tls_key"]),
+        threads=s["threads"],
+        lease_timeout_s=s["lease_timeout"],
+        heartbeat_s=s["heartbeat"],
+        grace_s=s["grace"],
+        tls_cert=s["tls_cert"],
+        tls_key=s["tls_key"],
+        tls_client_ca=s["tls_client_ca"],
+        tls_ca=s["tls_ca"],
     )
 
 
@@ -67,26 +95,54 @@ def _tls(cert: str | None, key: str | None) -> tuple[str, str] | None:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Run `gotask node`; returns the process exit code."""
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    """Run `gotask node`; returns the process exit code (0 after a clean drain)."""
     try:
-        config = config_from_args(args)
-        trio.run(_serve, config)
+        settings = resolve(vars(args), os.environ)
+        setup_logging(settings["log_level"], settings["log_format"])
+        config = config_from_settings(settings)
+        code: int = trio.run(_serve, config)
     except (ConfigError, GoTaskError, OSError) as exc:
         print(f"gotask node: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
-    return 0
+    return code
 
 
-async def _serve(config: NodeConfig) -> None:
-    async with open_server(config) as server:
-        _announce(server)
-        await wait_for_signal()
-        log.info("draining: running jobs get %gs to finish", config.grace_s)
+async def _serve(config: NodeConfig) -> int:
+    # The receiver is open from the start, so a signal never interrupts startup or
+    # shutdown with a KeyboardInterrupt: it is handled once the node is up.
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with open_server(config) as server:
+            _announce(server)
+            await signals.__anext__()
+            log.info("draining: running jobs get %gs to finish (signal again to stop at once)",
+                     config.grace_s)
+            return await _drain(server, signals)
+
+
+async def _drain(server: Server, signals: AsyncIterator[int]) -> int:
+    """Drain; a second signal cuts the grace period to nothing. Returns the exit code."""
+    code = [0]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_stop_on_second_signal, server, signals, nursery.cancel_scope, code)
         await server.drain()
+        nursery.cancel_scope.cancel()
+    return code[0]
+
+
+async def _stop_on_second_signal(server: Server, signals: AsyncIterator[int],
+                                 scope: trio.CancelScope, code: list[int]) -> None:
+    await signals.__anext__()
+    log.warning("second signal: stopping now; giving running jobs back (at most %gs)",
+                STOP_NOW_S)
+    with trio.move_on_after(STOP_NOW_S):
+        await server.stop_now()
+        return
+    log.error("could not give every job back within %gs: those jobs run again once "
+              "their leases expire", STOP_NOW_S)
+    code[0] = 1
+    scope.cancel()
 
 
 def _announce(server: Server) -> None:
@@ -97,6 +153,9 @@ def _announce(server: Server) -> None:
     if server.http_url is not None:
         log.info("HTTP API on %s/api/v1 (metrics: %s/metrics)", server.http_url,
                  server.http_url)
+    if config.join is None and config.storage.startswith("memory:"):
+        log.warning("storage memory:// keeps jobs only in this process: they are lost when "
+                    "it stops; --storage sqlite:///path/to/gotask.db keeps them")
 
 
 def migrate(args: argparse.Namespace) -> int:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import os
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
@@ -39,7 +40,7 @@ from gotask.actors.storage.actor import run_storage
 from gotask.actors.storage.base import QueueWeight
 from gotask.actors.storage.memory import MemoryStorageCore
 from gotask.actors.worker_supervisor import ThreadBook, WorkerConfig, run_workers, thread_book
-from gotask.config import NodeConfig
+from gotask.config import NodeConfig, join_ssl_context, server_ssl_context
 from gotask.runtime import Address, Node, World, open_node, real_world
 
 __all__ = ["Server", "open_server"]
@@ -84,6 +85,10 @@ class Server:
         await self.node.call(self.node.address(WORKERS), Drain(self.config.grace_s),
                              timeout_s=self.config.grace_s + 30)
 
+    async def stop_now(self) -> None:
+        """Cut a drain's grace period short: cancel running jobs and release them now."""
+        await self.node.call(self.node.address(WORKERS), Drain(0.0), timeout_s=30)
+
 
 @asynccontextmanager
 async def open_server(
@@ -104,6 +109,9 @@ async def open_server(
     """
     world = world or real_world()
     name = config.name or f"node-{world.new_id()[-10:].lower()}"
+    # Certificates are loaded before anything starts: a bad file is a plain error.
+    tls = server_ssl_context(config) if listen and config.listen is not None else None
+    join_tls = join_ssl_context(config)
     # Redis (or the SQLite file) is reached before the node starts (an unreachable one is
     # a plain error, not an error group), and closed after its actors stopped.
     async with AsyncExitStack() as resources:
@@ -115,7 +123,7 @@ async def open_server(
         claim, taken = storage is None, None
         async with open_node(name, world) as node:
             if storage is None:
-                storage = await _open_storage(node, config, backend)
+                storage = await _open_storage(node, config, backend, join_tls)
             server = Server(node, config, storage, instance=world.new_id())
             try:
                 if claim:  # a caller that passes `storage` names its own nodes
@@ -125,7 +133,7 @@ async def open_server(
             if taken is None:
                 await _start_actors(server)
                 if listen and config.listen is not None:
-                    server.port = await _listen(node, config)
+                    server.port = await _listen(node, config, tls)
                 if config.http is not None:
                     async with _open_http(server) as server.http_port:
                         yield server
@@ -137,14 +145,16 @@ async def open_server(
             raise taken  # outside the node's nursery: a plain error, not a group
 
 
-async def _open_storage(node: Node, config: NodeConfig, backend: Any) -> Address:
+async def _open_storage(node: Node, config: NodeConfig, backend: Any,
+                        join_tls: ssl.SSLContext | None) -> Address:
     if config.join is not None:
         from gotask.transports.tcp import maintain_link
 
         host, port = config.join
         with trio.move_on_after(JOIN_TIMEOUT_S):
-            peer: str = await node.nursery.start(
-                functools.partial(maintain_link, node, host, port, secret=config.secret))
+            peer: str = await node.nursery.start(functools.partial(
+                maintain_link, node, host, port, secret=config.secret,
+                ssl_context=join_tls))
             return Address(peer, STORAGE)
         raise StorageUnavailable(f"cannot reach the node to join at {host}:{port} "
                                  f"within {JOIN_TIMEOUT_S:g}s")
@@ -236,13 +246,14 @@ def _redact(url: str) -> str:
     return redact(url)
 
 
-async def _listen(node: Node, config: NodeConfig) -> int:
+async def _listen(node: Node, config: NodeConfig, tls: ssl.SSLContext | None) -> int:
     from gotask.transports.tcp import serve_tcp
 
     assert config.listen is not None
     host, port = config.listen
     bound: int = await node.nursery.start(functools.partial(
-        serve_tcp, node, host, port, secret=config.secret, insecure=config.insecure))
+        serve_tcp, node, host, port, secret=config.secret, insecure=config.insecure,
+        ssl_context=tls))
     return bound
 
 
@@ -269,11 +280,3 @@ async def _open_http(server: Server) -> AsyncIterator[int]:
     finally:
         shutdown.set()
 
-
-async def wait_for_signal() -> None:
-    """Return on the first SIGINT or SIGTERM."""
-    import signal
-
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for _ in signals:
-            return

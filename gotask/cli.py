@@ -235,40 +235,10 @@ def _add_cron(sub: Any, client: _Parser) -> None:
 
 
 def _add_node(sub: Any) -> None:
+    from gotask._node_settings import add_node_arguments
+
     p = sub.add_parser("node", help="run a node (until SIGINT/SIGTERM)")
-    p.add_argument("--app", required=True, metavar="MODULE[:ATTR]", help="the gotask.App")
-    p.add_argument("--name", metavar="NAME", help="node name (default: generated)")
-    p.add_argument("--listen", default="127.0.0.1:7450", metavar="HOST:PORT",
-                   help="serve clients and nodes here (default 127.0.0.1:7450)")
-    p.add_argument("--storage", default="memory://", metavar="URL",
-                   help="storage backend: memory:// (default; lost when the node stops), "
-                        "sqlite:///path/to/gotask.db (durable, owned by this node), "
-                        "redis://host:port/db")
-    p.add_argument("--join", metavar="HOST:PORT", help="use the storage of this node")
-    p.add_argument("--concurrency", type=int, default=64, metavar="N",
-                   help="jobs run at once (default 64)")
-    p.add_argument("--queues", default="default", metavar="q1:3,q2:1",
-                   help="queues to work and their weights (default: default)")
-    p.add_argument("--secret-file", default=os.environ.get("GOTASK_SECRET_FILE"),
-                   metavar="PATH", help="shared secret (default: $GOTASK_SECRET_FILE)")
-    p.add_argument("--insecure", action="store_true",
-                   help="allow a non-loopback --listen without a secret "
-                        "(and --http without a token)")
-    p.add_argument("--http", "--console", dest="http", metavar="HOST:PORT",
-                   help="serve the REST API, /metrics and health here (see docs/http.md)")
-    p.add_argument("--http-token-file", default=os.environ.get("GOTASK_HTTP_TOKEN_FILE"),
-                   metavar="PATH", help="bearer token for HTTP (default: "
-                   "$GOTASK_HTTP_TOKEN_FILE, else $GOTASK_HTTP_TOKEN)")
-    p.add_argument("--http-tls-cert", metavar="PATH", help="serve HTTPS with this certificate")
-    p.add_argument("--http-tls-key", metavar="PATH", help="the key of --http-tls-cert")
-    p.add_argument("--threads", type=int, default=16, metavar="N",
-                   help="threads for sync tasks (default 16)")
-    p.add_argument("--lease-timeout", type=float, default=30.0, metavar="S",
-                   help="seconds a lease lasts without a heartbeat (default 30)")
-    p.add_argument("--heartbeat", type=float, default=10.0, metavar="S",
-                   help="seconds between lease heartbeats (default 10)")
-    p.add_argument("--grace", type=float, default=30.0, metavar="S",
-                   help="seconds running jobs get to finish on SIGTERM (default 30)")
+    add_node_arguments(p)
 
 
 def _add_migrate(sub: Any) -> None:

@@ -16,9 +16,10 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import ssl
 import stat
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import attrs
@@ -30,10 +31,12 @@ from gotask.transports.tcp import is_loopback
 __all__ = [
     "DEFAULT_PORT",
     "NodeConfig",
+    "join_ssl_context",
     "load_app",
     "parse_hostport",
     "parse_queues",
     "read_secret",
+    "server_ssl_context",
     "storage_password",
     "with_password",
 ]
@@ -69,6 +72,13 @@ class NodeConfig:
     http: tuple[str, int] | None = None
     http_token: bytes | None = attrs.field(default=None, repr=False)
     http_tls: tuple[str, str] | None = None
+    #: PEM files: this node's certificate chain and key (served, and shown to a --join
+    #: node that asks), the CA its clients' certificates must chain to, and the CA the
+    #: --join node's certificate must chain to (set: the link to it speaks TLS).
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None
+    tls_ca: str | None = None
 
     def __attrs_post_init__(self) -> None:
         if not 1 <= self.concurrency <= 10_000:
@@ -88,6 +98,10 @@ class NodeConfig:
             )
         if self.join is not None and self.listen is not None and self.listen == self.join:
             raise ConfigError("--join must name another node, not this node's --listen")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("--tls-cert and --tls-key go together: pass both or neither")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ConfigError("--tls-client-ca needs --tls-cert and --tls-key")
         if self.listen is not None and self.secret is None and not self.insecure \
                 and not is_loopback(self.listen[0]):
             raise ConfigError(
@@ -100,6 +114,44 @@ class NodeConfig:
                 f"refusing to serve HTTP on {self.http[0]} without a token: pass "
                 "--http-token-file (or set GOTASK_HTTP_TOKEN), or --insecure to accept anyone"
             )
+
+
+def server_ssl_context(config: NodeConfig) -> ssl.SSLContext | None:
+    """The TLS context the node's listener serves with, or None without --tls-cert.
+
+    Raises:
+        ConfigError: a certificate, key or CA file that cannot be loaded.
+    """
+    if config.tls_cert is None or config.tls_key is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    _load(context.load_cert_chain, "--tls-cert/--tls-key", config.tls_cert, config.tls_key)
+    if config.tls_client_ca is not None:
+        _load(context.load_verify_locations, "--tls-client-ca", config.tls_client_ca)
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+def join_ssl_context(config: NodeConfig) -> ssl.SSLContext | None:
+    """The TLS context of the link to the --join node, or None without --tls-ca.
+
+    Raises:
+        ConfigError: a certificate, key or CA file that cannot be loaded.
+    """
+    if config.tls_ca is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    _load(context.load_verify_locations, "--tls-ca", config.tls_ca)
+    if config.tls_cert is not None and config.tls_key is not None:
+        _load(context.load_cert_chain, "--tls-cert/--tls-key", config.tls_cert, config.tls_key)
+    return context
+
+
+def _load(method: Callable[..., None], what: str, *paths: str) -> None:
+    try:
+        method(*paths)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"cannot load {what} ({', '.join(paths)}): {exc}") from None
 
 
 def parse_hostport(text: str, what: str = "address") -> tuple[str, int]:

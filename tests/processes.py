@@ -16,6 +16,11 @@ ROOT = Path(__file__).resolve().parents[1]
 FAST_LEASES = ("--lease-timeout", "2", "--heartbeat", "0.5", "--grace", "1")
 
 
+#: Job lines at INFO would fill the stderr pipe nobody reads; tests that read it pass
+#: `--log-level INFO` in `extra` (a later flag wins).
+QUIET = ("--log-level", "WARNING")
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -27,7 +32,7 @@ def start_node(app: str, port: int, *extra: str,
                env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
     """Start `gotask node --app APP` on 127.0.0.1:PORT with FAST_LEASES and `extra`."""
     cmd = [sys.executable, "-m", "gotask.cli", "node", "--app", app,
-           "--listen", f"127.0.0.1:{port}", *FAST_LEASES, *extra]
+           "--listen", f"127.0.0.1:{port}", *FAST_LEASES, *QUIET, *extra]
     return subprocess.Popen(cmd, cwd=ROOT, env=None if env is None else dict(env),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 

@@ -176,11 +176,13 @@ def test_node_and_bench_are_dispatched_lazily(monkeypatch: pytest.MonkeyPatch) -
             "--listen", "0.0.0.0:7450", "--join", "10.0.0.1:7450", "--concurrency", "8"]
     assert main(argv) == 0
     args = seen["node"]
+    # Flags not given stay None: the node fills them from the environment, the --config
+    # file or the defaults (tests/test_node_settings.py).
     assert (args.app, args.queues, args.insecure, args.concurrency, args.storage) == (
-        "examples.tasks", "a:3,b:1", True, 8, "memory://")
+        "examples.tasks", "a:3,b:1", True, 8, None)
     assert main(["bench", "--jobs", "10", "--help"]) == 3
     assert seen["bench"] == ["--jobs", "10", "--help"]
-    assert main(["node"]) == 2  # --app is required
+    assert main(["node", "--concurrency", "x"]) == 2
 
 
 def test_help_and_version_exit_0(capsys: pytest.CaptureFixture[str]) -> None:

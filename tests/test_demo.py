@@ -49,3 +49,24 @@ def test_sigterm_stops_the_demo_and_its_node(tmp_path: Path) -> None:
     finally:
         if demo.poll() is None:
             demo.kill()
+
+
+def test_ctrl_c_drains_the_demo_s_node_and_exits_0_without_a_traceback(
+        tmp_path: Path) -> None:
+    env = {**os.environ, "GOTASK_DEMO_LISTEN": f"127.0.0.1:{free_port()}",
+           "GOTASK_DEMO_STORAGE": "memory://"}
+    demo = subprocess.Popen([sys.executable, "-m", "examples.demo"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert demo.stdout is not None and demo.stderr is not None
+        for line in demo.stdout:
+            if "Ctrl-C stops the node" in line:
+                break
+        demo.send_signal(signal.SIGINT)  # what a terminal's Ctrl-C sends the demo
+        assert demo.wait(timeout=60) == 0
+        err = demo.stderr.read()
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    assert "draining" in err and "drained: released" in err

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from gotask.actors._effects import Call, Called, CallFailed, Log
+from gotask.actors._effects import Call, Called, CallFailed, JobEvent, Log
 from gotask.actors.reaper import EXPIRE, PURGE, REGISTER, REQUEUE, ReaperCore, ReaperTick
 from gotask.actors.storage.base import (
     ExpireNodes,
@@ -33,6 +33,7 @@ def test_a_round_runs_every_step_in_order_then_waits_the_interval() -> None:
         Call(STORE, RequeueExpired(1000), REQUEUE)]
     reply = RequeueExpiredReply(("a",), (), ())
     assert reaper.handle(Called(REQUEUE, reply), 50.2) == [
+        JobEvent("lease expired", "a", detail="queued again"),
         Call(STORE, PurgeExpired(1000), PURGE)]
     assert reaper.handle(Called(PURGE, None), 50.3) == [Call(STORE, ExpireNodes(), EXPIRE)]
     assert reaper.handle(Called(EXPIRE, None), 50.4) == []
@@ -46,10 +47,14 @@ def test_a_full_requeue_batch_requeues_again_and_dead_jobs_are_logged() -> None:
     reaper.handle(ReaperTick(0.0, INFO), 0.0)
     reaper.handle(Called(REGISTER, None), 0.0)
     effects = reaper.handle(Called(REQUEUE, RequeueExpiredReply(("a",), ("b",), ())), 0.1)
-    assert isinstance(effects[0], Log) and "b" in effects[0].text
-    assert effects[1] == Call(STORE, RequeueExpired(2), REQUEUE)
+    assert effects[:2] == [
+        JobEvent("lease expired", "a", detail="queued again"),
+        JobEvent("lease expired", "b", detail="out of attempts: moved to the dead-letter queue")]
+    assert isinstance(effects[2], Log) and "b" in effects[2].text
+    assert effects[3] == Call(STORE, RequeueExpired(2), REQUEUE)
     effects = reaper.handle(Called(REQUEUE, RequeueExpiredReply((), (), ("c",))), 0.2)
-    assert effects == [Call(STORE, PurgeExpired(2), PURGE)]
+    assert effects == [JobEvent("lease expired", "c", detail="cancelled, as was asked"),
+                       Call(STORE, PurgeExpired(2), PURGE)]
 
 
 def test_a_failed_step_ends_the_round_with_a_warning() -> None:

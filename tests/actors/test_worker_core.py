@@ -13,6 +13,7 @@ from gotask.actors._effects import (
     CallFailed,
     CancelJob,
     Effect,
+    JobEvent,
     Log,
     StartJobs,
     Stop,
@@ -246,12 +247,22 @@ def test_drain_releases_waiting_jobs_lets_running_ones_finish_then_stops() -> No
     assert release.msg == ReleaseJobs((job(2).token,))
     assert core.next_job() is None
     core.handle(Called(pause.tag, Ok()), 2.1)
-    assert core.handle(Called(release.tag, None), 2.2) == [Send(DISPATCHER, SlotsFreed(1))]
+    assert core.handle(Called(release.tag, None), 2.2) == [
+        released(job(2)), Send(DISPATCHER, SlotsFreed(1))]
     core.finished(running, ok(running))
     ack = only_call(core.handle(OutcomesReady(), 3.0))
     assert ack.msg == AckJobs((ok(running),))
     effects = core.handle(Called(ack.tag, None), 3.1)
-    assert effects == [Send(DISPATCHER, SlotsFreed(1)), Respond(drain, Ok()), Stop()]
+    assert effects == [Send(DISPATCHER, SlotsFreed(1)), drained(1), Respond(drain, Ok()), Stop()]
+
+
+def released(record: JobRecord) -> JobEvent:
+    return JobEvent("released", record.id, record.attempt, record.task, record.queue,
+                    "lease given back; the attempt does not count")
+
+
+def drained(count: int) -> Log:
+    return Log(logging.INFO, f"drained: released {count} jobs")
 
 
 def test_drain_cancels_what_still_runs_after_the_grace_and_releases_it() -> None:
@@ -268,7 +279,24 @@ def test_drain_cancels_what_still_runs_after_the_grace_and_releases_it() -> None
     release = only_call(core.handle(OutcomesReady(), 7.1))
     assert release.msg == ReleaseJobs((running.token,))
     effects = core.handle(Called(release.tag, None), 7.2)
-    assert effects == [Send(DISPATCHER, SlotsFreed(1)), Respond(drain, Ok()), Stop()]
+    assert effects == [released(running), Send(DISPATCHER, SlotsFreed(1)), drained(1),
+                       Respond(drain, Ok()), Stop()]
+
+
+def test_a_second_drain_cuts_the_grace_period_and_both_are_answered() -> None:
+    core = make()
+    core.handle(RunJobs((job(1),)), 1.0)
+    running = core.next_job()
+    assert running is not None and isinstance(core.start(running), Running)
+    first, second = request(Drain(30.0)), request(Drain(0.0))
+    pause = only_call(core.handle(Drain(30.0), 2.0, first))
+    core.handle(Called(pause.tag, Ok()), 2.1)
+    assert core.handle(Drain(0.0), 3.0, second) == [CancelJob("j1", 1)]
+    assert core.handle(Drain(60.0), 3.1) == []  # a later, longer one changes nothing
+    core.finished(running, None)
+    release = only_call(core.handle(OutcomesReady(), 3.2))
+    effects = core.handle(Called(release.tag, None), 3.3)
+    assert effects[-4:] == [drained(1), Respond(first, Ok()), Respond(second, Ok()), Stop()]
 
 
 def test_leases_arriving_during_a_drain_are_given_back_at_once() -> None:
@@ -280,7 +308,8 @@ def test_leases_arriving_during_a_drain_are_given_back_at_once() -> None:
     assert core.next_job() is None
     core.handle(Called(release.tag, None), 1.2)
     effects = core.handle(Called(pause.tag, Ok()), 1.3)
-    assert isinstance(effects[0], Respond) and effects[-1] == Stop()
+    assert effects[0] == drained(1)
+    assert isinstance(effects[1], Respond) and effects[-1] == Stop()
 
 
 def test_a_failed_pause_still_lets_the_drain_finish() -> None:

@@ -49,7 +49,7 @@ def node() -> Iterator[str]:
 
 
 @pytest.mark.parametrize(("argv", "words"), [
-    (["enqueue", "add", "--max-attempts", "0"], "--max-attempts must be >= 1"),
+    (["enqueue", "add", "--max-attempts", "0"], "--max-attempts must be 1-1000"),
     (["enqueue", "add", "--priority", "99999999999"], "--priority must be a signed 32-bit"),
     (["enqueue", "add", "--queue", ""], "--queue must be 1-128 characters"),
     (["dlq", "list", "--limit", "0"], "--limit: expected a whole number >= 1"),

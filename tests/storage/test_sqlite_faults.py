@@ -121,7 +121,10 @@ def test_kill_9_of_the_owner_loses_no_acknowledged_job(tmp_path: Path) -> None:
             owner.wait()
             enqueuer.stopping.set()
             at_worker.pause(False)
-            owner = start_node(owner_port, "owner", "--storage", storage, "--concurrency", "8")
+            # The returning owner's jobs take a little time, so the joined worker (whose
+            # link reconnects with backoff) has jobs left to run even on a loaded machine.
+            owner = start_node(owner_port, "owner", "--storage", storage, "--concurrency", "8",
+                               hold_s=0.05)
             procs.append(owner)
             client = clients.enter_context(connect(owner_port, owner))
             enqueuer.join(60)

@@ -33,7 +33,13 @@ import attrs
 
 from gotask import _protocol as proto
 from gotask._app import App, unpack_args
-from gotask._errors import ActorNotFound, CronEntryNotFound, GoTaskError, RemoteProtocolError
+from gotask._errors import (
+    ActorNotFound,
+    CronEntryNotFound,
+    GoTaskError,
+    RemoteProtocolError,
+    ReplyTooLarge,
+)
 from gotask._job import TERMINAL, JobRecord, NewJob
 from gotask._messages import JobChanged, PauseWorkers
 from gotask._messages import UnwatchJobs as StorageUnwatch
@@ -64,6 +70,7 @@ from ._broker_effects import (
 )
 from ._watch import WatchBook
 from .storage import base as storage_base
+from .storage._reply_bytes import check_records
 from .storage.base import BATCH_MAX, EnqueueJobs, EnqueueReply, GetJobsReply
 
 __all__ = ["WAITERS_MAX", "BrokerCore", "BrokerMsg"]
@@ -85,8 +92,13 @@ class _Waiter:
     armed: bool = False  # storage's snapshot came
     overdue: bool = False  # the deadline passed before the snapshot
 
-    def answer(self) -> Answer:
-        return Answer(self.request, proto.JobsReply(tuple(self.records.get(i) for i in self.ids)))
+    def answer(self) -> Answer | Refuse:
+        jobs = tuple(self.records.get(i) for i in self.ids)
+        try:
+            check_records(jobs)  # records pushed since the snapshot may have grown
+        except ReplyTooLarge as exc:
+            return Refuse(self.request, exc)
+        return Answer(self.request, proto.JobsReply(jobs))
 
 
 @attrs.frozen
@@ -374,7 +386,7 @@ class BrokerCore:
             effects.extend(self._unwatch_storage([job.id]))
         return effects
 
-    def _end_wait(self, key: int) -> Answer:
+    def _end_wait(self, key: int) -> Answer | Refuse:
         waiter = self._waiters.pop(key)
         self.waits.drop(key)
         return waiter.answer()

@@ -27,7 +27,7 @@ import trio
 
 from gotask import _protocol as proto
 from gotask._app import App
-from gotask._errors import GoTaskError
+from gotask._errors import GoTaskError, LocalProtocolError
 from gotask._job import JobRecord
 from gotask._messages import BROKER, JobChanged
 from gotask.runtime import ActorContext, Address, Envelope, Node, error_reply
@@ -141,7 +141,7 @@ class _Shell:
     async def _push(self, watcher: Address, msg: JobChanged) -> None:
         try:
             self.ctx.send_nowait(watcher, msg)
-        except (trio.WouldBlock, *_GONE):
+        except (trio.WouldBlock, LocalProtocolError, *_GONE):  # too big for the wire, say
             await self.carry_out(self.core.handle(PushFailed(watcher), trio.current_time()))
 
     def peer_lost(self, node: str) -> None:

@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 import anyio
 import anyio.abc
 import anyio.lowlevel
+import attrs
 
 from gotask._client_batch import EnqueueBatcher
 from gotask._client_conn import (
@@ -518,8 +519,7 @@ class AsyncClient:
         Raises:
             ValueError: `limit` out of range.
         """
-        msg = ListDead(queue=queue, limit=limit, cursor=after_id)
-        return list((await self._request(msg, retry=True)).jobs)
+        return await self._listing(ListDead(queue=queue, limit=limit, cursor=after_id))
 
     async def list_jobs(self, queue: str | None = None, state: str | None = None,
                         limit: int = 100, after_id: str | None = None) -> list[JobRecord]:
@@ -529,8 +529,20 @@ class AsyncClient:
         Raises:
             ValueError: `limit` out of range.
         """
-        msg = ListJobs(queue=queue, state=state, limit=limit, cursor=after_id)
-        return list((await self._request(msg, retry=True)).jobs)
+        return await self._listing(
+            ListJobs(queue=queue, state=state, limit=limit, cursor=after_id))
+
+    async def _listing(self, msg: ListJobs | ListDead) -> list[JobRecord]:
+        """Up to `msg.limit` records: the node cuts a page to fit one frame, so pages are
+        asked for until the limit or the end."""
+        jobs: list[JobRecord] = []
+        want = msg.limit
+        while True:
+            page = await self._request(msg, retry=True)
+            jobs += page.jobs
+            if page.cursor is None or not page.jobs or len(jobs) >= want:
+                return jobs
+            msg = attrs.evolve(msg, limit=want - len(jobs), cursor=page.cursor)
 
     async def pause(self, paused: bool = True) -> None:
         """Stop (or with `paused=False` resume) leasing on the connected node; running

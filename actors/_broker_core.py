@@ -5,8 +5,9 @@ Rules of this module:
   reads no clock (`now` is the caller's, in seconds), never awaits: every storage or
   dispatcher call is an effect, and its answer comes back as an event (`CallDone`,
   `CallFailed`), so any number of calls may be in flight at once.
-- Enqueue: each job is checked against the app (registered task, arguments that fit
-  its signature; the spec's ranges were checked where it was made and decoded), task
+- Enqueue: a request holds at most `batch_jobs_max` jobs; each job is checked against
+  the node's `args_bytes_max` and the app (registered task, arguments that fit its
+  signature; the spec's ranges were checked where it was made and decoded), task
   defaults are applied, ids come from `new_id`. All jobs taken in one inbox batch
   (until `Flush`) go to storage in as few `EnqueueJobs` as its batch limit allows; a
   request with a refused job is refused whole, naming the job, and the others proceed.
@@ -37,10 +38,11 @@ from gotask._errors import (
     ActorNotFound,
     CronEntryNotFound,
     GoTaskError,
+    InvalidArguments,
     RemoteProtocolError,
     ReplyTooLarge,
 )
-from gotask._job import TERMINAL, JobRecord, NewJob
+from gotask._job import ARGS_BYTES_MAX, TERMINAL, JobRecord, NewJob
 from gotask._messages import JobChanged, PauseWorkers
 from gotask._messages import UnwatchJobs as StorageUnwatch
 from gotask._messages import WatchJobs as StorageWatch
@@ -162,6 +164,8 @@ class BrokerCore:
         new_id: returns a new job id (the World's).
         has_dispatcher: whether `PauseWorkers` has a dispatcher to go to.
         book: the client watchers (bounded per watcher and overall).
+        args_bytes_max: largest encoded arguments of a job (`--max-args-bytes`).
+        batch_jobs_max: most jobs in one `Enqueue` (`--max-batch-jobs`).
     """
 
     app: App
@@ -169,6 +173,8 @@ class BrokerCore:
     new_id: Callable[[], str]
     has_dispatcher: bool = True
     book: WatchBook[Address] = attrs.Factory(WatchBook)
+    args_bytes_max: int = ARGS_BYTES_MAX
+    batch_jobs_max: int = proto.IDS_MAX
     _calls: dict[int, _Pending] = attrs.Factory(dict)
     _next_key: int = 0
     _waiters: dict[int, _Waiter] = attrs.Factory(dict)
@@ -299,9 +305,16 @@ class BrokerCore:
     # -- enqueue -------------------------------------------------------------------------
 
     def _enqueue(self, env: Envelope, specs: tuple[proto.JobSpec, ...]) -> list[Effect]:
+        if len(specs) > self.batch_jobs_max:
+            return [Refuse(env, ValueError(f"an enqueue of {len(specs)} jobs; the limit is "
+                                           f"{self.batch_jobs_max} (--max-batch-jobs)"))]
         jobs = []
         for index, spec in enumerate(specs):
             try:
+                if len(spec.args) > self.args_bytes_max:
+                    raise InvalidArguments(
+                        f"arguments encode to {len(spec.args)} bytes; the limit is "
+                        f"{self.args_bytes_max} (--max-args-bytes)")
                 jobs.append(self._new_job(spec))
             except (GoTaskError, ValueError, TypeError) as exc:
                 return [Refuse(env, type(exc)(f"item {index}: {exc}"))]

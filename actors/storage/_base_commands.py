@@ -12,7 +12,8 @@ from typing import Any, TypeAlias
 
 import attrs
 
-from gotask._job import LeaseToken, NewJob
+from gotask._errors import ResultTooLarge
+from gotask._job import ARGS_BYTES_MAX, RESULT_BYTES_MAX, LeaseToken, NewJob
 from gotask.runtime.message import Command, message
 
 from ._base_cron import CronFire, CronList, CronRegister, CronSetPaused
@@ -80,6 +81,22 @@ def _batch(_inst: object, attribute: attrs.Attribute[Any], value: tuple[object, 
         raise ValueError(f"{attribute.name} holds {len(value)} items, more than {BATCH_MAX}")
 
 
+def _new_jobs(inst: object, attribute: attrs.Attribute[Any], value: tuple[NewJob, ...]) -> None:
+    _batch(inst, attribute, value)
+    for index, job in enumerate(value):
+        if len(job.args) > ARGS_BYTES_MAX:
+            raise ValueError(f"item {index}: arguments encode to {len(job.args)} bytes; "
+                             f"the limit is {ARGS_BYTES_MAX}")
+
+
+def _acks(inst: object, attribute: attrs.Attribute[Any], value: tuple[AckItem, ...]) -> None:
+    _batch(inst, attribute, value)
+    for index, item in enumerate(value):
+        if len(item.result) > RESULT_BYTES_MAX:
+            raise ResultTooLarge(f"item {index}: the result of job {item.job_id} is "
+                                 f"{len(item.result)} bytes; the limit is {RESULT_BYTES_MAX}")
+
+
 def _optional_batch(inst: object, attribute: attrs.Attribute[Any], value: Any) -> None:
     if value is not None:
         _batch(inst, attribute, value)
@@ -107,7 +124,7 @@ class EnqueueJobs(Command[EnqueueReply]):
     the existing job's id with created=False and nothing changes.
     """
 
-    jobs: tuple[NewJob, ...] = attrs.field(validator=_batch)
+    jobs: tuple[NewJob, ...] = attrs.field(validator=_new_jobs)
 
 
 @message("s.lease")
@@ -147,7 +164,7 @@ class Heartbeat(Command[HeartbeatReply]):
 class AckJobs(Command[AckReply]):
     """Complete attempts successfully: `succeeded`, result kept `result_ttl_s` seconds."""
 
-    items: tuple[AckItem, ...] = attrs.field(validator=_batch)
+    items: tuple[AckItem, ...] = attrs.field(validator=_acks)
 
 
 @message("s.nack")

@@ -40,7 +40,9 @@ def fit_reply(reply: object) -> object:
     Raises:
         ReplyTooLarge: the records of a `GetJobsReply` do not fit one reply.
     """
-    if isinstance(reply, b.ListJobsReply | b.ListDeadReply):
+    if isinstance(reply, b.ListJobsReply):
+        return cut_page(reply)
+    if isinstance(reply, b.ListDeadReply):
         return cut_page(reply)
     if isinstance(reply, b.GetJobsReply):
         check_records(reply.jobs)

@@ -20,9 +20,9 @@ from gotask._errors import ReplyTooLarge
 from gotask._job import ARGS_BYTES_MAX, RESULT_BYTES_MAX
 from gotask._protocol import GetJobs, JobPage, ListJobs, WaitJobs, WatchJobs
 from gotask._server import Server, open_server
+from gotask.actors.storage._reply_bytes import REPLY_BYTES_MAX
 from gotask.client import AsyncClient
 from gotask.runtime import Address, Envelope, ErrorReply, Reply
-from gotask.actors.storage._reply_bytes import REPLY_BYTES_MAX
 from gotask.transports._wire import FRAME_BYTES_MAX, encode
 
 app = App("reply-frames")

@@ -18,13 +18,20 @@ import trio
 
 from gotask import App
 from gotask._app import pack_args
-from gotask._errors import ConfigError, InvalidMessage, RemoteActorError, ResultTooLarge
+from gotask._errors import (
+    ConfigError,
+    InvalidArguments,
+    InvalidMessage,
+    RemoteActorError,
+    ResultTooLarge,
+)
 from gotask._job import ARGS_BYTES_MAX, RESULT_BYTES_MAX, NewJob
 from gotask._node_main import config_from_args
 from gotask._protocol import Enqueue, EnqueueReply, JobSpec, WaitJobs
 from gotask._server import Server, open_server
 from gotask.actors.storage.base import AckItem, AckJobs, EnqueueJobs
 from gotask.cli import build_parser
+from gotask.client import AsyncClient
 from gotask.config import NodeConfig
 from gotask.runtime import Address, Envelope
 from gotask.transports._wire import decode, encode
@@ -133,3 +140,23 @@ def test_a_limit_can_be_lowered_never_raised(field: str, value: int, message: st
     with pytest.raises(ConfigError, match=message) as caught:
         NodeConfig(app=app, **{field: value})
     assert "\n" not in str(caught.value)
+
+
+async def test_a_client_set_to_the_node_limits_splits_and_refuses_before_sending() -> None:
+    config = NodeConfig(app=app, name="limits-tcp", listen=("127.0.0.1", 0), concurrency=8,
+                        lease_timeout_s=10, heartbeat_s=2, grace_s=1,
+                        args_bytes_max=1000, batch_jobs_max=3)
+    async with open_server(config) as server:
+        nodes = [f"127.0.0.1:{server.port}"]
+        async with AsyncClient(nodes) as plain:  # the defaults: the node refuses
+            with pytest.raises(RemoteActorError, match=r"limit is 3 \(--max-batch-jobs\)"):
+                await plain.enqueue_many([("echo", [b""], None, None)] * 7)
+        async with AsyncClient(nodes, max_args_bytes=1000, max_batch_jobs=3) as client:
+            ids = await client.enqueue_many([("echo", [b""], None, None)] * 7)
+            assert len(set(ids)) == 7
+            with pytest.raises(InvalidArguments, match=r"1006 bytes; the limit is 1000 "
+                                                       r"\(max_args_bytes\)"):
+                await client.enqueue("echo", b"x" * 1000)
+            assert len(await client.list_jobs(limit=100)) == 7  # nothing else was sent
+    with pytest.raises(ConfigError, match="max_batch_jobs 1-10000"):
+        AsyncClient(nodes, max_batch_jobs=0)

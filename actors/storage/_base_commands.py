@@ -8,6 +8,7 @@ duration is a ValueError before it reaches any backend.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any, TypeAlias
 
 import attrs
@@ -81,20 +82,21 @@ def _batch(_inst: object, attribute: attrs.Attribute[Any], value: tuple[object, 
         raise ValueError(f"{attribute.name} holds {len(value)} items, more than {BATCH_MAX}")
 
 
-def _new_jobs(inst: object, attribute: attrs.Attribute[Any], value: tuple[NewJob, ...]) -> None:
-    _batch(inst, attribute, value)
-    for index, job in enumerate(value):
-        if len(job.args) > ARGS_BYTES_MAX:
-            raise ValueError(f"item {index}: arguments encode to {len(job.args)} bytes; "
-                             f"the limit is {ARGS_BYTES_MAX}")
+def _sized(size: Callable[[Any], int], limit: int, what: Callable[[Any, int], str],
+           error: type[Exception]) -> Callable[[object, attrs.Attribute[Any], Any], None]:
+    """A validator of a batch whose items' `size` is at most `limit` bytes each."""
+    def check(inst: object, attribute: attrs.Attribute[Any], value: tuple[Any, ...]) -> None:
+        _batch(inst, attribute, value)
+        for index, item in enumerate(value):
+            if (n := size(item)) > limit:
+                raise error(f"item {index}: {what(item, n)}; the limit is {limit}")
+    return check
 
 
-def _acks(inst: object, attribute: attrs.Attribute[Any], value: tuple[AckItem, ...]) -> None:
-    _batch(inst, attribute, value)
-    for index, item in enumerate(value):
-        if len(item.result) > RESULT_BYTES_MAX:
-            raise ResultTooLarge(f"item {index}: the result of job {item.job_id} is "
-                                 f"{len(item.result)} bytes; the limit is {RESULT_BYTES_MAX}")
+_new_jobs = _sized(lambda job: len(job.args), ARGS_BYTES_MAX,
+                   lambda job, n: f"arguments encode to {n} bytes", ValueError)
+_acks = _sized(lambda item: len(item.result), RESULT_BYTES_MAX,
+               lambda item, n: f"the result of job {item.job_id} is {n} bytes", ResultTooLarge)
 
 
 def _optional_batch(inst: object, attribute: attrs.Attribute[Any], value: Any) -> None:

@@ -9,6 +9,7 @@ refused with `ReplyTooLarge`, and the connection stays up for the next request.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -16,14 +17,17 @@ import pytest
 import trio
 
 from gotask import App
-from gotask._errors import ReplyTooLarge
+from gotask._errors import RemoteActorError, ReplyTooLarge
 from gotask._job import ARGS_BYTES_MAX, RESULT_BYTES_MAX
 from gotask._protocol import GetJobs, JobPage, ListJobs, WaitJobs, WatchJobs
 from gotask._server import Server, open_server
 from gotask.actors.storage._reply_bytes import REPLY_BYTES_MAX
 from gotask.client import AsyncClient
-from gotask.runtime import Address, Envelope, ErrorReply, Reply
+from gotask.runtime import Address, Envelope, ErrorReply, Reply, open_node
+from gotask.transports import connect_tcp, serve_tcp
 from gotask.transports._wire import FRAME_BYTES_MAX, encode
+
+from ..transports.conformance import Blob, Ping, Pong
 
 app = App("reply-frames")
 #: The largest result a node keeps, near the limit.
@@ -145,3 +149,29 @@ async def _ask(peer: Any, msg: object) -> Any:
 
 def test_the_reply_budget_leaves_room_for_the_largest_record() -> None:
     assert ARGS_BYTES_MAX + RESULT_BYTES_MAX <= REPLY_BYTES_MAX < FRAME_BYTES_MAX
+
+
+async def _oversized(ctx: Any, *, task_status: Any) -> None:
+    """Answers a Blob with one twice as long, Ping with Pong."""
+    task_status.started()
+    while True:
+        for env in await ctx.receive_batch():
+            match env.msg:
+                case Blob(data):
+                    await ctx.reply(env, Blob(data + data))
+                case Ping(n):
+                    await ctx.reply(env, Pong(n))
+
+
+async def test_a_reply_the_wire_cannot_carry_is_answered_with_that_error() -> None:
+    # The last guard: any actor's reply over the frame limit becomes an error reply,
+    # instead of crashing the actor and leaving its caller to time out.
+    async with open_node("srv") as srv, open_node("cli") as cli:
+        await srv.start_actor("big", _oversized)
+        port = await srv.nursery.start(functools.partial(serve_tcp, srv, "127.0.0.1", 0,
+                                                         secret=None))
+        await connect_tcp(cli, "127.0.0.1", port, secret=None)
+        with pytest.raises(RemoteActorError, match="over the 1048576-byte frame limit"):
+            await cli.call(Address("srv", "big"), Blob(b"." * 600_000), timeout_s=10)
+        assert await cli.call(Address("srv", "big"), Ping(3), timeout_s=10) == Pong(3)
+        assert "cli" in srv.connected_nodes()

@@ -21,7 +21,7 @@ import hmac
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeAlias
 
 import attrs
 import grpc
@@ -138,8 +138,8 @@ async def _stop(server: grpc.aio.Server, healthy: Any) -> None:
     await server.stop(GRACE_S)
 
 
-Handler = grpc.RpcMethodHandler[Any, Any]
-Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]]
+Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
+Continuation: TypeAlias = "Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]]"
 
 
 class _TokenCheck(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]

@@ -133,7 +133,8 @@ async def open_server(
             backend = await _open_sqlite(config, resources)
         elif storage is None and config.join is None and not config.storage.startswith("memory:"):
             backend = await _connect_redis(config, resources)
-        claim, taken = storage is None, None
+        claim = storage is None
+        taken: Exception | None = None  # raised once the node stopped
         async with open_node(name, world) as node:
             if storage is None:
                 storage = await _open_storage(node, config, backend, join_tls)
@@ -148,11 +149,12 @@ async def open_server(
                 if listen and config.listen is not None:
                     server.port = await _listen(node, config, tls)
                 async with AsyncExitStack() as faces:
-                    if config.http is not None:
-                        server.http_port = await faces.enter_async_context(_open_http(server))
-                    if config.grpc is not None:
-                        server.grpc = await faces.enter_async_context(_open_grpc(server))
-                    yield server
+                    try:
+                        await _open_faces(server, faces)
+                    except ConfigError as exc:  # a TLS file or an address of a face
+                        taken = exc
+                    else:
+                        yield server
                 server.stopping = True  # from now on registered as stopping
                 await release_name(node, storage, server.instance)
         if taken is not None:
@@ -269,6 +271,14 @@ async def _listen(node: Node, config: NodeConfig, tls: ssl.SSLContext | None) ->
         serve_tcp, node, host, port, secret=config.secret, insecure=config.insecure,
         ssl_context=tls))
     return bound
+
+
+async def _open_faces(server: Server, faces: AsyncExitStack) -> None:
+    """Start the HTTP and gRPC faces asked for; `faces` stops them in reverse order."""
+    if server.config.http is not None:
+        server.http_port = await faces.enter_async_context(_open_http(server))
+    if server.config.grpc is not None:
+        server.grpc = await faces.enter_async_context(_open_grpc(server))
 
 
 @asynccontextmanager

@@ -76,10 +76,11 @@ async def open_grpc(node: Node, broker: Address, host: str, port: int, *,
     try:
         bridge = Bridge(aio)
         service = GoTaskService(bridge, NodeCalls(node, broker))
+        # Calls that arrive before the bridge serves wait in the loop for it.
+        server, healthy, bound = await aio.call(_start, service, _address(host, port),
+                                                token, credentials)
         async with trio.open_nursery() as nursery:
             await nursery.start(bridge.serve)
-            server, healthy, bound = await aio.call(_start, service, _address(host, port),
-                                                    token, credentials)
             try:
                 yield GrpcFace(bound, bridge)
             finally:

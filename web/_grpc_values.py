@@ -42,8 +42,8 @@ STATUS_OF_HTTP: Final = {
     504: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
 _INT_MAX: Final = 2**53
-_OPTIONS: Final = ("queue", "priority", "max_attempts", "timeout_s", "result_ttl_s",
-                   "idempotency_key")
+_OPTIONS: Final = frozenset({"queue", "priority", "delay_s", "max_attempts", "timeout_s",
+                             "result_ttl_s", "idempotency_key"})
 
 
 def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str, str]:
@@ -61,9 +61,10 @@ def spec_of(job: pb.JobSpec, where: str) -> JobSpec:
         TypeError, ValueError: a field is missing or out of range (named with `where`).
     """
     try:
-        options: dict[str, Any] = {k: getattr(job, k) for k in _OPTIONS if job.HasField(k)}
-        if job.delay_s:
-            options["delay_s"] = job.delay_s
+        # The fields set, in one call (the stream's hot path): options, `delay_s` when
+        # not 0, and the arguments.
+        options: dict[str, Any] = {f.name: v for f, v in job.ListFields()
+                                   if f.name in _OPTIONS}
         kind = job.WhichOneof("arguments")
         if kind == "arguments_msgpack":
             unpack_args(job.arguments_msgpack)

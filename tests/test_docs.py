@@ -14,7 +14,8 @@ follows it:
 
 Addresses: the documents use 127.0.0.1:7450 (and 127.0.0.1:7460 for gRPC); the test puts
 each session on free ports instead (machines share CI), passes `--listen` to nodes that do
-not name one, and sets `GOTASK_NODES` for clients. `.venv/bin/gotask` is this interpreter's `gotask`.
+not name one, and sets `GOTASK_NODES` for clients. `.venv/bin/gotask` is this
+interpreter's `gotask`.
 
 Markers, on the line before a fence, as HTML comments (invisible when rendered):
 - ``<!-- no-test: reason -->``: the block cannot run here (other machines, a server that

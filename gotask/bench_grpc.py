@@ -92,7 +92,7 @@ async def _measure(target: str, token: str | None, args: argparse.Namespace) -> 
     metadata = (("authorization", f"Bearer {token}"),) if token else ()
     async with grpc.aio.insecure_channel(target) as channel:
         await asyncio.wait_for(channel.channel_ready(), 30)
-        stub = pb_grpc.GoTaskStub(channel)
+        stub = pb_grpc.GoTaskStub(channel)  # type: ignore[no-untyped-call]
         await unary(stub, metadata, args.rate, 1.0)  # warm up
         return {"unary": await unary(stub, metadata, args.rate, args.duration),
                 "streamed": [await streamed(stub, metadata, args.stream_jobs, n)

@@ -88,8 +88,11 @@ class Session:
         self.dir, self.port, self.grpc_port = tmp, free_port(), free_port()
         self.nodes: list[subprocess.Popen[bytes]] = []
         bindir = str(Path(sys.executable).parent)
+        # Nodes log at WARNING: their stderr is a pipe read only when one fails to start,
+        # and a node logging a line per job would fill it and block.
         self.env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}",
-                    "PYTHONPATH": f"{tmp}:{ROOT}", "GOTASK_NODES": self.address}
+                    "PYTHONPATH": f"{tmp}:{ROOT}", "GOTASK_NODES": self.address,
+                    "GOTASK_LOG_LEVEL": "WARNING"}
 
     @property
     def address(self) -> str:

@@ -15,7 +15,6 @@ Rules of this module:
 
 from __future__ import annotations
 
-import math
 from typing import Any, Final
 
 import grpc
@@ -90,20 +89,10 @@ def _ints(value: Any) -> Any:
 
 
 def _value(data: Any) -> struct_pb2.Value:
+    """`data` as `web._json.jsonable` made it (no bytes, no NaN) as a protobuf Value."""
     value = struct_pb2.Value()
-    json_format.ParseDict(_finite(data), value)
+    json_format.ParseDict(data, value)
     return value
-
-
-def _finite(data: Any) -> Any:
-    """JSON values protobuf accepts: non-finite floats as their `str()`, as REST shows."""
-    if isinstance(data, float) and not math.isfinite(data):
-        return str(data)
-    if isinstance(data, list):
-        return [_finite(v) for v in data]
-    if isinstance(data, dict):
-        return {k: _finite(v) for k, v in data.items()}
-    return data
 
 
 def job_message(job: JobRecord) -> pb.Job:
@@ -139,7 +128,7 @@ def nodes_message(nodes: tuple[NodeInfo, ...]) -> pb.ListNodesResponse:
     out = []
     for n in nodes:
         info = struct_pb2.Struct()
-        json_format.ParseDict(_finite(jsonable(n.info)), info)
+        json_format.ParseDict(jsonable(n.info), info)
         out.append(pb.NodeInfo(node=n.node, info=info, first_seen=n.first_seen,
                                last_seen=n.last_seen, expires_at=n.expires_at))
     return pb.ListNodesResponse(nodes=out)

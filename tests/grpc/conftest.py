@@ -17,8 +17,7 @@ import trio
 from gotask._server import Server, open_server
 from gotask.config import NodeConfig
 from gotask.v1 import gotask_pb2_grpc as pb_grpc
-
-from .grpcapp import app
+from tests.web.webapp import app
 
 TOKEN = "grpc-token-0123456789abcdef"
 AUTH = (("authorization", f"Bearer {TOKEN}"),)

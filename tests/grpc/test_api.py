@@ -161,3 +161,21 @@ async def test_dead_letter_list_retry_purge(stub: pb_grpc.GoTaskStub) -> None:
     assert (await call(stub.RetryDead, pb.DeadJobsRequest(ids=["01NOSUCHJOB"]))).count == 0
     assert (await call(stub.PurgeDead, pb.DeadJobsRequest())).count == 1
     assert (await call(stub.ListDead, pb.ListDeadRequest())).jobs == []
+
+
+async def test_bytes_and_non_finite_values_show_as_rest_shows_them(
+        stub: pb_grpc.GoTaskStub) -> None:
+    data = pack_args([b"\x00", float("nan")], {"n": 2**60})
+    [job_id] = await enqueue(stub, pb.JobSpec(task="echo", arguments_msgpack=data))
+    job = await finished(stub, job_id)
+    assert json_format.MessageToDict(job.result) == {
+        "args": [{"$base64": "AA=="}, "nan"], "kwargs": {"n": float(2**60)}}
+    assert msgpack.unpackb(job.result_msgpack)["kwargs"] == {"n": 2**60}  # exact
+
+
+async def test_json_kwargs_and_fractions(stub: pb_grpc.GoTaskStub) -> None:
+    kwargs = struct_pb2.Struct()
+    kwargs.update({"x": 1.5, "y": 2})
+    spec = pb.JobSpec(task="add", arguments_json=pb.JsonArguments(kwargs=kwargs))
+    [job_id] = await enqueue(stub, spec)
+    assert msgpack.unpackb((await finished(stub, job_id)).result_msgpack) == 3.5

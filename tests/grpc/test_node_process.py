@@ -36,7 +36,7 @@ def wait_serving(stub: pb_grpc.GoTaskStub, node: subprocess.Popen[bytes]) -> Non
 def test_a_node_process_serves_grpc_and_stops_on_sigterm() -> None:
     port = free_port()
     env = {**os.environ, "GOTASK_HTTP_TOKEN": TOKEN, "GOTASK_GRPC": f"127.0.0.1:{port}"}
-    node = start_node("tests.grpc.grpcapp", free_port(), env=env)
+    node = start_node("tests.web.webapp", free_port(), env=env)
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub = pb_grpc.GoTaskStub(channel)
@@ -70,7 +70,7 @@ def test_half_a_tls_pair_is_refused() -> None:
     from gotask._errors import ConfigError
     from gotask._node_main import config_from_settings
 
-    s = resolve({"app": "tests.grpc.grpcapp", "grpc": "127.0.0.1:0",
+    s = resolve({"app": "tests.web.webapp", "grpc": "127.0.0.1:0",
                  "grpc_tls_cert": "c.pem"}, {})
     with pytest.raises(ConfigError, match="--grpc-tls-cert and --grpc-tls-key go together"):
         config_from_settings(s)

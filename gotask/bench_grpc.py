@@ -10,7 +10,8 @@ Rules of this module:
   its latency counts from when it was due (no coordinated omission); any error counts.
 - Streamed: one `EnqueueStream` of `--stream-jobs` jobs, `--per-message` jobs per
   message, from one client; jobs/s from the first message to the last acknowledgement.
-- The result carries the load average and `python_mops` before and after: on a shared
+- The result carries the CPU microseconds per job of this client and of the node (when
+  it started it), and the load average and `python_mops` before and after: on a shared
   machine those say how much of a figure is the machine.
 """
 
@@ -28,7 +29,7 @@ from typing import Any
 
 import grpc
 
-from gotask.bench import _free_port, python_mops
+from gotask.bench import _CpuMeter, _free_port, python_mops
 from gotask.bench_http import summary
 from gotask.v1 import gotask_pb2 as pb
 from gotask.v1 import gotask_pb2_grpc as pb_grpc
@@ -88,15 +89,23 @@ async def streamed(stub: pb_grpc.GoTaskStub, metadata: Any, jobs: int,
             "jobs_per_s": round(acked / elapsed, 1), "seconds": round(elapsed, 2)}
 
 
-async def _measure(target: str, token: str | None, args: argparse.Namespace) -> dict[str, Any]:
+async def _measure(target: str, token: str | None, node_pid: int,
+                   args: argparse.Namespace) -> dict[str, Any]:
+    """Both phases, each with the CPU microseconds per job of this client and the node."""
     metadata = (("authorization", f"Bearer {token}"),) if token else ()
     async with grpc.aio.insecure_channel(target) as channel:
         await asyncio.wait_for(channel.channel_ready(), 30)
         stub = pb_grpc.GoTaskStub(channel)  # type: ignore[no-untyped-call]
         await unary(stub, metadata, args.rate, 1.0)  # warm up
-        return {"unary": await unary(stub, metadata, args.rate, args.duration),
-                "streamed": [await streamed(stub, metadata, args.stream_jobs, n)
-                             for n in args.per_message]}
+        meter = _CpuMeter(node_pid, "memory://")
+        result: dict[str, Any] = {"unary": await unary(stub, metadata, args.rate,
+                                                       args.duration)}
+        result["unary"]["cpu_us_per_job"] = meter.per_job_us(result["unary"]["requests"])
+        result["streamed"] = []
+        for n in args.per_message:
+            result["streamed"].append(await streamed(stub, metadata, args.stream_jobs, n))
+            result["streamed"][-1]["cpu_us_per_job"] = meter.per_job_us(args.stream_jobs)
+        return result
 
 
 def _start_node(storage: str, port: int) -> subprocess.Popen[bytes]:
@@ -126,7 +135,8 @@ def main(argv: list[str]) -> int:
         node = _start_node(args.storage, port)
         target = f"127.0.0.1:{port}"
     try:
-        result = asyncio.run(_measure(target, os.environ.get("GOTASK_HTTP_TOKEN"), args))
+        result = asyncio.run(_measure(target, os.environ.get("GOTASK_HTTP_TOKEN"),
+                                      node.pid if node else 0, args))
     finally:
         if node is not None:
             node.terminate()

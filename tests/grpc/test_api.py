@@ -179,3 +179,15 @@ async def test_json_kwargs_and_fractions(stub: pb_grpc.GoTaskStub) -> None:
     spec = pb.JobSpec(task="add", arguments_json=pb.JsonArguments(kwargs=kwargs))
     [job_id] = await enqueue(stub, spec)
     assert msgpack.unpackb((await finished(stub, job_id)).result_msgpack) == 3.5
+
+
+async def test_limits_where_data_enters(stub: pb_grpc.GoTaskStub) -> None:
+    big = pack_args([b"x" * (400 << 10)])
+    too_big_args = msgpack.packb([[b"x" * (600 << 10)], {}])
+    with pytest.raises(grpc.RpcError) as caught:
+        await enqueue(stub, pb.JobSpec(task="echo", arguments_msgpack=too_big_args))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.RpcError) as caught:  # 12 jobs of 400 KiB: a 4.8 MiB message
+        await enqueue(stub, *[pb.JobSpec(task="echo", arguments_msgpack=big)] * 12)
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert (await call(stub.ListQueues, pb.ListQueuesRequest())).queues == []

@@ -25,7 +25,7 @@ import os
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
@@ -43,6 +43,9 @@ from gotask.actors.storage.memory import MemoryStorageCore
 from gotask.actors.worker_supervisor import ThreadBook, WorkerConfig, run_workers, thread_book
 from gotask.config import NodeConfig, join_ssl_context, server_ssl_context
 from gotask.runtime import Address, Node, World, open_node, real_world
+
+if TYPE_CHECKING:  # grpcio is an extra: imported only when --grpc is used
+    from gotask.web.grpc_serve import GrpcFace
 
 __all__ = ["Server", "open_server"]
 
@@ -66,8 +69,8 @@ class Server:
     threads: ThreadBook = attrs.field(
         default=attrs.Factory(lambda self: thread_book(self.config.threads), takes_self=True))
     http_port: int | None = None
-    #: The gRPC face (`gotask.web.grpc_serve.GrpcFace`), None when it is off.
-    grpc: Any = None
+    #: The gRPC face, None when it is off.
+    grpc: GrpcFace | None = None
 
     @property
     def http_url(self) -> str | None:
@@ -316,7 +319,7 @@ def _check_grpc_installed() -> None:
 
 
 @asynccontextmanager
-async def _open_grpc(server: Server) -> AsyncIterator[Any]:
+async def _open_grpc(server: Server) -> AsyncIterator[GrpcFace]:
     """Serve the gRPC face; it stops gracefully when the block exits."""
     from gotask.web.grpc_serve import open_grpc
 

@@ -45,11 +45,11 @@ _OPTIONS: Final = frozenset({"queue", "priority", "delay_s", "max_attempts", "ti
                              "result_ttl_s", "idempotency_key"})
 
 
-def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str, str]:
-    """The status code, message and problem type of a failure."""
+def status_of(exc: BaseException, where: str = "") -> tuple[grpc.StatusCode, str, str]:
+    """The status code, message (its detail after `where`) and problem type of a failure."""
     status, doc = problem_for(exc)
     code = STATUS_OF_HTTP.get(status, grpc.StatusCode.INTERNAL)
-    return code, f"{doc['title']}: {doc['detail']}", doc["type"]
+    return code, f"{doc['title']}: {where}{doc['detail']}", doc["type"]
 
 
 def spec_of(job: pb.JobSpec, where: str) -> JobSpec:

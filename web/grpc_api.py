@@ -137,10 +137,21 @@ def _guarded(method: F) -> F:
     return unary  # type: ignore[return-value]
 
 
+class _InBatch(Exception):
+    """A stream's batch was refused; `first` is the index of its first job in the stream."""
+
+    def __init__(self, error: Exception, first: int) -> None:
+        super().__init__(error)
+        self.error, self.first = error, first
+
+
 async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: Exception) -> None:
     if isinstance(exc, grpc.aio.AbortError):
         raise exc
-    code, message, kind = status_of(exc)
+    if isinstance(exc, _InBatch):  # the Broker counts items from the batch's start
+        code, message, kind = status_of(exc.error, f"the batch from job {exc.first}: ")
+    else:
+        code, message, kind = status_of(exc)
     context.set_trailing_metadata((("gotask-error", kind),))
     await context.abort(code, message)
 
@@ -191,7 +202,10 @@ class GoTaskService(pb_grpc.GoTaskServicer):
             first = 0
             while batch := await _next_batch(arrived):
                 specs = tuple(spec_of(j, f"job {first + i}: ") for i, j in enumerate(batch))
-                reply = await self._call(Enqueue(specs), context)
+                try:
+                    reply = await self._call(Enqueue(specs), context)
+                except Exception as exc:
+                    raise _InBatch(exc, first) from None
                 yield pb.EnqueueAck(first=first, ids=reply.ids, created=reply.created)
                 first += len(batch)
             await reader

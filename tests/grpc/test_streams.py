@@ -47,7 +47,8 @@ async def test_stream_enqueue_stops_at_a_refused_job(stub: pb_grpc.GoTaskStub) -
     with pytest.raises(grpc.RpcError) as caught:
         await collect(stub.EnqueueStream(bad_third(), metadata=AUTH, timeout=30))
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert caught.value.details().startswith("TaskNotFound: ")
+    assert caught.value.details().startswith("TaskNotFound: the batch from job ")
+    assert "item " in caught.value.details()
     queues = (await call(stub.ListQueues, pb.ListQueuesRequest())).queues
     assert sum(q.counts.get("queued", 0) for q in queues) in (0, 2)  # whole batches only
 

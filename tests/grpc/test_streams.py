@@ -97,3 +97,22 @@ async def test_many_watches_cancelled_at_once_leave_nothing(server: Server,
     for stream in streams:
         stream.cancel()
     await wait_idle(server, baseline)
+
+
+async def test_a_cancelled_enqueue_stream_frees_its_resources(
+        server: Server, stub: pb_grpc.GoTaskStub) -> None:
+    baseline = server.node.actor_names()
+    more = threading.Event()
+
+    def sends() -> Iterator[pb.EnqueueRequest]:
+        yield pb.EnqueueRequest(jobs=[json_job("add", 1, 1, queue="parked")] * 3)
+        more.wait(30)  # the client goes quiet with the stream open
+
+    stream = stub.EnqueueStream(sends(), metadata=AUTH, timeout=60)
+    ack = await trio.to_thread.run_sync(next, stream)
+    assert (ack.first, len(ack.ids)) == (0, 3)
+    stream.cancel()
+    more.set()
+    await wait_idle(server, baseline)
+    queues = (await call(stub.ListQueues, pb.ListQueuesRequest())).queues
+    assert [(q.name, dict(q.counts)) for q in queues] == [("parked", {"queued": 3})]

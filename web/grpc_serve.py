@@ -6,8 +6,8 @@ Rules of this module:
   and server reflection; it is ready once the port is bound (port 0 picks a free one).
 - With a token, every method but health's needs the metadata
   `authorization: Bearer <token>`, compared in constant time; anything else gets
-  UNAUTHENTICATED. `check_grpc_bind` (in `NodeConfig`) refuses a non-loopback address
-  without a token unless the operator said `insecure`. The token is never logged.
+  UNAUTHENTICATED. `NodeConfig` refuses a non-loopback address without a token unless
+  the operator said `insecure`. The token is never logged.
 - Limits where data enters: messages of at most `MESSAGE_BYTES_MAX`, at most
   `RPCS_MAX` calls at once (more get RESOURCE_EXHAUSTED).
 - Leaving the block stops gracefully: health answers NOT_SERVING, calls in progress get

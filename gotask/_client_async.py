@@ -16,6 +16,7 @@ Rules of this module:
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import os
@@ -46,8 +47,13 @@ from gotask._client_jobs import (
     WATCH_REFRESH_S,
     JobTuple,
     Watch,
+    check_args_bytes,
+    check_limits,
+    checked_reply,
     chunks,
     decode_result,
+    dlq_ids,
+    gather_pages,
     only_job,
     remote_error,
 )
@@ -61,8 +67,9 @@ from gotask._errors import (
     RemoteProtocolError,
     WaitTimeout,
 )
-from gotask._job import JobRecord
+from gotask._job import ARGS_BYTES_MAX, JobRecord
 from gotask._protocol import (
+    IDS_MAX,
     CancelJobs,
     CountQueues,
     CronEntryInfo,
@@ -84,7 +91,7 @@ from gotask._protocol import (
     WatchJobs,
     check_spec,
 )
-from gotask.runtime.message import Address, Command, ErrorReply, reply_type
+from gotask.runtime.message import Address, Command, ErrorReply
 
 __all__ = ["AsyncClient"]
 
@@ -112,9 +119,13 @@ class AsyncClient:
         backoff_base_s, backoff_cap_s: pause between passes, doubling from the base up
             to the cap, jittered to [d/2, d] seconds.
         heartbeat_s: ping after this many idle seconds.
+        max_args_bytes: largest encoded arguments of a job, checked before sending; at
+            most and by default 512 KiB. Set it to the nodes' `--max-args-bytes`.
+        max_batch_jobs: most jobs in one enqueue message; at most and by default
+            10,000. Set it to the nodes' `--max-batch-jobs`.
 
     Raises:
-        ConfigError: a node address is not "host:port".
+        ConfigError: a node address is not "host:port", or a limit out of range.
     """
 
     def __init__(
@@ -129,7 +140,10 @@ class AsyncClient:
         backoff_base_s: float = 0.1,
         backoff_cap_s: float = 5.0,
         heartbeat_s: float = 5.0,
+        max_args_bytes: int = ARGS_BYTES_MAX,
+        max_batch_jobs: int = IDS_MAX,
     ) -> None:
+        self._max_args_bytes = check_limits(max_args_bytes, max_batch_jobs)
         names = [nodes] if isinstance(nodes, str) else list(nodes or [DEFAULT_NODE])
         if not names:
             raise ConfigError("a client needs at least one node address")
@@ -151,7 +165,7 @@ class AsyncClient:
         self._lost = False
         self._closed = False
         self._watches: dict[str, list[Watch]] = {}
-        self._batcher = EnqueueBatcher(self._send_enqueue)
+        self._batcher = EnqueueBatcher(self._send_enqueue, max_batch_jobs)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **options: Any) -> AsyncClient:
@@ -316,7 +330,7 @@ class AsyncClient:
                 continue
             if isinstance(reply, ErrorReply):
                 raise remote_error(reply)
-            return _checked(msg, reply)
+            return checked_reply(msg, reply)
         raise AssertionError("unreachable")
 
     # -- enqueue ---------------------------------------------------------------------------
@@ -394,13 +408,14 @@ class AsyncClient:
         return await self._enqueue_items(items)
 
     async def _enqueue_items(self, items: Sequence[JobSpec]) -> list[str]:
+        check_args_bytes(items, self._max_args_bytes)
         if (len(items) == 1 and items[0].idempotency_key is None and self._tg is not None
                 and not self._closed):
             # Concurrent one-job enqueues share messages (see _client_batch); a keyed one
             # keeps its own, which is resent after a dropped connection.
             return [await self._batcher.submit(items[0])]
         ids: list[str] = []
-        for chunk in chunks(items):
+        for chunk in chunks(items, self._batcher.jobs_max):
             ids.extend(await self._send_enqueue(chunk))
         return ids
 
@@ -518,8 +533,8 @@ class AsyncClient:
         Raises:
             ValueError: `limit` out of range.
         """
-        msg = ListDead(queue=queue, limit=limit, cursor=after_id)
-        return list((await self._request(msg, retry=True)).jobs)
+        return await gather_pages(functools.partial(self._request, retry=True),
+                                  ListDead(queue=queue, limit=limit, cursor=after_id))
 
     async def list_jobs(self, queue: str | None = None, state: str | None = None,
                         limit: int = 100, after_id: str | None = None) -> list[JobRecord]:
@@ -530,7 +545,7 @@ class AsyncClient:
             ValueError: `limit` out of range.
         """
         msg = ListJobs(queue=queue, state=state, limit=limit, cursor=after_id)
-        return list((await self._request(msg, retry=True)).jobs)
+        return await gather_pages(functools.partial(self._request, retry=True), msg)
 
     async def pause(self, paused: bool = True) -> None:
         """Stop (or with `paused=False` resume) leasing on the connected node; running
@@ -544,7 +559,7 @@ class AsyncClient:
         Raises:
             ValueError: neither or both of `ids` and `all_jobs` given.
         """
-        return (await self._request(RetryDead(_dlq_ids(ids, all_jobs)), retry=False)).count
+        return (await self._request(RetryDead(dlq_ids(ids, all_jobs)), retry=False)).count
 
     async def dlq_purge(self, ids: Sequence[str] | None = None, *, all_jobs: bool = False) -> int:
         """Delete dead jobs: the ones in `ids`, or all with `all_jobs=True`. Returns how
@@ -553,7 +568,7 @@ class AsyncClient:
         Raises:
             ValueError: neither or both of `ids` and `all_jobs` given.
         """
-        return (await self._request(PurgeDead(_dlq_ids(ids, all_jobs)), retry=False)).count
+        return (await self._request(PurgeDead(dlq_ids(ids, all_jobs)), retry=False)).count
 
     async def nodes(self) -> list[NodeInfo]:
         """The live nodes of the cluster, sorted by name."""
@@ -581,18 +596,3 @@ class AsyncClient:
         """
         return (await self._request(RunCron(name), retry=False)).job_id
 
-
-def _checked(msg: Command[R], reply: object) -> R:
-    expected = reply_type(type(msg))
-    if expected is not None and not isinstance(reply, expected):
-        raise RemoteProtocolError(f"the node answered {type(msg).__name__} with "
-                                  f"{type(reply).__name__}")
-    return reply  # type: ignore[return-value]  # checked against Command[R] just above
-
-
-def _dlq_ids(ids: Sequence[str] | None, all_jobs: bool) -> tuple[str, ...] | None:
-    if isinstance(ids, str):
-        raise TypeError("ids must be a sequence of job ids, not one string")
-    if (ids is None) == (not all_jobs):
-        raise ValueError("pass either ids or all_jobs=True")
-    return None if ids is None else tuple(ids)

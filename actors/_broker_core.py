@@ -26,6 +26,7 @@ Rules of this module:
 from __future__ import annotations
 
 import heapq
+from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import TypeAlias, assert_never, cast, get_args
 
@@ -35,6 +36,7 @@ from gotask import _protocol as proto
 from gotask._app import App, unpack_args
 from gotask._errors import ActorNotFound, CronEntryNotFound, GoTaskError, RemoteProtocolError
 from gotask._job import TERMINAL, JobRecord, NewJob
+from gotask._job_metrics import JobsEnqueued
 from gotask._messages import JobChanged, PauseWorkers
 from gotask._messages import UnwatchJobs as StorageUnwatch
 from gotask._messages import WatchJobs as StorageWatch
@@ -92,6 +94,7 @@ class _Waiter:
 @attrs.frozen
 class _Enqueuing:
     parts: tuple[tuple[Envelope, int], ...]  # each request and how many jobs it gave
+    labels: tuple[tuple[str, str], ...] = ()  # each job's queue and task, for metrics
 
 
 @attrs.frozen
@@ -330,8 +333,9 @@ class BrokerCore:
         return effects
 
     def _store(self, parts: list[tuple[Envelope, int]], jobs: list[NewJob]) -> Call:
-        return self._call(_Enqueuing(tuple(parts)), Target.STORAGE, EnqueueJobs(tuple(jobs)),
-                          Lane.ENQUEUE)
+        labels = tuple((job.queue, job.task) for job in jobs)
+        return self._call(_Enqueuing(tuple(parts), labels), Target.STORAGE,
+                          EnqueueJobs(tuple(jobs)), Lane.ENQUEUE)
 
     # -- watches and waits ---------------------------------------------------------------
 
@@ -403,8 +407,8 @@ class BrokerCore:
 
     def _done(self, pending: _Pending, reply: object) -> list[Effect]:
         match pending:
-            case _Enqueuing(parts=parts):
-                return _split_enqueued(parts, reply)
+            case _Enqueuing(parts=parts, labels=labels):
+                return _split_enqueued(parts, labels, reply)
             case _Forwarding(request=request):
                 try:
                     return [Answer(request, client_reply(reply))]
@@ -468,7 +472,8 @@ class BrokerCore:
         return [self._end_wait(key), *self._unwatch_storage(waiter.ids)]
 
 
-def _split_enqueued(parts: tuple[tuple[Envelope, int], ...], reply: object) -> list[Effect]:
+def _split_enqueued(parts: tuple[tuple[Envelope, int], ...],
+                    labels: tuple[tuple[str, str], ...], reply: object) -> list[Effect]:
     total = sum(n for _, n in parts)
     if not isinstance(reply, EnqueueReply) or len(reply.ids) != total:
         return [Refuse(env, _unexpected("EnqueueJobs", reply)) for env, _ in parts]
@@ -479,6 +484,10 @@ def _split_enqueued(parts: tuple[tuple[Envelope, int], ...], reply: object) -> l
         effects.append(Answer(env, proto.EnqueueReply(reply.ids[start:end],
                                                       reply.created[start:end])))
         start = end
+    stored = Counter(label for label, created in zip(labels, reply.created, strict=True)
+                     if created)
+    if stored:
+        effects.append(JobsEnqueued(tuple((q, t, n) for (q, t), n in stored.items())))
     return effects
 
 

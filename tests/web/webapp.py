@@ -6,7 +6,8 @@ from typing import Any
 
 import trio
 
-from gotask._app import App
+from gotask._app import App, current_job
+from gotask._retry import RetryPolicy
 
 app = App("web-tests")
 
@@ -35,3 +36,17 @@ async def always_fails() -> None:
 async def sleepy(seconds: float) -> str:
     await trio.sleep(seconds)
     return "woke"
+
+
+@app.task(name="flaky", retry=RetryPolicy("fixed", base_s=0.05, cap_s=0.05, jitter=0.0))
+async def flaky() -> str:
+    """Fails its first attempt, succeeds on the retry."""
+    if current_job().attempt == 1:
+        raise ValueError("first attempt fails")
+    return "second time lucky"
+
+
+@app.task(name="hang", queue="slow", max_attempts=1)
+async def hang() -> None:
+    """Never returns: its lease expires once its node is gone."""
+    await trio.sleep_forever()

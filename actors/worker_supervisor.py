@@ -12,6 +12,9 @@ Rules of this module (the shell; the decisions and their rules are in `_worker_c
   the thread is replaced, within bounds (`_worker_threads`).
 - A job is cancelled (a `CancelJob` effect) through the cancel scope it runs under, or
   through the flag that `current_job().cancelled` reads in a thread.
+- With the node's `JobMetrics`, each attempt's start (pickup latency: due time → start)
+  and end (run time, outcome) are counted there by the worker that ran it: plain
+  arithmetic, no message.
 - Everything else (the inbox, heartbeats, flushes, drain) is `actors._shell` carrying
   out what the core returns.
 """

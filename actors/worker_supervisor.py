@@ -12,9 +12,9 @@ Rules of this module (the shell; the decisions and their rules are in `_worker_c
   the thread is replaced, within bounds (`_worker_threads`).
 - A job is cancelled (a `CancelJob` effect) through the cancel scope it runs under, or
   through the flag that `current_job().cancelled` reads in a thread.
-- With the node's `JobMetrics`, each attempt's start (pickup latency: due time → start)
-  and end (run time, outcome) are counted there by the worker that ran it: plain
-  arithmetic, no message.
+- With the node's `JobMetrics`, each settled attempt (outcome, run time, pickup latency
+  from due time to start) is recorded there by the worker that ran it: one tuple, no
+  message. Busy slots are the attempts with a cancel scope now.
 - Everything else (the inbox, heartbeats, flushes, drain) is `actors._shell` carrying
   out what the core returns.
 """
@@ -112,6 +112,7 @@ async def run_workers(
     pool = _Pool(ctx, app, core, book, metrics=metrics)
     if metrics is not None:
         metrics.slots_total = config.concurrency
+        metrics.slots_busy = lambda: len(pool.scopes)
     async with trio.open_nursery() as nursery:
         for _ in range(config.concurrency):
             nursery.start_soon(_worker, pool)
@@ -164,16 +165,16 @@ async def _observed(pool: _Pool, scope: trio.CancelScope, run: Running) -> Settl
     if logged:
         _job_log.started(record)
     began = pool.world.wall()
-    if metrics is not None:
-        metrics.started(record.queue, record.attempt, began - record.due_at)
     item = await _run(pool, scope, run)
     took = pool.world.wall() - began
-    settled = not (run.released or run.stale)  # a released job is logged once stored
-    if logged and settled:
+    if run.released or run.stale:  # a released job is logged once storage has it
+        return item
+    if logged:
         _job_log.settled(record, item, took)
-    if metrics is not None:
-        metrics.finished(record.queue, record.task,
-                         settled_outcome(record, item) if settled else None, took)
+    outcome = settled_outcome(record, item)
+    if metrics is not None and outcome is not None:
+        metrics.ran(record.queue, record.task, outcome, took, began - record.due_at,
+                    record.attempt)
     return item
 
 

@@ -7,9 +7,10 @@ Rules of this module:
   process never share one.
 - Pure cores never touch it: they return metric events (`JobsEnqueued`,
   `LeasesExpired`) as effects, or their shells derive them from outcomes they carry out.
-- The hot path (a job started, a job finished) is a few dict and list operations on
-  plain ints and floats, in the node's trio thread: no lock, no prometheus-client call
-  per job. Histograms are bucket counts over `RUN_BUCKETS_S` / `PICKUP_BUCKETS_S`.
+- The hot path (an attempt settled) appends one tuple, in the node's trio thread: no
+  lock, no prometheus-client call per job. Every `FOLD_EVERY` attempts, and at each
+  scrape, they are folded into counts and histograms (bucket counts over
+  `RUN_BUCKETS_S` / `PICKUP_BUCKETS_S`) by loops that run in C.
 - Labels are bounded: a task name outside the app's registry counts as `OTHER`; the
   first `QUEUES_MAX` queue names seen keep their name, later ones count as `OTHER`.
 - This module imports no trio and no actor.
@@ -18,12 +19,18 @@ Rules of this module:
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable
+import functools
+import itertools
+import math
+import operator
+from collections import Counter
+from collections.abc import Callable, Iterable
 from typing import Final
 
 import attrs
 
 __all__ = [
+    "FOLD_EVERY",
     "OTHER",
     "OUTCOMES",
     "PICKUP_BUCKETS_S",
@@ -39,6 +46,8 @@ __all__ = [
 OTHER: Final = "other"
 #: Distinct queue labels a node exports, `OTHER` aside.
 QUEUES_MAX: Final = 200
+#: Attempts recorded before they are folded into the counts (a scrape folds them too).
+FOLD_EVERY: Final = 4096
 #: How an attempt a worker ran ended (the `outcome` label).
 OUTCOMES: Final = ("succeeded", "retried", "dead", "cancelled")
 #: Upper bounds of the run-time histogram's buckets, in seconds (+Inf implied).
@@ -80,10 +89,13 @@ class Histogram:
         """A histogram over `bounds` with nothing observed."""
         return cls(bounds, [0] * (len(bounds) + 1))
 
-    def observe(self, value: float) -> None:
-        """Count one value."""
-        self.counts[bisect.bisect_left(self.bounds, value)] += 1
-        self.total += value
+    def add(self, values: list[float]) -> None:
+        """Count every value of `values` (the bucketing loop runs in C)."""
+        counts = self.counts
+        for index, n in Counter(map(functools.partial(bisect.bisect_left, self.bounds),
+                                    values)).items():
+            counts[index] += n
+        self.total += math.fsum(values)
 
     def cumulative(self) -> list[tuple[str, int]]:
         """`(le, count)` pairs as Prometheus exposes them, +Inf last."""
@@ -104,13 +116,28 @@ class _Pair:
     outcomes: dict[str, int] = attrs.Factory(lambda: dict.fromkeys(OUTCOMES, 0))
 
 
+# The fields of one attempt's record in `JobMetrics.attempts`.
+_PAIR, _OUTCOME, _RUN, _PICKUP, _ATTEMPT = (operator.itemgetter(0, 1), operator.itemgetter(2),
+                                           operator.itemgetter(3), operator.itemgetter(4),
+                                           operator.itemgetter(5))
+
+
+def _no_slots() -> int:
+    return 0
+
+
 @attrs.define(eq=False)
 class JobMetrics:
-    """The job-event counts of one node (see the module's rules)."""
+    """The job-event counts of one node (see the module's rules).
+
+    An attempt that ended costs one tuple appended to `attempts`; they are folded into
+    the counts and histograms in batches (`fold`), by C loops over each (queue, task)."""
 
     tasks: frozenset[str]
     slots_total: int = 0
-    slots_busy: int = 0
+    #: How many worker slots run a job now (the WorkerSupervisor's shell sets it).
+    slots_busy: Callable[[], int] = _no_slots
+    attempts: list[tuple[str, str, str, float, float, int]] = attrs.Factory(list)
     enqueued: dict[tuple[str, str], int] = attrs.Factory(dict)
     pairs: dict[tuple[str, str], _Pair] = attrs.Factory(dict)
     pickup_s: dict[str, Histogram] = attrs.Factory(dict)
@@ -146,29 +173,32 @@ class JobMetrics:
         expired["dead"] += event.dead
         expired["cancelled"] += event.cancelled
 
-    def started(self, queue: str, attempt: int, pickup_s: float) -> None:
-        """A worker started an attempt (`pickup_s`: from the job's due time to now)."""
-        self.slots_busy += 1
-        label = self.queue_label(queue)
-        hist = self.pickup_s.get(label)
-        if hist is None:
-            hist = self.pickup_s[label] = Histogram.empty(PICKUP_BUCKETS_S)
-        hist.observe(pickup_s if pickup_s > 0.0 else 0.0)
-        if attempt > 1:
-            self.redelivered[label] = self.redelivered.get(label, 0) + 1
+    def ran(self, queue: str, task: str, outcome: str, run_s: float, pickup_s: float,
+            attempt: int) -> None:
+        """A worker settled attempt `attempt` as `outcome` (one of `OUTCOMES`) after
+        `run_s` seconds; it started `pickup_s` seconds after the job was due."""
+        attempts = self.attempts
+        attempts.append((queue, task, outcome, run_s, pickup_s, attempt))
+        if len(attempts) >= FOLD_EVERY:
+            self.fold()
 
-    def finished(self, queue: str, task: str, outcome: str | None, run_s: float) -> None:
-        """A started attempt ended after `run_s` seconds: `outcome` is one of `OUTCOMES`
-        (None: not settled by this worker, e.g. its lease was lost or given back: counted
-        nowhere)."""
-        self.slots_busy -= 1
-        if outcome is None:
-            return
-        pair = self.pairs.get((queue, task))
-        if pair is None:
-            pair = self._pair(queue, task)
-        pair.outcomes[outcome] += 1
-        pair.run_s.observe(run_s)
+    def fold(self) -> None:
+        """Add the attempts recorded since the last fold to the counts."""
+        attempts, self.attempts = self.attempts, []
+        attempts.sort(key=_PAIR)
+        for (queue, task), group in itertools.groupby(attempts, _PAIR):
+            done = list(group)
+            pair = self.pairs.get((queue, task)) or self._pair(queue, task)
+            for outcome, n in Counter(map(_OUTCOME, done)).items():
+                pair.outcomes[outcome] += n
+            pair.run_s.add(list(map(_RUN, done)))
+            pickup = self.pickup_s.get(pair.queue)
+            if pickup is None:
+                pickup = self.pickup_s[pair.queue] = Histogram.empty(PICKUP_BUCKETS_S)
+            pickup.add([max(0.0, s) for s in map(_PICKUP, done)])
+            again = len(done) - operator.countOf(map(_ATTEMPT, done), 1)
+            if again:
+                self.redelivered[pair.queue] = self.redelivered.get(pair.queue, 0) + again
 
     def _pair(self, queue: str, task: str) -> _Pair:
         labels = (self.queue_label(queue), self.task_label(task))
@@ -182,7 +212,8 @@ class JobMetrics:
     # -- the HTTP face's reads ---------------------------------------------------------
 
     def labelled(self) -> Iterable[_Pair]:
-        """Each label pair once (raw names that share labels share one `_Pair`)."""
+        """Each label pair once (raw names that share labels share one `_Pair`); fold
+        first to include the latest attempts."""
         seen: dict[int, _Pair] = {}
         for pair in self.pairs.values():
             seen.setdefault(id(pair), pair)

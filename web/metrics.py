@@ -97,6 +97,7 @@ class _JobCollector:
 
     def collect(self) -> Iterable[Metric]:
         jobs = self.jobs
+        jobs.fold()
         enqueued = CounterMetricFamily(
             "gotask_jobs_enqueued", "Jobs stored by enqueues through this node's Broker",
             labels=["queue", "task"])
@@ -132,7 +133,7 @@ def _job_counters(jobs: JobMetrics) -> Iterator[Metric]:
     for then, n in jobs.leases_expired.items():
         expired.add_metric([then], n)
     busy = GaugeMetricFamily("gotask_worker_slots_busy", "Worker slots running a job now")
-    busy.add_metric([], jobs.slots_busy)
+    busy.add_metric([], jobs.slots_busy())
     total = GaugeMetricFamily("gotask_worker_slots", "Worker slots of this node")
     total.add_metric([], jobs.slots_total)
     yield from (redelivered, expired, busy, total)

@@ -11,7 +11,7 @@ import httpx
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
-from gotask._job_metrics import OTHER, QUEUES_MAX, JobMetrics
+from gotask._job_metrics import FOLD_EVERY, OTHER, QUEUES_MAX, JobMetrics
 from gotask._server import open_server
 
 from .conftest import node_config
@@ -109,8 +109,37 @@ async def test_queue_labels_are_capped_with_an_other_overflow() -> None:
 def test_task_labels_come_from_the_registry_only() -> None:
     metrics = JobMetrics(frozenset({"add"}))
     for task in ("add", "made-up", "other-made-up"):
-        metrics.started("default", 1, 0.0)
-        metrics.finished("default", task, "succeeded", 0.002)
+        metrics.ran("default", task, "succeeded", 0.002, 0.001, 1)
+    metrics.fold()
     pairs = {(p.queue, p.task): p.outcomes["succeeded"] for p in metrics.labelled()}
     assert pairs == {("default", "add"): 1, ("default", OTHER): 2}
-    assert metrics.slots_busy == 0
+
+
+def test_folded_attempts_land_in_the_right_buckets_and_counts() -> None:
+    metrics = JobMetrics(frozenset({"add", "mul"}))
+    runs = [0.0005, 0.003, 0.003, 0.2, 400.0]
+    for i, run_s in enumerate(runs):
+        metrics.ran("q", "add", "succeeded" if i % 2 else "retried", run_s, -1.0, 1 + i % 2)
+    metrics.ran("q", "mul", "dead", 0.05, 0.02, 3)
+    assert metrics.pairs == {}  # nothing is counted until a fold
+    metrics.fold()
+    add, mul = metrics.labelled()
+    assert add.outcomes == {"succeeded": 2, "retried": 3, "dead": 0, "cancelled": 0}
+    assert dict(add.run_s.cumulative())["0.001"] == 1
+    assert dict(add.run_s.cumulative())["0.005"] == 3
+    assert dict(add.run_s.cumulative())["300.0"] == 4
+    assert dict(add.run_s.cumulative())["+Inf"] == 5 and add.run_s.total == sum(runs)
+    assert mul.outcomes["dead"] == 1
+    pickup = dict(metrics.pickup_s["q"].cumulative())
+    assert pickup["0.001"] == 5  # a due time ahead of the node's clock counts as 0
+    assert pickup["0.025"] == pickup["+Inf"] == 6
+    assert metrics.redelivered == {"q": 2 + 1}  # attempts 2 (twice) and 3
+
+
+def test_attempts_fold_by_themselves_every_fold_every() -> None:
+    metrics = JobMetrics(frozenset({"add"}))
+    for _ in range(FOLD_EVERY):
+        metrics.ran("q", "add", "succeeded", 0.001, 0.001, 1)
+    assert metrics.attempts == []
+    (pair,) = metrics.labelled()
+    assert pair.outcomes["succeeded"] == FOLD_EVERY

@@ -10,8 +10,9 @@ Rules of this module:
 - Any answer but 201, and any transport error, counts as an error.
 - `--fill N --queues Q` first enqueues N jobs over Q queues (`bench-0` ...), in batches
   of `FILL_BATCH` through `POST /api/v1/jobs/batch`; they stay ready (queued) as long
-  as the node works none of those queues. `--get PATH` then times `--count` GETs of PATH one after another (closed loop:
-  it is an answer time, not a rate) instead of the enqueue run.
+  as the node works none of those queues. `--get PATH` then times `--count` GETs of
+  PATH one after another (closed loop: an answer time, not a rate) instead of the
+  enqueue run.
 """
 
 from __future__ import annotations

@@ -28,7 +28,6 @@ Rules of this module:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import socket
@@ -188,17 +187,27 @@ async def _scraped_run(args: argparse.Namespace, port: int, http_port: int | Non
     async def scrape(client: httpx.AsyncClient) -> None:
         nonlocal scrapes
         while True:
-            with contextlib.suppress(httpx.HTTPError):
-                if (await client.get("/metrics")).status_code == 200:
-                    scrapes += 1
+            scrapes += await _answers(client, "/metrics")
             await trio.sleep(SCRAPE_EVERY_S)
 
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{http_port}") as client, \
             trio.open_nursery() as nursery:
+        with trio.fail_after(30):  # the node serves HTTP a moment after TCP
+            while not await _answers(client, "/metrics"):
+                await trio.sleep(0.1)
         nursery.start_soon(scrape, client)
         result = await _one_run(args, port, pid, storage)
         nursery.cancel_scope.cancel()
     return result | {"scrapes": scrapes}
+
+
+async def _answers(client: Any, path: str) -> bool:
+    import httpx
+
+    try:
+        return bool((await client.get(path)).status_code == 200)
+    except httpx.HTTPError:
+        return False
 
 
 async def _one_run(args: argparse.Namespace, port: int, pid: int,

@@ -26,7 +26,6 @@ Rules of this module:
 from __future__ import annotations
 
 import heapq
-from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import TypeAlias, assert_never, cast, get_args
 
@@ -94,7 +93,7 @@ class _Waiter:
 @attrs.frozen
 class _Enqueuing:
     parts: tuple[tuple[Envelope, int], ...]  # each request and how many jobs it gave
-    labels: tuple[tuple[str, str], ...] = ()  # each job's queue and task, for metrics
+    jobs: tuple[NewJob, ...] = ()  # what went to storage, for the metric event
 
 
 @attrs.frozen
@@ -333,9 +332,9 @@ class BrokerCore:
         return effects
 
     def _store(self, parts: list[tuple[Envelope, int]], jobs: list[NewJob]) -> Call:
-        labels = tuple((job.queue, job.task) for job in jobs)
-        return self._call(_Enqueuing(tuple(parts), labels), Target.STORAGE,
-                          EnqueueJobs(tuple(jobs)), Lane.ENQUEUE)
+        stored = tuple(jobs)
+        return self._call(_Enqueuing(tuple(parts), stored), Target.STORAGE,
+                          EnqueueJobs(stored), Lane.ENQUEUE)
 
     # -- watches and waits ---------------------------------------------------------------
 
@@ -407,8 +406,8 @@ class BrokerCore:
 
     def _done(self, pending: _Pending, reply: object) -> list[Effect]:
         match pending:
-            case _Enqueuing(parts=parts, labels=labels):
-                return _split_enqueued(parts, labels, reply)
+            case _Enqueuing(parts=parts, jobs=jobs):
+                return _split_enqueued(parts, jobs, reply)
             case _Forwarding(request=request):
                 try:
                     return [Answer(request, client_reply(reply))]
@@ -472,8 +471,8 @@ class BrokerCore:
         return [self._end_wait(key), *self._unwatch_storage(waiter.ids)]
 
 
-def _split_enqueued(parts: tuple[tuple[Envelope, int], ...],
-                    labels: tuple[tuple[str, str], ...], reply: object) -> list[Effect]:
+def _split_enqueued(parts: tuple[tuple[Envelope, int], ...], jobs: tuple[NewJob, ...],
+                    reply: object) -> list[Effect]:
     total = sum(n for _, n in parts)
     if not isinstance(reply, EnqueueReply) or len(reply.ids) != total:
         return [Refuse(env, _unexpected("EnqueueJobs", reply)) for env, _ in parts]
@@ -484,10 +483,7 @@ def _split_enqueued(parts: tuple[tuple[Envelope, int], ...],
         effects.append(Answer(env, proto.EnqueueReply(reply.ids[start:end],
                                                       reply.created[start:end])))
         start = end
-    stored = Counter(label for label, created in zip(labels, reply.created, strict=True)
-                     if created)
-    if stored:
-        effects.append(JobsEnqueued(tuple((q, t, n) for (q, t), n in stored.items())))
+    effects.append(JobsEnqueued(jobs, reply.created))
     return effects
 
 

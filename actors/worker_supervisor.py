@@ -173,8 +173,8 @@ async def _observed(pool: _Pool, scope: trio.CancelScope, run: Running) -> Settl
         _job_log.settled(record, item, took)
     outcome = settled_outcome(record, item)
     if metrics is not None and outcome is not None:
-        metrics.ran(record.queue, record.task, outcome, took, began - record.due_at,
-                    record.attempt)
+        metrics.ran(record.queue, record.task, outcome, took,
+                    max(0.0, began - record.due_at), record.attempt)
     return item
 
 

@@ -7,9 +7,9 @@ Rules of this module:
   process never share one.
 - Pure cores never touch it: they return metric events (`JobsEnqueued`,
   `LeasesExpired`) as effects, or their shells derive them from outcomes they carry out.
-- The hot path (an attempt settled) appends one tuple, in the node's trio thread: no
-  lock, no prometheus-client call per job. Every `FOLD_EVERY` attempts, and at each
-  scrape, they are folded into counts and histograms (bucket counts over
+- The hot path (an attempt settled, a batch enqueued) appends one tuple, in the node's
+  trio thread: no lock, no prometheus-client call per job. Every `FOLD_EVERY` records,
+  and at each scrape, they are folded into counts and histograms (bucket counts over
   `RUN_BUCKETS_S` / `PICKUP_BUCKETS_S`) by loops that run in C.
 - Labels are bounded: a task name outside the app's registry counts as `OTHER`; the
   first `QUEUES_MAX` queue names seen keep their name, later ones count as `OTHER`.
@@ -28,6 +28,8 @@ from collections.abc import Callable, Iterable
 from typing import Final
 
 import attrs
+
+from gotask._job import NewJob
 
 __all__ = [
     "FOLD_EVERY",
@@ -60,10 +62,12 @@ PICKUP_BUCKETS_S: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 
 @attrs.frozen
 class JobsEnqueued:
-    """Metric event: jobs stored by an enqueue, as `(queue, task, count)` triples
-    (a repeated idempotency key stores nothing and is not counted)."""
+    """Metric event: an enqueue stored `jobs[i]` where `created[i]` (a repeated
+    idempotency key stores nothing and is not counted). The jobs are the ones the
+    Broker sent to storage, so the event costs nothing per job to make."""
 
-    counts: tuple[tuple[str, str, int], ...]
+    jobs: tuple[NewJob, ...]
+    created: tuple[bool, ...]
 
 
 @attrs.frozen
@@ -122,6 +126,9 @@ _PAIR, _OUTCOME, _RUN, _PICKUP, _ATTEMPT = (operator.itemgetter(0, 1), operator.
                                            operator.itemgetter(5))
 
 
+_QUEUE_TASK = operator.attrgetter("queue", "task")
+
+
 def _no_slots() -> int:
     return 0
 
@@ -138,6 +145,7 @@ class JobMetrics:
     #: How many worker slots run a job now (the WorkerSupervisor's shell sets it).
     slots_busy: Callable[[], int] = _no_slots
     attempts: list[tuple[str, str, str, float, float, int]] = attrs.Factory(list)
+    stored: list[JobsEnqueued] = attrs.Factory(list)
     enqueued: dict[tuple[str, str], int] = attrs.Factory(dict)
     pairs: dict[tuple[str, str], _Pair] = attrs.Factory(dict)
     pickup_s: dict[str, Histogram] = attrs.Factory(dict)
@@ -164,9 +172,10 @@ class JobMetrics:
     def observe(self, event: JobsEnqueued | LeasesExpired) -> None:
         """Count a metric event a core returned."""
         if isinstance(event, JobsEnqueued):
-            for queue, task, n in event.counts:
-                key = (self.queue_label(queue), self.task_label(task))
-                self.enqueued[key] = self.enqueued.get(key, 0) + n
+            stored = self.stored
+            stored.append(event)
+            if len(stored) >= FOLD_EVERY:
+                self.fold()
             return
         expired = self.leases_expired
         expired["requeued"] += event.requeued
@@ -176,14 +185,19 @@ class JobMetrics:
     def ran(self, queue: str, task: str, outcome: str, run_s: float, pickup_s: float,
             attempt: int) -> None:
         """A worker settled attempt `attempt` as `outcome` (one of `OUTCOMES`) after
-        `run_s` seconds; it started `pickup_s` seconds after the job was due."""
+        `run_s` seconds; it started `pickup_s` (>= 0) seconds after the job was due."""
         attempts = self.attempts
         attempts.append((queue, task, outcome, run_s, pickup_s, attempt))
         if len(attempts) >= FOLD_EVERY:
             self.fold()
 
     def fold(self) -> None:
-        """Add the attempts recorded since the last fold to the counts."""
+        """Add the enqueues and attempts recorded since the last fold to the counts."""
+        stored, self.stored = self.stored, []
+        for (queue, task), n in Counter(itertools.chain.from_iterable(
+                itertools.compress(map(_QUEUE_TASK, e.jobs), e.created) for e in stored)).items():
+            key = (self.queue_label(queue), self.task_label(task))
+            self.enqueued[key] = self.enqueued.get(key, 0) + n
         attempts, self.attempts = self.attempts, []
         attempts.sort(key=_PAIR)
         for (queue, task), group in itertools.groupby(attempts, _PAIR):
@@ -195,7 +209,7 @@ class JobMetrics:
             pickup = self.pickup_s.get(pair.queue)
             if pickup is None:
                 pickup = self.pickup_s[pair.queue] = Histogram.empty(PICKUP_BUCKETS_S)
-            pickup.add([max(0.0, s) for s in map(_PICKUP, done)])
+            pickup.add(list(map(_PICKUP, done)))
             again = len(done) - operator.countOf(map(_ATTEMPT, done), 1)
             if again:
                 self.redelivered[pair.queue] = self.redelivered.get(pair.queue, 0) + again

@@ -11,7 +11,8 @@ import httpx
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
-from gotask._job_metrics import FOLD_EVERY, OTHER, QUEUES_MAX, JobMetrics
+from gotask._job import NewJob
+from gotask._job_metrics import FOLD_EVERY, OTHER, QUEUES_MAX, JobMetrics, JobsEnqueued
 from gotask._server import open_server
 
 from .conftest import node_config
@@ -108,6 +109,11 @@ async def test_queue_labels_are_capped_with_an_other_overflow() -> None:
 
 def test_task_labels_come_from_the_registry_only() -> None:
     metrics = JobMetrics(frozenset({"add"}))
+    jobs = tuple(NewJob(f"id{i}", task, "q", b"", 0, 0.0, 1, None, 60.0, None)
+                 for i, task in enumerate(("add", "add", "made-up", "add")))
+    metrics.observe(JobsEnqueued(jobs, (True, True, True, False)))  # the last was a repeat
+    metrics.fold()
+    assert metrics.enqueued == {("q", "add"): 2, ("q", OTHER): 1}
     for task in ("add", "made-up", "other-made-up"):
         metrics.ran("default", task, "succeeded", 0.002, 0.001, 1)
     metrics.fold()

@@ -43,6 +43,7 @@ from gotask._errors import (
     ReplyTooLarge,
 )
 from gotask._job import ARGS_BYTES_MAX, TERMINAL, JobRecord, NewJob
+from gotask._job_metrics import JobsEnqueued
 from gotask._messages import JobChanged, PauseWorkers
 from gotask._messages import UnwatchJobs as StorageUnwatch
 from gotask._messages import WatchJobs as StorageWatch
@@ -106,6 +107,7 @@ class _Waiter:
 @attrs.frozen
 class _Enqueuing:
     parts: tuple[tuple[Envelope, int], ...]  # each request and how many jobs it gave
+    jobs: tuple[NewJob, ...] = ()  # what went to storage, for the metric event
 
 
 @attrs.frozen
@@ -355,8 +357,9 @@ class BrokerCore:
         return effects
 
     def _store(self, parts: list[tuple[Envelope, int]], jobs: list[NewJob]) -> Call:
-        return self._call(_Enqueuing(tuple(parts)), Target.STORAGE, EnqueueJobs(tuple(jobs)),
-                          Lane.ENQUEUE)
+        stored = tuple(jobs)
+        return self._call(_Enqueuing(tuple(parts), stored), Target.STORAGE,
+                          EnqueueJobs(stored), Lane.ENQUEUE)
 
     # -- watches and waits ---------------------------------------------------------------
 
@@ -428,8 +431,8 @@ class BrokerCore:
 
     def _done(self, pending: _Pending, reply: object) -> list[Effect]:
         match pending:
-            case _Enqueuing(parts=parts):
-                return _split_enqueued(parts, reply)
+            case _Enqueuing(parts=parts, jobs=jobs):
+                return _split_enqueued(parts, jobs, reply)
             case _Forwarding(request=request):
                 try:
                     return [Answer(request, client_reply(reply))]
@@ -493,7 +496,8 @@ class BrokerCore:
         return [self._end_wait(key), *self._unwatch_storage(waiter.ids)]
 
 
-def _split_enqueued(parts: tuple[tuple[Envelope, int], ...], reply: object) -> list[Effect]:
+def _split_enqueued(parts: tuple[tuple[Envelope, int], ...], jobs: tuple[NewJob, ...],
+                    reply: object) -> list[Effect]:
     total = sum(n for _, n in parts)
     if not isinstance(reply, EnqueueReply) or len(reply.ids) != total:
         return [Refuse(env, _unexpected("EnqueueJobs", reply)) for env, _ in parts]
@@ -504,6 +508,7 @@ def _split_enqueued(parts: tuple[tuple[Envelope, int], ...], reply: object) -> l
         effects.append(Answer(env, proto.EnqueueReply(reply.ids[start:end],
                                                       reply.created[start:end])))
         start = end
+    effects.append(JobsEnqueued(jobs, reply.created))
     return effects
 
 

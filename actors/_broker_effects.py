@@ -3,7 +3,7 @@
 Rules of this module:
 - Events (`Received`, `CallDone`, `CallFailed`, `PushFailed`, `PeerGone`, `Tick`,
   `Flush`) are all the core learns; effects (`Answer`, `Refuse`, `Push`, `Call`,
-  `Tell`) are all it asks for.
+  `Tell`, and the metric event `JobsEnqueued`) are all it asks for.
   The shell turns the world into events and effects into IO; neither knows the other's
   internals.
 - `storage_command` and `client_reply` are the two directions of the translation between
@@ -19,6 +19,7 @@ import attrs
 
 from gotask import _protocol as proto
 from gotask._errors import RemoteProtocolError
+from gotask._job_metrics import JobsEnqueued
 from gotask._messages import JobChanged
 from gotask.runtime.message import Address, Envelope
 
@@ -161,7 +162,8 @@ class Tell:
     msg: object
 
 
-Effect: TypeAlias = Answer | Refuse | Push | Call | Tell
+#: `JobsEnqueued` (from `gotask._job_metrics`) is the metric event of stored enqueues.
+Effect: TypeAlias = Answer | Refuse | Push | Call | Tell | JobsEnqueued
 
 
 # -- translation --------------------------------------------------------------------------

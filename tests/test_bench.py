@@ -59,6 +59,21 @@ def test_job_bench_prints_the_keys_the_issue_names() -> None:
     assert "cpu_steal_pct" in result
 
 
+def test_job_bench_scrapes_the_node_when_asked() -> None:
+    import json
+    import subprocess
+    import sys
+
+    from tests.processes import ROOT
+
+    out = subprocess.run(
+        [sys.executable, "-m", "gotask.cli", "bench", "--jobs", "300", "--concurrency", "8",
+         "--pickup-samples", "5", "--http-scrape", "--json"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=True)
+    result = json.loads(out.stdout.splitlines()[-1])
+    assert result["scrapes"][0] >= 1 and result["drain_jobs_per_s"] > 0
+
+
 def test_runtime_bench_prints_its_three_figures() -> None:
     import json
     import subprocess

@@ -12,6 +12,7 @@ from gotask import _protocol as proto
 from gotask._app import App, pack_args
 from gotask._errors import ActorNotFound, CallTimeout, RemoteProtocolError, TaskNotFound
 from gotask._job import JobRecord, NewJob
+from gotask._job_metrics import JobsEnqueued
 from gotask._messages import JobChanged, PauseWorkers
 from gotask._messages import UnwatchJobs as StorageUnwatch
 from gotask._messages import WatchJobs as StorageWatch
@@ -103,6 +104,8 @@ def test_enqueues_of_one_batch_go_to_storage_in_one_call_with_task_defaults(
     assert answered == [
         Answer(first, proto.EnqueueReply(("id1", "old"), (True, False))),
         Answer(second, proto.EnqueueReply(("id3",), (True,))),
+        # The metric event: what went to storage, and which of it was stored.
+        JobsEnqueued(call.msg.jobs, (True, False, True)),
     ]
     assert core.calls_in_flight == 0
 

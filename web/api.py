@@ -7,6 +7,7 @@ Rules of this module:
 - Arguments arrive as JSON `args`/`kwargs` and are packed as msgpack by `check_spec`,
   the same function the Python client uses, so a task sees the same values either way.
 - A bad request gets a 4xx problem document (`web._problems`) and changes nothing.
+- Cron routes map `ListCron`, `PauseCron` and `RunCron` (issue 15) one to one.
 - Limits: a body of at most `BODY_MAX` bytes, at most `IDS_MAX` jobs per batch, pages of
   1-`LIMIT_MAX` jobs (default 100), a wait of at most `WAIT_S_MAX` seconds.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 from typing import Any, Final, Protocol
 
+import attrs
 from quart import Blueprint, Response, request
 from quart import json as qjson
 
@@ -27,12 +29,15 @@ from gotask._protocol import (
     CountQueues,
     Enqueue,
     GetJobs,
+    ListCron,
     ListDead,
     ListJobs,
     ListNodes,
+    PauseCron,
     PauseQueue,
     PurgeDead,
     RetryDead,
+    RunCron,
     WaitJobs,
     check_spec,
 )
@@ -63,6 +68,7 @@ def api_blueprint(call: Call) -> Blueprint:
     bp = Blueprint("api", __name__, url_prefix="/api/v1")
     _job_routes(bp, call)
     _admin_routes(bp, call)
+    _cron_routes(bp, call)
     return bp
 
 
@@ -145,6 +151,26 @@ def _admin_routes(bp: Blueprint, call: Call) -> None:
     @bp.delete("/dlq/<job_id>")
     async def purge_one(job_id: str) -> Any:
         return {"count": (await call(PurgeDead((job_id,)))).count}
+
+
+def _cron_routes(bp: Blueprint, call: Call) -> None:
+    @bp.get("/cron")
+    async def list_cron() -> Any:
+        return {"entries": [attrs.asdict(e) for e in (await call(ListCron())).entries]}
+
+    @bp.post("/cron/<name>/pause")
+    async def pause_cron(name: str) -> Any:
+        await call(PauseCron(name, True))
+        return {"name": name, "paused": True}
+
+    @bp.post("/cron/<name>/resume")
+    async def resume_cron(name: str) -> Any:
+        await call(PauseCron(name, False))
+        return {"name": name, "paused": False}
+
+    @bp.post("/cron/<name>/run")
+    async def run_cron(name: str) -> Any:
+        return {"name": name, "id": (await call(RunCron(name))).job_id}, 201
 
 
 async def _set_paused(call: Call, queue: str, paused: bool) -> dict[str, Any]:

@@ -183,8 +183,8 @@ def storage_command(msg: Forwarded) -> storage.StorageCommand:
             return storage.GetJobs(ids)
         case proto.CancelJobs(ids=ids):
             return storage.CancelJobs(ids)
-        case proto.ListJobs(queue=queue, state=state, limit=limit, cursor=cursor):
-            return storage.ListJobs(queue, state, limit, cursor)
+        case proto.ListJobs(queue=queue, state=state, limit=limit, cursor=cursor, task=task):
+            return storage.ListJobs(queue, state, limit, cursor, task)
         case proto.ListDead(queue=queue, limit=limit, cursor=cursor):
             return storage.ListDead(queue, limit, cursor)
         case proto.RetryDead(ids=ids):

@@ -34,6 +34,7 @@ __all__ = [
     "format_job",
     "format_table",
     "job_json",
+    "jobs_table",
     "jsonable",
     "node_json",
     "nodes_table",
@@ -180,6 +181,13 @@ def unserved_line(queue: str) -> str:
     """The warning for jobs in a queue that no live node works."""
     return (f"gotask: warning: no live node works queue {queue!r}; its jobs wait until one "
             f"does (gotask node --queues {queue},...)")
+
+
+def jobs_table(jobs: Sequence[JobRecord]) -> str:
+    """`gotask jobs`: one row per job."""
+    rows = [[j.id, j.task, j.queue, j.state, j.attempts_counted, _when(j.created_at)]
+            for j in jobs]
+    return format_table(["ID", "TASK", "QUEUE", "STATE", "ATTEMPTS", "CREATED"], rows)
 
 
 def dead_table(jobs: Sequence[JobRecord]) -> str:

@@ -98,14 +98,15 @@ class AdminRequests:
         return list((await self._request(msg, retry=True)).jobs)
 
     async def list_jobs(self, queue: str | None = None, state: str | None = None,
-                        limit: int = 100, after_id: str | None = None) -> list[JobRecord]:
-        """Jobs ordered by id (oldest first), filtered by queue and state, at most `limit`
-        (1-10000), after `after_id` to page.
+                        limit: int = 100, after_id: str | None = None,
+                        task: str | None = None) -> list[JobRecord]:
+        """Jobs ordered by id (oldest first), filtered by queue, state and task, at most
+        `limit` (1-10000), after `after_id` to page.
 
         Raises:
-            ValueError: `limit` out of range.
+            ValueError: `limit` out of range, or a queue or task name that is not one.
         """
-        msg = ListJobs(queue=queue, state=state, limit=limit, cursor=after_id)
+        msg = ListJobs(queue=queue, state=state, limit=limit, cursor=after_id, task=task)
         return list((await self._request(msg, retry=True)).jobs)
 
     async def pause(self, paused: bool = True) -> None:

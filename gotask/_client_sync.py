@@ -201,9 +201,10 @@ class Client:
         return self._run(AsyncClient.dlq_list, queue, limit, after_id)
 
     def list_jobs(self, queue: str | None = None, state: str | None = None,
-                  limit: int = 100, after_id: str | None = None) -> list[JobRecord]:
+                  limit: int = 100, after_id: str | None = None,
+                  task: str | None = None) -> list[JobRecord]:
         """Jobs ordered by id. See `AsyncClient.list_jobs`."""
-        return self._run(AsyncClient.list_jobs, queue, state, limit, after_id)
+        return self._run(AsyncClient.list_jobs, queue, state, limit, after_id, task)
 
     def pause(self, paused: bool = True) -> None:
         """Stop or resume leasing on the connected node. See `AsyncClient.pause`."""

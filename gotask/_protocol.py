@@ -281,12 +281,16 @@ class CancelJobs(Command[CancelReply]):
 @message("c.list")
 @attrs.frozen
 class ListJobs(Command[JobPage]):
-    """A page of jobs ordered by id, optionally of one queue and one state."""
+    """A page of jobs ordered by id, optionally of one queue, one state and one task."""
 
     queue: str | None = None
     state: str | None = None
     limit: int = attrs.field(default=100, validator=_limit)
     cursor: str | None = None
+    task: str | None = None  # issue 16
+
+    def __attrs_post_init__(self) -> None:
+        check_job_fields(queue=self.queue, task=self.task)
 
 
 @message("c.dlq.list")

@@ -164,6 +164,24 @@ async def test_queues_pause_and_resume(fake: FakeBroker, capsys: Any) -> None:
     assert run.code == 2 and "queue must be 1-128 characters" in run.err
 
 
+async def test_jobs_are_listed_by_queue_state_and_task(fake: FakeBroker, capsys: Any) -> None:
+    node = ("--node", fake.address)
+    assert (await gotask(capsys, "jobs", *node)).out == "no jobs\n"
+    slow = (await gotask(capsys, "enqueue", "slow", "--queue", "mail", *node)).out.strip()
+    await gotask(capsys, "enqueue", "boom", "--wait", *node)
+    run = await gotask(capsys, "jobs", "--task", "slow", *node)
+    assert run.out.splitlines()[0].split() == ["ID", "TASK", "QUEUE", "STATE", "ATTEMPTS",
+                                               "CREATED"]
+    assert [line.split()[:4] for line in run.out.splitlines()[1:]] == [
+        [slow, "slow", "mail", "queued"]]
+    run = await gotask(capsys, "jobs", "--state", "dead", "--json", *node)
+    assert [(j["task"], j["state"]) for j in run.json()] == [("boom", "dead")]
+    assert (await gotask(capsys, "jobs", "--queue", "mail", "--task", "boom", *node)).out == (
+        "no jobs\n")
+    run = await gotask(capsys, "jobs", "--state", "sleeping", *node)
+    assert run.code == 2 and "invalid choice" in run.err
+
+
 async def test_environment_supplies_nodes_and_secret(
     nursery: trio.Nursery, capsys: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

@@ -55,6 +55,7 @@ from gotask._protocol import (
     JobSpec,
     JobsReply,
     ListDead,
+    ListJobs,
     ListNodes,
     NodeInfo,
     NodesReply,
@@ -231,6 +232,11 @@ class FakeBroker:
                     else:
                         del jobs[job_id]
                 return CountReply(len(chosen))
+            case ListJobs(queue=queue, state=state, task=task, limit=limit):
+                found = [j for j in sorted(jobs.values(), key=lambda j: j.id)
+                         if queue in (None, j.queue) and state in (None, j.state)
+                         and task in (None, j.task)]
+                return JobPage(tuple(found[:limit]), None)
             case ListNodes():
                 info = {"pid": 1, "queues": ["default:1"], "concurrency": 4}
                 return NodesReply((NodeInfo(self.node.name, info, 1.0e9, 1.0e9 + 5, 2e9),))

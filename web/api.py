@@ -94,8 +94,12 @@ def _job_routes(bp: Blueprint, call: Call) -> None:
         state = _query_str("state")
         if state is not None and state not in STORED_STATES:
             raise BadRequest(f"state must be one of {', '.join(sorted(STORED_STATES))}")
-        return _page(await call(ListJobs(_query_str("queue"), state, _limit(),
-                                         _query_str("cursor"))))
+        try:
+            msg = ListJobs(_query_str("queue"), state, _limit(), _query_str("cursor"),
+                           _query_str("task"))
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
+        return _page(await call(msg))
 
     @bp.get("/jobs/<job_id>")
     async def get_job(job_id: str) -> Any:

@@ -199,12 +199,13 @@ class GetJobs(Command[GetJobsReply]):
 @message("s.list")
 @attrs.frozen
 class ListJobs(Command[ListJobsReply]):
-    """List jobs ordered by id after `after_id`, optionally of one queue and state."""
+    """List jobs ordered by id after `after_id`, optionally of one queue, state and task."""
 
     queue: str | None = None
     state: str | None = None
     limit: int = attrs.field(default=100, validator=_limit)
     after_id: str | None = None
+    task: str | None = None  # issue 16
 
 
 @message("s.count")

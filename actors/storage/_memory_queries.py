@@ -53,9 +53,10 @@ class _MemoryQueries(_MemoryState):
         return self._order
 
     def _list(
-        self, queue: str | None, state: str | None, limit: int, after_id: str | None
+        self, queue: str | None, state: str | None, limit: int, after_id: str | None,
+        task: str | None = None,
     ) -> tuple[tuple[JobRecord, ...], str | None]:
-        return self._page(self._sorted_ids(), queue, state, limit, after_id)
+        return self._page(self._sorted_ids(), queue, state, limit, after_id, task)
 
     def _list_dead(
         self, queue: str | None, limit: int, after_id: str | None
@@ -64,9 +65,10 @@ class _MemoryQueries(_MemoryState):
 
     def _page(
         self, ids: list[str], queue: str | None, state: str | None, limit: int,
-        after_id: str | None,
+        after_id: str | None, task: str | None = None,
     ) -> tuple[tuple[JobRecord, ...], str | None]:
-        """One page of `ids` (sorted) after `after_id`, filtered; and the next cursor."""
+        """One page of `ids` (sorted) after `after_id`, filtered (a scan from `after_id`
+        until the page is full); and the next cursor."""
         page: list[JobRecord] = []
         previous = None
         for i in range(bisect_right(ids, after_id) if after_id is not None else 0, len(ids)):
@@ -75,7 +77,8 @@ class _MemoryQueries(_MemoryState):
             previous = job_id
             if job is None or (queue is not None and job.rec.queue != queue):
                 continue
-            if state is not None and job.state != state:
+            if (state is not None and job.state != state) or (
+                    task is not None and job.rec.task != task):
                 continue
             page.append(job.record())
             if len(page) == limit:

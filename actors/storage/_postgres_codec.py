@@ -156,8 +156,8 @@ def _page(rows: Rows, limit: int) -> tuple[tuple[JobRecord, ...], str | None]:
 def _list(cmd: b.ListJobs, s: str, now: float | None) -> Plan:
     sql = (f"SELECT {JOB_COLUMNS} FROM {s}.jobs WHERE ($1::text IS NULL OR queue = $1) "
            "AND ($2::text IS NULL OR state = $2) AND ($3::text IS NULL OR id > $3) "
-           "ORDER BY id LIMIT $4")
-    return Plan(sql, (cmd.queue, cmd.state, cmd.after_id, cmd.limit),
+           "AND ($5::text IS NULL OR task = $5) ORDER BY id LIMIT $4")
+    return Plan(sql, (cmd.queue, cmd.state, cmd.after_id, cmd.limit, cmd.task),
                 lambda rows: b.ListJobsReply(*_page(rows, cmd.limit)))
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from . import base as b
 
-__all__ = ["QUEUES_SQL", "QUEUE_ENCODERS"]
+__all__ = ["QUEUES_SQL", "QUEUE_ENCODERS", "TASK_SQL"]
 
 Rows = Sequence[Any]
 
@@ -44,6 +44,11 @@ BEGIN
     END IF;
     RETURN ARRAY(SELECT queue FROM @S@.paused_queues ORDER BY queue);
 END $$;
+"""
+
+#: Migration 4: `ListJobs(task=...)` walks this index in id order.
+TASK_SQL = """
+CREATE INDEX jobs_task ON @S@.jobs (task, id);
 """
 
 

@@ -204,7 +204,7 @@ _ENCODERS: dict[type, Callable[[Any], Plan]] = {
     b.GetJobs: lambda c: Plan("get", ["", *c.ids]),
     WatchRead: lambda c: Plan("get", ["watch", *c.ids]),
     b.ListJobs: lambda c: Plan("list", [c.queue or "", c.state or "", c.limit,
-                                        c.after_id or "", "ids"]),
+                                        c.after_id or "", "ids", c.task or ""]),
     b.CountJobs: lambda c: Plan("count", []),
     b.RequeueExpired: lambda c: Plan("requeue", [c.limit]),
     b.PromoteDue: lambda c: Plan("promote", [c.limit]),

@@ -161,13 +161,15 @@ class _SqliteMaintenance:
         return {row[0] for row in self._conn.execute("SELECT queue FROM paused_queues")}
 
     def _list(
-        self, queue: str | None, state: str | None, limit: int, after_id: str | None
+        self, queue: str | None, state: str | None, limit: int, after_id: str | None,
+        task: str | None = None,
     ) -> tuple[tuple[JobRecord, ...], str | None]:
         """One page of jobs ordered by id after `after_id`, filtered; and the next cursor."""
         where, args = ["id > ?"], [after_id if after_id is not None else ""]
-        if queue is not None:
-            where.append("queue = ?")
-            args.append(queue)
+        for column, value in (("queue", queue), ("task", task)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
         if state == "dead":
             where.append("state = 'dead'")  # a literal: the DLQ's partial index applies
         elif state is not None:

@@ -19,6 +19,7 @@ from gotask.actors.storage.base import (
     EnqueueJobs,
     Heartbeat,
     LeaseJobs,
+    ListJobs,
     PromoteDue,
     QueueCount,
     QueueInfo,
@@ -111,6 +112,24 @@ class QueueContract:
         info = storage.execute(QueueInfo())
         assert info.paused == ("alpha", "zeta")  # paused before any job was enqueued
         assert info.now == storage.now()
+
+    def test_jobs_are_listed_by_task_in_id_order_with_other_filters(
+            self, storage: _Harness) -> None:
+        def job(queue: str, task: str) -> NewJob:
+            _next_id[0] += 1
+            return NewJob(id=encode_id(_next_id[0]), task=task, queue=queue,
+                          args=b"\x92\x90\x80")
+
+        jobs = [job(q, t) for q in ("mail", "sms") for t in ("send", "count", "send")]
+        storage.execute(EnqueueJobs(tuple(jobs)))
+        sends = sorted(j.id for j in jobs if j.task == "send")
+        first = storage.execute(ListJobs(task="send", limit=3))
+        assert [j.id for j in first.jobs] == sends[:3] and first.next_after == sends[2]
+        rest = storage.execute(ListJobs(task="send", limit=3, after_id=first.next_after))
+        assert [j.id for j in rest.jobs] == sends[3:]
+        mail = storage.execute(ListJobs(queue="mail", task="count", state="queued"))
+        assert [(j.queue, j.task) for j in mail.jobs] == [("mail", "count")]
+        assert storage.execute(ListJobs(task="nobody")).jobs == ()
 
     def test_a_bad_queue_name_is_refused_where_the_command_is_made(self) -> None:
         with pytest.raises(ValueError, match="queue"):

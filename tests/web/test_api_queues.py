@@ -44,3 +44,17 @@ async def test_a_bad_queue_name_is_a_problem_document(http: httpx.AsyncClient) -
     assert r.json()["title"] == "BadRequest" and "queue" in r.json()["detail"]
     r = await http.get("/api/v1/queues/default/pause")
     assert r.status_code == 405
+
+
+async def test_jobs_are_listed_by_task(http: httpx.AsyncClient) -> None:
+    jobs = [{"task": t, "args": [1, 2] if t == "add" else [], "delay_s": 3600}
+            for t in ("add", "blob", "add")]
+    ids = (await http.post("/api/v1/jobs/batch", json={"jobs": jobs})).json()["ids"]
+    page = (await http.get("/api/v1/jobs", params={"task": "add", "limit": 1})).json()
+    assert [j["id"] for j in page["jobs"]] == [ids[0]] and page["cursor"] == ids[0]
+    page = (await http.get("/api/v1/jobs", params={"task": "add", "cursor": ids[0]})).json()
+    assert [j["id"] for j in page["jobs"]] == [ids[2]] and page["cursor"] is None
+    page = (await http.get("/api/v1/jobs", params={"task": "blob", "state": "queued"})).json()
+    assert page["jobs"] == []
+    r = await http.get("/api/v1/jobs", params={"task": "x" * 129})
+    assert r.status_code == 400 and r.headers["content-type"] == PROBLEM

@@ -292,8 +292,9 @@ class BrokerCore:
                 return [self._call(_Counting(env, counts), Target.STORAGE,
                                    storage_base.QueueInfo())]
             case _Counting(request=env, counts=tuple() as counts), \
-                    storage_base.QueueInfoReply(paused=paused):
-                return [Answer(env, proto.QueuesReply(counts, paused))]
+                    storage_base.QueueInfoReply(now=now, paused=paused, ready_since=ready):
+                ages = tuple(proto.QueueAge(r.queue, max(0.0, now - r.since)) for r in ready)
+                return [Answer(env, proto.QueuesReply(counts, paused, ages))]
             case _QueuePausing(request=env), storage_base.SetQueuePausedReply():
                 return [Answer(env, Ok())]
         return [Refuse(pending.request, _unexpected(type(pending).__name__, reply))]

@@ -122,7 +122,7 @@ async def _queues(client: AsyncClient, args: argparse.Namespace) -> int:
     counts = {q.name: q.counts for q in queues}
     paused = {q.name for q in queues if q.paused}
     workers = out.queue_workers(await client.nodes())
-    _print(out.queues_table(counts, workers, paused) if queues else "no jobs")
+    _print(out.queues_table(queues, workers) if queues else "no jobs")
     for queue in out.unserved(counts, workers):
         if queue not in paused:
             print(out.unserved_line(queue), file=sys.stderr)

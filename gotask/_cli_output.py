@@ -15,7 +15,7 @@ import base64
 import datetime
 import json
 import math
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, TextIO
 
 import attrs
@@ -137,27 +137,22 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str
     return "\n".join(lines)
 
 
-def queues_table(counts: Mapping[str, Mapping[str, int]],
-                 workers: Mapping[str, int] | None = None,
-                 paused: Collection[str] | None = None) -> str:
-    """`gotask queues`: one row per queue, one column per state, and a total; with
-    `workers` (live nodes working each queue) a NODES column; with `paused` (the paused
-    queues) a PAUSED column (yes/no)."""
-    header = ["QUEUE", *(s.upper() for s in STATE_COLUMNS), "TOTAL"]
-    rows: list[list[Any]] = [[queue, *(c.get(s, 0) for s in STATE_COLUMNS), sum(c.values())]
-                             for queue, c in sorted(counts.items())]
-    if workers is not None:
-        header.append("NODES")
-        rows = [[*r, workers.get(str(r[0]), 0)] for r in rows]
-    if paused is not None:
-        header.append("PAUSED")
-        rows = [[*r, "yes" if r[0] in paused else "no"] for r in rows]
+def queues_table(queues: Sequence[QueueStatus], workers: Mapping[str, int]) -> str:
+    """`gotask queues`: one row per queue, one column per state, a total, the live nodes
+    working it (`workers`), whether it is paused, and its oldest ready job's age."""
+    header = ["QUEUE", *(s.upper() for s in STATE_COLUMNS), "TOTAL", "NODES", "PAUSED",
+              "OLDEST"]
+    rows = [[q.name, *(q.counts.get(s, 0) for s in STATE_COLUMNS), sum(q.counts.values()),
+             workers.get(q.name, 0), "yes" if q.paused else "no",
+             "-" if q.oldest_ready_age_s is None else f"{q.oldest_ready_age_s:.1f}s"]
+            for q in queues]
     return format_table(header, rows)
 
 
 def queue_json(queue: QueueStatus) -> dict[str, Any]:
     """A queue as `gotask queues --json` prints it (the REST API's shape)."""
-    return {"name": queue.name, "counts": queue.counts, "paused": queue.paused}
+    return {"name": queue.name, "counts": queue.counts, "paused": queue.paused,
+            "oldest_ready_age_s": queue.oldest_ready_age_s}
 
 
 def unserved(counts: Mapping[str, Mapping[str, int]], workers: Mapping[str, int]) -> list[str]:

@@ -36,12 +36,14 @@ R = TypeVar("R")
 
 @attrs.frozen
 class QueueStatus:
-    """A queue as `queue_list` reports it: its non-zero job counts per state, and
-    whether it is paused (cluster-wide)."""
+    """A queue as `queue_list` reports it: its non-zero job counts per state, whether it
+    is paused (cluster-wide), and how long its oldest ready job has waited (seconds on
+    the storage's clock; None when no job is queued)."""
 
     name: str
     counts: dict[str, int]
     paused: bool
+    oldest_ready_age_s: float | None = None
 
 
 class AdminRequests:
@@ -62,13 +64,15 @@ class AdminRequests:
 
     async def queue_list(self) -> list[QueueStatus]:
         """Every queue that holds jobs or is paused, sorted by name: its non-zero job
-        counts per state and whether it is paused."""
+        counts per state, whether it is paused, and its oldest ready job's age."""
         reply = await self._request(CountQueues(), retry=True)
         counts: dict[str, dict[str, int]] = {name: {} for name in reply.paused}
         for count in reply.counts:
             counts.setdefault(count.queue, {})[count.state] = count.count
         paused = set(reply.paused)
-        return [QueueStatus(name, c, name in paused) for name, c in sorted(counts.items())]
+        ages = {a.queue: a.age_s for a in reply.oldest_ready}
+        return [QueueStatus(name, c, name in paused, ages.get(name))
+                for name, c in sorted(counts.items())]
 
     async def pause_queue(self, queue: str) -> None:
         """Pause `queue` on every node, durably: enqueue goes on, running jobs finish,

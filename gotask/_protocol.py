@@ -63,6 +63,7 @@ __all__ = [
     "PauseQueue",
     "PauseWorkers",
     "PurgeDead",
+    "QueueAge",
     "QueueCount",
     "QueuesReply",
     "RetryDead",
@@ -137,6 +138,16 @@ class QueueCount:
     count: int
 
 
+@message("c.qage")
+@attrs.frozen
+class QueueAge:
+    """How long (seconds, on the storage's clock) the oldest ready job of `queue` has
+    been due and waiting."""
+
+    queue: str
+    age_s: float
+
+
 @message("c.node")
 @attrs.frozen
 class NodeInfo:
@@ -200,10 +211,12 @@ class CountReply:
 @attrs.frozen
 class QueuesReply:
     """Non-zero job counts per (queue, state), sorted by queue then state; the paused
-    queues, sorted (a paused queue may hold no job)."""
+    queues, sorted (a paused queue may hold no job); the age of each queue's oldest
+    ready job, for the queues with queued jobs, sorted by queue."""
 
     counts: tuple[QueueCount, ...]
     paused: tuple[str, ...] = ()
+    oldest_ready: tuple[QueueAge, ...] = ()
 
 
 @message("c.nodes.rep")

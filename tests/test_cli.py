@@ -129,13 +129,13 @@ async def test_queues_dlq_cancel_nodes(fake: FakeBroker, capsys: Any) -> None:
     run = await gotask(capsys, "queues", *node)
     assert run.out.splitlines()[0].split() == [
         "QUEUE", "SCHEDULED", "QUEUED", "ACTIVE", "SUCCEEDED", "DEAD", "CANCELLED", "TOTAL",
-        "NODES", "PAUSED"]
+        "NODES", "PAUSED", "OLDEST"]
     assert run.out.splitlines()[2].split() == [
-        "mail", "0", "1", "0", "0", "0", "0", "1", "0", "no"]
+        "mail", "0", "1", "0", "0", "0", "0", "1", "0", "no", "-"]
     assert run.err.startswith("gotask: warning: no live node works queue 'mail'")
     assert (await gotask(capsys, "queues", "--json", *node)).json() == [
-        {"name": "default", "counts": {"dead": 1}, "paused": False},
-        {"name": "mail", "counts": {"queued": 1}, "paused": False}]
+        {"name": "default", "counts": {"dead": 1}, "paused": False, "oldest_ready_age_s": None},
+        {"name": "mail", "counts": {"queued": 1}, "paused": False, "oldest_ready_age_s": None}]
     run = await gotask(capsys, "dlq", "list", *node)
     assert "ValueError: boom" in run.out
     assert [j["id"] for j in (await gotask(capsys, "dlq", "list", "--json", *node)).json()] == [
@@ -155,7 +155,7 @@ async def test_queues_pause_and_resume(fake: FakeBroker, capsys: Any) -> None:
     node = ("--node", fake.address)
     assert (await gotask(capsys, "queues", "pause", "mail", *node)).out == "mail: paused\n"
     run = await gotask(capsys, "queues", *node)
-    assert run.out.splitlines()[1].split() == ["mail", *["0"] * 7, "0", "yes"]
+    assert run.out.splitlines()[1].split() == ["mail", *["0"] * 7, "0", "yes", "-"]
     assert run.err == ""  # a paused queue is not warned about as unserved
     run = await gotask(capsys, "queues", "resume", "mail", "--json", *node)
     assert run.json() == {"name": "mail", "state": "resumed"}

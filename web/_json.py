@@ -74,13 +74,15 @@ def job_json(job: JobRecord) -> dict[str, Any]:
 
 
 def queues_json(reply: QueuesReply) -> list[dict[str, Any]]:
-    """Every queue with jobs or paused, sorted by name:
-    `[{"name": q, "counts": {state: n}, "paused": bool}]`."""
+    """Every queue with jobs or paused, sorted by name: `[{"name": q, "counts": {state:
+    n}, "paused": bool, "oldest_ready_age_s": seconds or None}]`."""
     out: dict[str, dict[str, int]] = {name: {} for name in reply.paused}
     for c in reply.counts:
         out.setdefault(c.queue, {})[c.state] = c.count
     paused = set(reply.paused)
-    return [{"name": q, "counts": s, "paused": q in paused} for q, s in sorted(out.items())]
+    ages = {a.queue: a.age_s for a in reply.oldest_ready}
+    return [{"name": q, "counts": s, "paused": q in paused, "oldest_ready_age_s": ages.get(q)}
+            for q, s in sorted(out.items())]
 
 
 def nodes_json(nodes: tuple[NodeInfo, ...]) -> list[dict[str, Any]]:

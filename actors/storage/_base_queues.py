@@ -9,7 +9,10 @@ and these:
   other command work as usual, so running jobs finish and new ones wait, queued.
 - Resuming a queue makes its ready jobs leasable at once: a store with events reports
   the queue as ready, so parked leases of every node lease again.
-- `QueueInfo` reads the paused set with the storage time of the read.
+- `QueueInfo` reads the paused set with the storage time of the read, and per queue
+  with queued jobs the earliest due time among them (`ready_since`: when its oldest
+  ready job became due; an immediate job is due when enqueued, a released one keeps its
+  time). Backends answer it from an ordered index, never a scan of the queue's jobs.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from gotask.runtime.message import Command, message
 __all__ = [
     "QueueInfo",
     "QueueInfoReply",
+    "QueueReadySince",
     "SetQueuePaused",
     "SetQueuePausedReply",
 ]
@@ -47,13 +51,24 @@ class SetQueuePaused(Command[SetQueuePausedReply]):
         check_job_fields(queue=self.queue)
 
 
+@message("s.qready")
+@attrs.frozen
+class QueueReadySince:
+    """The earliest due time (storage clock, seconds) of a queue's queued jobs."""
+
+    queue: str
+    since: float
+
+
 @message("s.qinfo.rep")
 @attrs.frozen
 class QueueInfoReply:
-    """The paused queues (sorted) and the storage time `now` of the read (seconds)."""
+    """The paused queues (sorted), the storage time `now` of the read (seconds), and per
+    queue with queued jobs, sorted by queue, when its oldest ready job became due."""
 
     now: float
     paused: tuple[str, ...]
+    ready_since: tuple[QueueReadySince, ...] = ()
 
 
 @message("s.qinfo")

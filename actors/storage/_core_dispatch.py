@@ -49,6 +49,7 @@ class CoreHandlers(Protocol):
     def _cron_pause(self, cmd: b.CronSetPaused) -> b.CronSetPausedReply: ...
     def _set_paused(self, queue: str, paused: bool) -> None: ...
     def _paused(self) -> tuple[str, ...]: ...
+    def _ready_since(self) -> tuple[b.QueueReadySince, ...]: ...
 
 
 def unknown(cmd: Never) -> NoReturn:
@@ -114,6 +115,6 @@ def dispatch(core: CoreHandlers, cmd: StorageCommand, now: float) -> StorageRepl
             core._set_paused(cmd.queue, cmd.paused)
             return b.SetQueuePausedReply(core._paused())
         case b.QueueInfo():
-            return b.QueueInfoReply(now, core._paused())
+            return b.QueueInfoReply(now, core._paused(), core._ready_since())
         case _:
             unknown(cmd)

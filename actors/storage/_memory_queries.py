@@ -6,12 +6,13 @@ Rules of this module: those of `memory` (the memory backend); nothing here moves
 from __future__ import annotations
 
 from bisect import bisect_right
+from heapq import heappop
 
 from gotask._errors import StorageFull
 from gotask._job import JobRecord
 
 from . import base as b
-from ._memory_state import _PLAIN, DEAD, _MemoryState, _Node
+from ._memory_state import _PLAIN, DEAD, QUEUED, _MemoryState, _Node
 
 __all__ = ["_MemoryQueries"]
 
@@ -41,6 +42,19 @@ class _MemoryQueries(_MemoryState):
 
     def _paused(self) -> tuple[str, ...]:
         return tuple(sorted(self._paused_queues))
+
+    def _ready_since(self) -> tuple[b.QueueReadySince, ...]:
+        out = []
+        for name in sorted(self._queues):
+            queue = self._queues[name]
+            if not queue.counts[QUEUED]:
+                continue
+            items, live = queue.by_due.items, self._by_due_live
+            while items and not live(items[0]):
+                heappop(items)
+            if items:
+                out.append(b.QueueReadySince(name, items[0][0]))
+        return tuple(out)
 
     def _sorted_ids(self) -> list[str]:
         """All ids in order (possibly with purged or repeated ones), compacted lazily."""

@@ -14,7 +14,7 @@ from typing import Any
 
 from . import base as b
 
-__all__ = ["QUEUES_SQL", "QUEUE_ENCODERS", "TASK_SQL"]
+__all__ = ["QUEUES_SQL", "QUEUE_ENCODERS", "READY_DUE_SQL", "TASK_SQL"]
 
 Rows = Sequence[Any]
 
@@ -51,9 +51,24 @@ TASK_SQL = """
 CREATE INDEX jobs_task ON @S@.jobs (task, id);
 """
 
+#: Migration 5: the oldest ready job of a queue is the first entry of this index.
+READY_DUE_SQL = """
+CREATE INDEX jobs_ready_due ON @S@.jobs (queue, due_at) WHERE state = 'queued';
+"""
+
+_READY_QUEUES = """(SELECT queue FROM {s}.counts WHERE state = 'queued' AND n > 0
+    UNION SELECT queue FROM {s}.count_deltas WHERE state = 'queued')"""
+
 
 def _names(values: Sequence[str]) -> tuple[str, ...]:
     return tuple(sorted(values))
+
+
+def _info(rows: Rows) -> b.QueueInfoReply:
+    now, paused, ready = rows[0]
+    since = sorted((q, float(t)) for q, t in ready if t is not None)
+    return b.QueueInfoReply(float(now), _names(paused),
+                            tuple(b.QueueReadySince(q, t) for q, t in since))
 
 
 #: Command type -> (SQL, arguments, decoder), given the quoted schema and storage time.
@@ -63,6 +78,8 @@ QUEUE_ENCODERS: dict[type, Callable[[Any, str, float | None],
         f"SELECT {s}.set_queue_paused($1, $2)", (c.queue, c.paused),
         lambda rows: b.SetQueuePausedReply(_names(rows[0][0]))),
     b.QueueInfo: lambda c, s, now: (
-        f"SELECT {s}.clock($1), ARRAY(SELECT queue FROM {s}.paused_queues)", (now,),
-        lambda rows: b.QueueInfoReply(float(rows[0][0]), _names(rows[0][1]))),
+        f"SELECT {s}.clock($1), ARRAY(SELECT queue FROM {s}.paused_queues), "
+        f"ARRAY(SELECT ROW(q.queue, (SELECT min(due_at) FROM {s}.jobs WHERE "
+        f"state = 'queued' AND queue = q.queue)) FROM {_READY_QUEUES.format(s=s)} q)",
+        (now,), _info),
 }

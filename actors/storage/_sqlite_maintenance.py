@@ -157,6 +157,13 @@ class _SqliteMaintenance:
     def _paused(self) -> tuple[str, ...]:
         return tuple(sorted(self._paused_set()))
 
+    def _ready_since(self) -> tuple[b.QueueReadySince, ...]:
+        rows = self._conn.execute(
+            "SELECT c.queue, (SELECT min(due_at) FROM jobs WHERE state = 'queued' "
+            "AND queue = c.queue) FROM counts c WHERE c.state = 'queued' AND c.n > 0 "
+            "ORDER BY c.queue")
+        return tuple(b.QueueReadySince(q, since) for q, since in rows if since is not None)
+
     def _paused_set(self) -> set[str]:
         return {row[0] for row in self._conn.execute("SELECT queue FROM paused_queues")}
 

@@ -94,7 +94,13 @@ from ._base_items import (
     QueueWeight,
     Status,
 )
-from ._base_queues import QueueInfo, QueueInfoReply, SetQueuePaused, SetQueuePausedReply
+from ._base_queues import (
+    QueueInfo,
+    QueueInfoReply,
+    QueueReadySince,
+    SetQueuePaused,
+    SetQueuePausedReply,
+)
 from ._base_replies import (
     AckReply,
     CancelReply,
@@ -179,6 +185,7 @@ __all__ = [
     "QueueCount",
     "QueueInfo",
     "QueueInfoReply",
+    "QueueReadySince",
     "QueueWeight",
     "RegisterNode",
     "RegisterNodeReply",

@@ -160,6 +160,7 @@ class MemoryStorageCore(_MemoryQueries, _MemoryMaintenance, _MemoryCron):
             self._due.push((rec.due_at, job.seq, rec.id))
         else:
             queue.ready.push((-rec.priority, rec.due_at, job.seq, rec.id))
+            queue.by_due.push((rec.due_at, job.seq, rec.id))
         return rec.id
 
     def _promote(self, now: float, limit: int) -> int:

@@ -194,9 +194,12 @@ def test_count_queues_joins_the_counts_with_the_paused_queues(core: BrokerCore) 
     counted = storage.CountJobsReply((storage.QueueCount("q", "queued", 2),))
     info = only_call(core.handle(CallDone(call.key, counted), 0.0))
     assert info.msg == storage.QueueInfo()
-    answer = core.handle(CallDone(info.key, storage.QueueInfoReply(5.0, ("idle", "q"))), 0.0)
+    info_reply = storage.QueueInfoReply(5.0, ("idle", "q"), (
+        storage.QueueReadySince("q", 1.5), storage.QueueReadySince("skewed", 6.0)))
+    answer = core.handle(CallDone(info.key, info_reply), 0.0)
+    ages = (proto.QueueAge("q", 3.5), proto.QueueAge("skewed", 0.0))
     assert answer == [Answer(env, proto.QueuesReply((proto.QueueCount("q", "queued", 2),),
-                                                    ("idle", "q")))]
+                                                    ("idle", "q"), ages))]
 
 
 def test_pause_queue_is_stored_cluster_wide(core: BrokerCore) -> None:

@@ -23,6 +23,7 @@ from gotask.actors.storage.base import (
     PromoteDue,
     QueueCount,
     QueueInfo,
+    QueueReadySince,
     QueueWeight,
     SetQueuePaused,
 )
@@ -130,6 +131,32 @@ class QueueContract:
         mail = storage.execute(ListJobs(queue="mail", task="count", state="queued"))
         assert [(j.queue, j.task) for j in mail.jobs] == [("mail", "count")]
         assert storage.execute(ListJobs(task="nobody")).jobs == ()
+
+    def test_the_oldest_ready_job_of_each_queue_is_read(self, storage: _Harness) -> None:
+        start = storage.now()
+        assert storage.execute(QueueInfo()).ready_since == ()
+        _enqueue(storage, "mail")  # due at start
+        storage.advance(5)
+        _pause(storage, "mail")
+        _enqueue(storage, "mail")
+        _enqueue(storage, "sms", delay_s=3)  # scheduled: not ready yet
+        assert storage.execute(QueueInfo()).ready_since == (QueueReadySince("mail", start),)
+        storage.advance(10)
+        storage.execute(PromoteDue())  # due at start + 8, ready since then
+        # A higher priority job enqueued later does not hide the older one.
+        storage.execute(EnqueueJobs((NewJob(id=encode_id(_next_id[0] + 1), task="t",
+                                            queue="mail", args=b"\x92\x90\x80",
+                                            priority=9),)))
+        _next_id[0] += 1
+        info = storage.execute(QueueInfo())
+        assert info.ready_since == (QueueReadySince("mail", start),
+                                    QueueReadySince("sms", start + 8))
+        _pause(storage, "mail", False)
+        assert len(_lease(storage, "mail", limit=2)) == 2  # the priority-9 job and the oldest
+        assert storage.execute(QueueInfo()).ready_since == (
+            QueueReadySince("mail", start + 5), QueueReadySince("sms", start + 8))
+        _lease(storage, "mail", "sms")
+        assert storage.execute(QueueInfo()).ready_since == ()
 
     def test_a_bad_queue_name_is_refused_where_the_command_is_made(self) -> None:
         with pytest.raises(ValueError, match="queue"):

@@ -108,7 +108,7 @@ def test_migrations_apply_once_when_nodes_start_together(schema: str) -> None:
         return list(await asyncio.gather(*(migrate(url_for(schema)) for _ in range(4))))
 
     results = asyncio.run(main())
-    every = list(range(1, SCHEMA_VERSION + 1))  # 1: jobs, 2: cron, 3: paused queues, 4: task index
+    every = list(range(1, SCHEMA_VERSION + 1))  # 1: jobs, 2: cron, 3: paused queues, 4-5: indexes
     assert sorted(results) == [[], [], [], every]
 
     async def versions() -> set[int]:

@@ -287,7 +287,7 @@ def test_a_version_1_database_gains_the_cron_table_and_keeps_its_jobs(tmp_path: 
     raw.close()
     conn, lock = open_database(SqliteSettings(path))
     try:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
         core = SqliteStorageCore(conn)
         assert core.handle(GetJobs((job.id,)), START_S).jobs[0] is not None
         core.handle(CronRegister("n1", (CronDef("e", "E"),)), START_S)

@@ -16,11 +16,13 @@ async def test_a_paused_queue_takes_jobs_and_runs_them_once_resumed(
     r = await http.post("/api/v1/queues/default/pause")
     assert r.status_code == 200 and r.json() == {"name": "default", "paused": True}
     assert (await queues(http))["default"] == {"name": "default", "counts": {},
-                                                "paused": True}
+                                                "paused": True, "oldest_ready_age_s": None}
     job_id = (await http.post("/api/v1/jobs", json={"task": "add", "args": [2, 3]})).json()["id"]
     held = (await http.get(f"/api/v1/jobs/{job_id}/wait", params={"timeout_s": 1})).json()
     assert held["state"] == "queued"
-    assert (await queues(http))["default"]["counts"] == {"queued": 1}
+    waiting = (await queues(http))["default"]
+    assert waiting["counts"] == {"queued": 1}
+    assert waiting["oldest_ready_age_s"] >= 0.5  # it waited the 1 s wait above
     r = await http.post("/api/v1/queues/default/resume")
     assert r.status_code == 200 and r.json() == {"name": "default", "paused": False}
     done = (await http.get(f"/api/v1/jobs/{job_id}/wait", params={"timeout_s": 20})).json()

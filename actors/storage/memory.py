@@ -11,6 +11,8 @@ Rules of the memory backend (this module and the `_memory_*` modules it is split
   its live size (plus slack), so stale entries cost amortised O(1) and memory stays
   proportional to the live jobs.
   - ready, one per queue: `(-priority, due_at, seq, id)`, live while the job is queued;
+  - by due, one per queue: `(due_at, seq, id)`, live while the job is queued with that
+    due time (its head is the queue's oldest ready job, for `QueueInfo`);
   - due: `(due_at, seq, id)`, live while the job is scheduled with that due time;
   - leases: `(lease_expires_at, id, attempt)`, live while that lease is current; a
     heartbeat that extends a lease leaves the entry, which is pushed again when reached;

@@ -31,7 +31,7 @@ from gotask._messages import (
     LeaseWait,
     WatchJobs,
 )
-from gotask._protocol import CountQueues, Enqueue, JobSpec, PauseQueue, WaitJobs
+from gotask._protocol import Enqueue, JobSpec, WaitJobs
 from gotask._server import Server, open_server
 from gotask.actors.storage._postgres_backend import PostgresBackend, parse_events
 from gotask.actors.storage._postgres_schema import SCHEMA_VERSION
@@ -57,6 +57,7 @@ from gotask.actors.storage.postgres import (
 from gotask.config import NodeConfig
 from gotask.runtime import Address, open_node
 
+from ._cluster_pause import pause_holds_on_both_nodes
 from ._postgres_support import DSN, drop_schema, unique_schema, unreachable, url_for
 from .contract import new_job
 from .shell_contract import Actor, StorageShellContract
@@ -442,17 +443,7 @@ async def test_two_nodes_share_jobs_through_postgres(schema: str) -> None:
 
 async def test_a_queue_paused_through_one_node_waits_on_both_until_resumed(schema: str) -> None:
     async with two_nodes(schema) as (a, b):
-        await a.node.call(a.broker, PauseQueue("sums", True))
-        item = JobSpec("add", pack_args([2, 3], {}))
-        ids = (await b.node.call(b.broker, Enqueue((item,) * 20))).ids
-        held = await b.node.call(b.broker, WaitJobs(ids, 1.0), timeout_s=10)
-        assert {j.state for j in held.jobs if j is not None} == {"queued"}
-        listing = await b.node.call(b.broker, CountQueues())
-        assert listing.paused == ("sums",)
-        await a.node.call(a.broker, PauseQueue("sums", False))
-        done = await b.node.call(b.broker, WaitJobs(ids, 30.0), timeout_s=40)
-        assert {j.state for j in done.jobs if j is not None} == {"succeeded"}
-        assert (await a.node.call(a.broker, CountQueues())).paused == ()
+        await pause_holds_on_both_nodes(a, b, "sums")
 
 
 def test_adjacent_enqueues_and_acks_of_a_batch_answer_as_one_by_one(schema: str) -> None:

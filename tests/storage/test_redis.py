@@ -53,6 +53,7 @@ from gotask.actors.storage.redis import delete_prefix, open_redis_storage, run_r
 from gotask.config import NodeConfig
 from gotask.runtime import Address, open_node
 
+from ._cluster_pause import pause_holds_on_both_nodes
 from .contract import StorageContract, make_state_machine, new_job
 from .shell_contract import Actor, StorageShellContract
 
@@ -398,6 +399,18 @@ app = App("redis-cluster-tests")
 @app.task(name="add")
 async def add(x: int, y: int) -> int:
     return x + y
+
+
+async def test_a_queue_paused_through_one_node_waits_on_both_until_resumed() -> None:
+    url = unique_url("pause")
+    try:
+        async with open_server(NodeConfig(app=app, name="a", storage=url, listen=None),
+                               listen=False) as a, \
+                open_server(NodeConfig(app=app, name="b", storage=url, listen=None),
+                            listen=False) as b:
+            await pause_holds_on_both_nodes(a, b, "default")
+    finally:
+        delete_prefix(url)
 
 
 async def test_two_nodes_share_jobs_through_redis() -> None:

@@ -76,7 +76,9 @@ def config_from_settings(s: Mapping[str, Any]) -> NodeConfig:
         insecure=s["insecure"],
         http=parse_hostport(s["http"], "--http") if s["http"] else None,
         http_token=read_token(s["http_token_file"]),
-        http_tls=_tls(s["http_tls_cert"], s["http_tls_key"]),
+        http_tls=_tls(s["http_tls_cert"], s["http_tls_key"], "--http"),
+        grpc=parse_hostport(s["grpc"], "--grpc") if s["grpc"] else None,
+        grpc_tls=_tls(s["grpc_tls_cert"], s["grpc_tls_key"], "--grpc"),
         threads=s["threads"],
         lease_timeout_s=s["lease_timeout"],
         heartbeat_s=s["heartbeat"],
@@ -88,9 +90,9 @@ def config_from_settings(s: Mapping[str, Any]) -> NodeConfig:
     )
 
 
-def _tls(cert: str | None, key: str | None) -> tuple[str, str] | None:
+def _tls(cert: str | None, key: str | None, face: str) -> tuple[str, str] | None:
     if (cert is None) != (key is None):
-        raise ConfigError("--http-tls-cert and --http-tls-key go together")
+        raise ConfigError(f"{face}-tls-cert and {face}-tls-key go together")
     return None if cert is None or key is None else (cert, key)
 
 
@@ -153,6 +155,8 @@ def _announce(server: Server) -> None:
     if server.http_url is not None:
         log.info("HTTP API on %s/api/v1 (metrics: %s/metrics)", server.http_url,
                  server.http_url)
+    if server.grpc_target is not None:
+        log.info("gRPC API on %s (service gotask.v1.GoTask)", server.grpc_target)
     if config.join is None and config.storage.startswith("memory:"):
         log.warning("storage memory:// keeps jobs only in this process: they are lost when "
                     "it stops; --storage sqlite:///path/to/gotask.db keeps them")

@@ -51,13 +51,18 @@ SETTINGS: dict[str, Setting] = {
                       "q1:3,q2:1"),
     "secret_file": Setting(None, str, "shared secret file", "PATH"),
     "insecure": Setting(False, bool, "allow a non-loopback --listen without a secret "
-                                     "(and --http without a token)"),
+                                     "(and --http or --grpc without a token)"),
     "http": Setting(None, str, "serve the REST API, /metrics and health here "
                                "(see docs/http.md)", "HOST:PORT"),
-    "http_token_file": Setting(None, str, "bearer token for HTTP (else $GOTASK_HTTP_TOKEN)",
+    "http_token_file": Setting(None, str,
+                               "bearer token for HTTP and gRPC (else $GOTASK_HTTP_TOKEN)",
                                "PATH"),
     "http_tls_cert": Setting(None, str, "serve HTTPS with this certificate", "PATH"),
     "http_tls_key": Setting(None, str, "the key of --http-tls-cert", "PATH"),
+    "grpc": Setting(None, str, "serve the gRPC API here, with the HTTP token "
+                               "(see docs/grpc.md; needs gotask[grpc])", "HOST:PORT"),
+    "grpc_tls_cert": Setting(None, str, "serve gRPC over TLS with this certificate", "PATH"),
+    "grpc_tls_key": Setting(None, str, "the key of --grpc-tls-cert", "PATH"),
     "threads": Setting(16, int, "threads for sync tasks (default 16)", "N"),
     "lease_timeout": Setting(30.0, float,
                              "seconds a lease lasts without a heartbeat (default 30)", "S"),

@@ -3,7 +3,8 @@
 Rules of this module:
 - `open_server(config)` starts, in order: storage (memory, unless the node joins
   another node's storage), Broker, WorkerSupervisor, Dispatcher, Scheduler, Reaper, and
-  the TCP listener. It is ready when every actor is.
+  the TCP listener, then the HTTP and gRPC faces it is asked for (stopped in reverse
+  order, each gracefully). It is ready when every actor is.
 - With `sqlite://` storage this node owns the database file (its storage actor runs the
   one storage shell over it, each batch whole in the writer thread, answered after its
   commit; the storage clock is the World wall clock); other nodes `--join` it, as with
@@ -24,12 +25,12 @@ import os
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
 
-from gotask._errors import StorageUnavailable
+from gotask._errors import ConfigError, StorageUnavailable
 from gotask._messages import BROKER, DISPATCHER, REAPER, SCHEDULER, STORAGE, WORKERS, Drain
 from gotask._node_name import NodeNameTaken, check_name_free, release_name
 from gotask.actors.broker import run_broker
@@ -42,6 +43,9 @@ from gotask.actors.storage.memory import MemoryStorageCore
 from gotask.actors.worker_supervisor import ThreadBook, WorkerConfig, run_workers, thread_book
 from gotask.config import NodeConfig, join_ssl_context, server_ssl_context
 from gotask.runtime import Address, Node, World, open_node, real_world
+
+if TYPE_CHECKING:  # grpcio is an extra: imported only when --grpc is used
+    from gotask.web.grpc_serve import GrpcFace
 
 __all__ = ["Server", "open_server"]
 
@@ -65,6 +69,8 @@ class Server:
     threads: ThreadBook = attrs.field(
         default=attrs.Factory(lambda self: thread_book(self.config.threads), takes_self=True))
     http_port: int | None = None
+    #: The gRPC face, None when it is off.
+    grpc: GrpcFace | None = None
 
     @property
     def http_url(self) -> str | None:
@@ -74,6 +80,14 @@ class Server:
         host = self.config.http[0]
         scheme = "https" if self.config.http_tls else "http"
         return f"{scheme}://{f'[{host}]' if ':' in host else host}:{self.http_port}"
+
+    @property
+    def grpc_target(self) -> str | None:
+        """Where the gRPC face serves, as `host:port` for a channel (None: it is off)."""
+        if self.config.grpc is None or self.grpc is None:
+            return None
+        host = self.config.grpc[0]
+        return f"{f'[{host}]' if ':' in host else host}:{self.grpc.port}"
 
     @property
     def broker(self) -> Address:
@@ -108,6 +122,8 @@ async def open_server(
             e.g. over a simulated network) instead of a local one or `config.join`.
     """
     world = world or real_world()
+    if config.grpc is not None:
+        _check_grpc_installed()
     name = config.name or f"node-{world.new_id()[-10:].lower()}"
     # Certificates are loaded before anything starts: a bad file is a plain error.
     tls = server_ssl_context(config) if listen and config.listen is not None else None
@@ -120,7 +136,8 @@ async def open_server(
             backend = await _open_sqlite(config, resources)
         elif storage is None and config.join is None and not config.storage.startswith("memory:"):
             backend = await _connect_redis(config, resources)
-        claim, taken = storage is None, None
+        claim = storage is None
+        taken: Exception | None = None  # raised once the node stopped
         async with open_node(name, world) as node:
             if storage is None:
                 storage = await _open_storage(node, config, backend, join_tls)
@@ -134,11 +151,13 @@ async def open_server(
                 await _start_actors(server)
                 if listen and config.listen is not None:
                     server.port = await _listen(node, config, tls)
-                if config.http is not None:
-                    async with _open_http(server) as server.http_port:
+                async with AsyncExitStack() as faces:
+                    try:
+                        await _open_faces(server, faces)
+                    except ConfigError as exc:  # a TLS file or an address of a face
+                        taken = exc
+                    else:
                         yield server
-                else:
-                    yield server
                 server.stopping = True  # from now on registered as stopping
                 await release_name(node, storage, server.instance)
         if taken is not None:
@@ -257,6 +276,14 @@ async def _listen(node: Node, config: NodeConfig, tls: ssl.SSLContext | None) ->
     return bound
 
 
+async def _open_faces(server: Server, faces: AsyncExitStack) -> None:
+    """Start the HTTP and gRPC faces asked for; `faces` stops them in reverse order."""
+    if server.config.http is not None:
+        server.http_port = await faces.enter_async_context(_open_http(server))
+    if server.config.grpc is not None:
+        server.grpc = await faces.enter_async_context(_open_grpc(server))
+
+
 @asynccontextmanager
 async def _open_http(server: Server) -> AsyncIterator[int]:
     """Serve the HTTP face in the node's nursery; it stops (gracefully) when the block exits."""
@@ -280,3 +307,24 @@ async def _open_http(server: Server) -> AsyncIterator[int]:
     finally:
         shutdown.set()
 
+
+
+def _check_grpc_installed() -> None:
+    try:
+        import grpc  # noqa: F401
+        import grpc_health  # noqa: F401
+        import grpc_reflection  # noqa: F401
+    except ImportError:
+        raise ConfigError("--grpc needs the gRPC extra: pip install 'gotask[grpc]'") from None
+
+
+@asynccontextmanager
+async def _open_grpc(server: Server) -> AsyncIterator[GrpcFace]:
+    """Serve the gRPC face; it stops gracefully when the block exits."""
+    from gotask.web.grpc_serve import open_grpc
+
+    config = server.config
+    assert config.grpc is not None
+    async with open_grpc(server.node, server.broker, *config.grpc, token=config.http_token,
+                         tls=config.grpc_tls) as face:
+        yield face

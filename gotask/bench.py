@@ -21,6 +21,8 @@ Rules of this module:
 - `gotask bench runtime` measures the actor runtime itself (gotask.bench_runtime);
   `gotask bench cron` the Scheduler with many cron entries (gotask.bench_cron).
 - `gotask bench http --url URL` measures REST enqueue on a running node (gotask.bench_http).
+- `gotask bench grpc` measures unary and streamed enqueue through the gRPC face
+  (gotask.bench_grpc).
 """
 
 from __future__ import annotations
@@ -304,11 +306,15 @@ def run_job_bench(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> int:
-    """`gotask bench [runtime|cron|http] ...`; returns the exit code."""
+    """`gotask bench [runtime|cron|http|grpc] ...`; returns the exit code."""
     if argv[:1] == ["http"]:
         from gotask.bench_http import main as http_main
 
         return http_main(argv[1:])
+    if argv[:1] == ["grpc"]:
+        from gotask.bench_grpc import main as grpc_main
+
+        return grpc_main(argv[1:])
     if argv[:1] == ["runtime"]:
         from gotask.bench_runtime import main as runtime_main
 

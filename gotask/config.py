@@ -72,6 +72,9 @@ class NodeConfig:
     http: tuple[str, int] | None = None
     http_token: bytes | None = attrs.field(default=None, repr=False)
     http_tls: tuple[str, str] | None = None
+    #: The gRPC face (docs/grpc.md): its address and TLS (cert, key); it takes `http_token`.
+    grpc: tuple[str, int] | None = None
+    grpc_tls: tuple[str, str] | None = None
     #: PEM files: this node's certificate chain and key (served, and shown to a --join
     #: node that asks), the CA its clients' certificates must chain to, and the CA the
     #: --join node's certificate must chain to (set: the link to it speaks TLS).
@@ -112,6 +115,12 @@ class NodeConfig:
                 and not is_loopback(self.http[0]):
             raise ConfigError(
                 f"refusing to serve HTTP on {self.http[0]} without a token: pass "
+                "--http-token-file (or set GOTASK_HTTP_TOKEN), or --insecure to accept anyone"
+            )
+        if self.grpc is not None and self.http_token is None and not self.insecure \
+                and not is_loopback(self.grpc[0]):
+            raise ConfigError(
+                f"refusing to serve gRPC on {self.grpc[0]} without a token: pass "
                 "--http-token-file (or set GOTASK_HTTP_TOKEN), or --insecure to accept anyone"
             )
 

@@ -12,9 +12,10 @@ follows it:
   a job id in the expected output matches any job id;
 - a fenced block without a language (diagrams, grammars, sample output) is not code.
 
-Addresses: the documents use 127.0.0.1:7450; the test puts each session on a free port
-instead (machines share CI), passes `--listen` to nodes that do not name one, and sets
-`GOTASK_NODES` for clients. `.venv/bin/gotask` is this interpreter's `gotask`.
+Addresses: the documents use 127.0.0.1:7450 (and 127.0.0.1:7460 for gRPC); the test puts
+each session on free ports instead (machines share CI), passes `--listen` to nodes that do
+not name one, and sets `GOTASK_NODES` for clients. `.venv/bin/gotask` is this
+interpreter's `gotask`.
 
 Markers, on the line before a fence, as HTML comments (invisible when rendered):
 - ``<!-- no-test: reason -->``: the block cannot run here (other machines, a server that
@@ -84,17 +85,21 @@ class Session:
     """A reader following one document: a directory, a port, the nodes started."""
 
     def __init__(self, tmp: Path) -> None:
-        self.dir, self.port = tmp, free_port()
+        self.dir, self.port, self.grpc_port = tmp, free_port(), free_port()
         self.nodes: list[subprocess.Popen[bytes]] = []
         bindir = str(Path(sys.executable).parent)
+        # Nodes log at WARNING: their stderr is a pipe read only when one fails to start,
+        # and a node logging a line per job would fill it and block.
         self.env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}",
-                    "PYTHONPATH": f"{tmp}:{ROOT}", "GOTASK_NODES": self.address}
+                    "PYTHONPATH": f"{tmp}:{ROOT}", "GOTASK_NODES": self.address,
+                    "GOTASK_LOG_LEVEL": "WARNING"}
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
     def localize(self, text: str) -> str:
+        text = text.replace("127.0.0.1:7460", f"127.0.0.1:{self.grpc_port}")
         return text.replace("127.0.0.1:7450", self.address).replace(".venv/bin/gotask",
                                                                      "gotask")
 

@@ -21,8 +21,8 @@ import attrs
 import trio
 
 from gotask.runtime import ActorContext
+from gotask.runtime._aiothread import AioThread, Pending
 
-from ._aiothread import AioThread, Pending
 from ._backend import StorageEvents
 from .actor import run_storage
 

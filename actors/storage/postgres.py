@@ -28,10 +28,10 @@ from gotask._app import App, unpack_args
 from gotask._job import NewJob
 from gotask._protocol import JobSpec, check_spec
 from gotask.runtime import ActorContext
+from gotask.runtime._aiothread import AioThread
 from gotask.runtime.world import World, real_world
 
 from ._aiostore import AioStorage, run_aio_storage
-from ._aiothread import AioThread
 from ._postgres_backend import PostgresBackend
 from ._postgres_schema import check_schema, migration_script
 from ._postgres_settings import PostgresSettings, apply_migrations

@@ -28,9 +28,9 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import trio
 
 from gotask.runtime import ActorContext
+from gotask.runtime._aiothread import AioThread
 
 from ._aiostore import AioStorage, run_aio_storage
-from ._aiothread import AioThread
 from ._redis_backend import RedisBackend, RedisSettings
 
 __all__ = [

@@ -1,4 +1,4 @@
-"""The tasks of the HTTP tests (also `--app tests.web.webapp` for a node process)."""
+"""The tasks of the HTTP and gRPC tests (also `--app tests.web.webapp` for a node process)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 import trio
 
-from gotask._app import App
+from gotask._app import App, current_job
 
 app = App("web-tests")
 
@@ -35,6 +35,15 @@ async def always_fails() -> None:
 async def sleepy(seconds: float) -> str:
     await trio.sleep(seconds)
     return "woke"
+
+
+@app.task(name="steps")
+async def steps(n: int) -> str:
+    """Report progress n times, 50 ms apart."""
+    for i in range(1, n + 1):
+        current_job().progress(i / n, f"step {i}")
+        await trio.sleep(0.05)
+    return "done"
 
 
 # A cron entry that never fires while tests run (03:00 on 1 January): for the cron routes.

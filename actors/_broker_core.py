@@ -5,8 +5,9 @@ Rules of this module:
   reads no clock (`now` is the caller's, in seconds), never awaits: every storage or
   dispatcher call is an effect, and its answer comes back as an event (`CallDone`,
   `CallFailed`), so any number of calls may be in flight at once.
-- Enqueue: each job is checked against the app (registered task, arguments that fit
-  its signature; the spec's ranges were checked where it was made and decoded), task
+- Enqueue: a request holds at most `batch_jobs_max` jobs; each job is checked against
+  the node's `args_bytes_max` and the app (registered task, arguments that fit its
+  signature; the spec's ranges were checked where it was made and decoded), task
   defaults are applied, ids come from `new_id`. All jobs taken in one inbox batch
   (until `Flush`) go to storage in as few `EnqueueJobs` as its batch limit allows; a
   request with a refused job is refused whole, naming the job, and the others proceed.
@@ -33,8 +34,15 @@ import attrs
 
 from gotask import _protocol as proto
 from gotask._app import App, unpack_args
-from gotask._errors import ActorNotFound, CronEntryNotFound, GoTaskError, RemoteProtocolError
-from gotask._job import TERMINAL, JobRecord, NewJob
+from gotask._errors import (
+    ActorNotFound,
+    CronEntryNotFound,
+    GoTaskError,
+    InvalidArguments,
+    RemoteProtocolError,
+    ReplyTooLarge,
+)
+from gotask._job import ARGS_BYTES_MAX, TERMINAL, JobRecord, NewJob
 from gotask._messages import JobChanged, PauseWorkers
 from gotask._messages import UnwatchJobs as StorageUnwatch
 from gotask._messages import WatchJobs as StorageWatch
@@ -64,6 +72,7 @@ from ._broker_effects import (
 )
 from ._watch import WatchBook
 from .storage import base as storage_base
+from .storage._reply_bytes import check_records
 from .storage.base import BATCH_MAX, EnqueueJobs, EnqueueReply, GetJobsReply
 
 __all__ = ["WAITERS_MAX", "BrokerCore", "BrokerMsg"]
@@ -85,8 +94,13 @@ class _Waiter:
     armed: bool = False  # storage's snapshot came
     overdue: bool = False  # the deadline passed before the snapshot
 
-    def answer(self) -> Answer:
-        return Answer(self.request, proto.JobsReply(tuple(self.records.get(i) for i in self.ids)))
+    def answer(self) -> Answer | Refuse:
+        jobs = tuple(self.records.get(i) for i in self.ids)
+        try:
+            check_records(jobs)  # records pushed since the snapshot may have grown
+        except ReplyTooLarge as exc:
+            return Refuse(self.request, exc)
+        return Answer(self.request, proto.JobsReply(jobs))
 
 
 @attrs.frozen
@@ -165,6 +179,8 @@ class BrokerCore:
         new_id: returns a new job id (the World's).
         has_dispatcher: whether `PauseWorkers` has a dispatcher to go to.
         book: the client watchers (bounded per watcher and overall).
+        args_bytes_max: largest encoded arguments of a job (`--max-args-bytes`).
+        batch_jobs_max: most jobs in one `Enqueue` (`--max-batch-jobs`).
     """
 
     app: App
@@ -172,6 +188,8 @@ class BrokerCore:
     new_id: Callable[[], str]
     has_dispatcher: bool = True
     book: WatchBook[Address] = attrs.Factory(WatchBook)
+    args_bytes_max: int = ARGS_BYTES_MAX
+    batch_jobs_max: int = proto.IDS_MAX
     _calls: dict[int, _Pending] = attrs.Factory(dict)
     _next_key: int = 0
     _waiters: dict[int, _Waiter] = attrs.Factory(dict)
@@ -320,9 +338,16 @@ class BrokerCore:
     # -- enqueue -------------------------------------------------------------------------
 
     def _enqueue(self, env: Envelope, specs: tuple[proto.JobSpec, ...]) -> list[Effect]:
+        if len(specs) > self.batch_jobs_max:
+            return [Refuse(env, ValueError(f"an enqueue of {len(specs)} jobs; the limit is "
+                                           f"{self.batch_jobs_max} (--max-batch-jobs)"))]
         jobs = []
         for index, spec in enumerate(specs):
             try:
+                if len(spec.args) > self.args_bytes_max:
+                    raise InvalidArguments(
+                        f"arguments encode to {len(spec.args)} bytes; the limit is "
+                        f"{self.args_bytes_max} (--max-args-bytes)")
                 jobs.append(self._new_job(spec))
             except (GoTaskError, ValueError, TypeError) as exc:
                 return [Refuse(env, type(exc)(f"item {index}: {exc}"))]
@@ -407,7 +432,7 @@ class BrokerCore:
             effects.extend(self._unwatch_storage([job.id]))
         return effects
 
-    def _end_wait(self, key: int) -> Answer:
+    def _end_wait(self, key: int) -> Answer | Refuse:
         waiter = self._waiters.pop(key)
         self.waits.drop(key)
         return waiter.answer()

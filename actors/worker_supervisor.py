@@ -191,7 +191,7 @@ async def _run(pool: _Pool, scope: trio.CancelScope, run: Running) -> Settled:
         reset_current_job(token)
         if timeout and not scope.cancel_called:
             scope.deadline = math.inf
-    return ack(record, result)
+    return ack(record, result, pool.core.config.result_bytes_max)
 
 
 def _only_cancelled(exc: BaseException) -> bool:

@@ -6,11 +6,13 @@ Rules of this module: those of `_client_async`, whose `AsyncClient` is built on
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import TypeVar
 
 import attrs
 
+from gotask._client_jobs import dlq_ids, gather_pages
 from gotask._job import JobRecord
 from gotask._protocol import (
     CountQueues,
@@ -98,8 +100,8 @@ class AdminRequests:
         Raises:
             ValueError: `limit` out of range.
         """
-        msg = ListDead(queue=queue, limit=limit, cursor=after_id)
-        return list((await self._request(msg, retry=True)).jobs)
+        return await gather_pages(functools.partial(self._request, retry=True),
+                                  ListDead(queue=queue, limit=limit, cursor=after_id))
 
     async def list_jobs(self, queue: str | None = None, state: str | None = None,
                         limit: int = 100, after_id: str | None = None,
@@ -111,7 +113,7 @@ class AdminRequests:
             ValueError: `limit` out of range, or a queue or task name that is not one.
         """
         msg = ListJobs(queue=queue, state=state, limit=limit, cursor=after_id, task=task)
-        return list((await self._request(msg, retry=True)).jobs)
+        return await gather_pages(functools.partial(self._request, retry=True), msg)
 
     async def pause(self, paused: bool = True) -> None:
         """Stop (or with `paused=False` resume) leasing on the connected node; running
@@ -125,7 +127,7 @@ class AdminRequests:
         Raises:
             ValueError: neither or both of `ids` and `all_jobs` given.
         """
-        return (await self._request(RetryDead(_dlq_ids(ids, all_jobs)), retry=False)).count
+        return (await self._request(RetryDead(dlq_ids(ids, all_jobs)), retry=False)).count
 
     async def dlq_purge(self, ids: Sequence[str] | None = None, *, all_jobs: bool = False) -> int:
         """Delete dead jobs: the ones in `ids`, or all with `all_jobs=True`. Returns how
@@ -134,7 +136,7 @@ class AdminRequests:
         Raises:
             ValueError: neither or both of `ids` and `all_jobs` given.
         """
-        return (await self._request(PurgeDead(_dlq_ids(ids, all_jobs)), retry=False)).count
+        return (await self._request(PurgeDead(dlq_ids(ids, all_jobs)), retry=False)).count
 
     async def nodes(self) -> list[NodeInfo]:
         """The live nodes of the cluster, sorted by name."""
@@ -162,10 +164,3 @@ class AdminRequests:
         """
         return (await self._request(RunCron(name), retry=False)).job_id
 
-
-def _dlq_ids(ids: Sequence[str] | None, all_jobs: bool) -> tuple[str, ...] | None:
-    if isinstance(ids, str):
-        raise TypeError("ids must be a sequence of job ids, not one string")
-    if (ids is None) == (not all_jobs):
-        raise ValueError("pass either ids or all_jobs=True")
-    return None if ids is None else tuple(ids)

@@ -47,6 +47,9 @@ from gotask._client_jobs import (
     WATCH_REFRESH_S,
     JobTuple,
     Watch,
+    check_args_bytes,
+    check_limits,
+    checked_reply,
     chunks,
     decode_result,
     only_job,
@@ -62,8 +65,9 @@ from gotask._errors import (
     RemoteProtocolError,
     WaitTimeout,
 )
-from gotask._job import JobRecord
+from gotask._job import ARGS_BYTES_MAX, JobRecord
 from gotask._protocol import (
+    IDS_MAX,
     CancelJobs,
     Enqueue,
     GetJobs,
@@ -73,7 +77,7 @@ from gotask._protocol import (
     WatchJobs,
     check_spec,
 )
-from gotask.runtime.message import Address, Command, ErrorReply, reply_type
+from gotask.runtime.message import Address, Command, ErrorReply
 
 __all__ = ["AsyncClient"]
 
@@ -101,9 +105,13 @@ class AsyncClient(AdminRequests):
         backoff_base_s, backoff_cap_s: pause between passes, doubling from the base up
             to the cap, jittered to [d/2, d] seconds.
         heartbeat_s: ping after this many idle seconds.
+        max_args_bytes: largest encoded arguments of a job, checked before sending; at
+            most and by default 512 KiB. Set it to the nodes' `--max-args-bytes`.
+        max_batch_jobs: most jobs in one enqueue message; at most and by default
+            10,000. Set it to the nodes' `--max-batch-jobs`.
 
     Raises:
-        ConfigError: a node address is not "host:port".
+        ConfigError: a node address is not "host:port", or a limit out of range.
     """
 
     def __init__(
@@ -118,7 +126,10 @@ class AsyncClient(AdminRequests):
         backoff_base_s: float = 0.1,
         backoff_cap_s: float = 5.0,
         heartbeat_s: float = 5.0,
+        max_args_bytes: int = ARGS_BYTES_MAX,
+        max_batch_jobs: int = IDS_MAX,
     ) -> None:
+        self._max_args_bytes = check_limits(max_args_bytes, max_batch_jobs)
         names = [nodes] if isinstance(nodes, str) else list(nodes or [DEFAULT_NODE])
         if not names:
             raise ConfigError("a client needs at least one node address")
@@ -140,7 +151,7 @@ class AsyncClient(AdminRequests):
         self._lost = False
         self._closed = False
         self._watches: dict[str, list[Watch]] = {}
-        self._batcher = EnqueueBatcher(self._send_enqueue)
+        self._batcher = EnqueueBatcher(self._send_enqueue, max_batch_jobs)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **options: Any) -> AsyncClient:
@@ -305,7 +316,7 @@ class AsyncClient(AdminRequests):
                 continue
             if isinstance(reply, ErrorReply):
                 raise remote_error(reply)
-            return _checked(msg, reply)
+            return checked_reply(msg, reply)
         raise AssertionError("unreachable")
 
     # -- enqueue ---------------------------------------------------------------------------
@@ -383,13 +394,14 @@ class AsyncClient(AdminRequests):
         return await self._enqueue_items(items)
 
     async def _enqueue_items(self, items: Sequence[JobSpec]) -> list[str]:
+        check_args_bytes(items, self._max_args_bytes)
         if (len(items) == 1 and items[0].idempotency_key is None and self._tg is not None
                 and not self._closed):
             # Concurrent one-job enqueues share messages (see _client_batch); a keyed one
             # keeps its own, which is resent after a dropped connection.
             return [await self._batcher.submit(items[0])]
         ids: list[str] = []
-        for chunk in chunks(items):
+        for chunk in chunks(items, self._batcher.jobs_max):
             ids.extend(await self._send_enqueue(chunk))
         return ids
 
@@ -487,9 +499,3 @@ class AsyncClient(AdminRequests):
             raise JobNotFound(f"no job {job_id!r} (never enqueued, or purged after its TTL)")
         return state
 
-def _checked(msg: Command[R], reply: object) -> R:
-    expected = reply_type(type(msg))
-    if expected is not None and not isinstance(reply, expected):
-        raise RemoteProtocolError(f"the node answered {type(msg).__name__} with "
-                                  f"{type(reply).__name__}")
-    return reply  # type: ignore[return-value]  # checked against Command[R] just above

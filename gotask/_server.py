@@ -222,13 +222,16 @@ async def _start_actors(server: Server) -> None:
     # A store behind a thread hop or a network keeps more requests in flight.
     local = storage.node == node.name and config.storage.startswith("memory://")
     await node.start_actor(BROKER, functools.partial(
-        run_broker, app=config.app, storage=storage, dispatcher=dispatcher), inbox_max=4096)
+        run_broker, app=config.app, storage=storage, dispatcher=dispatcher,
+        args_bytes_max=config.args_bytes_max, batch_jobs_max=config.batch_jobs_max),
+        inbox_max=4096)
     await node.start_actor(WORKERS, functools.partial(
         run_workers, app=config.app, storage=storage, dispatcher=dispatcher,
         threads=server.threads,
         config=WorkerConfig(concurrency=config.concurrency, threads=config.threads,
                             lease_timeout_s=config.lease_timeout_s,
-                            heartbeat_s=config.heartbeat_s, flushers=1 if local else 3)))
+                            heartbeat_s=config.heartbeat_s, flushers=1 if local else 3,
+                            result_bytes_max=config.result_bytes_max)))
     await node.start_actor(DISPATCHER, functools.partial(
         run_dispatcher, storage=storage, workers=workers,
         config=DispatcherConfig(

@@ -26,7 +26,10 @@ suite (tests/storage/contract.py). The rules:
 - Retention: succeeded and cancelled jobs are purged `result_ttl_s` after they finish,
   with their idempotency keys. Dead jobs stay in the DLQ until purged from it.
 - Bounded: a command holds at most `BATCH_MAX` items, a `limit` is 1..`LIMIT_MAX`, a
-  lease request names 1..`QUEUES_MAX` queues. Bigger is a ValueError at construction.
+  lease request names 1..`QUEUES_MAX` queues; a new job's arguments are at most
+  `ARGS_BYTES_MAX` bytes and an acknowledged result at most `RESULT_BYTES_MAX` (the
+  store's own check: workers and the Broker check the node's lower settings first).
+  Bigger is a ValueError at construction, so also where a command is decoded.
 
 The messages live in `_base_items` (statuses and items), `_base_replies` and
 `_base_commands` (with the limits), the cron block (`_base_cron`) and the queue block

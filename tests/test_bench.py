@@ -1,4 +1,5 @@
-"""The benchmarks' own measuring tools (gotask/bench.py, gotask/bench_floor.py)."""
+"""The benchmarks' own measuring tools (gotask/bench.py, gotask/bench_floor.py), and
+gotask/bench_queues.py on a small store."""
 
 from __future__ import annotations
 
@@ -116,3 +117,13 @@ def test_cron_bench_fires_every_entry_each_minute_at_a_tiny_size() -> None:
     assert result["jobs_enqueued"] == 40  # 20 entries x 2 minutes, each tick once
     assert result["first_tick_all_enqueued_cpu_s"] is not None
     assert 0 <= result["scheduler_cpu_pct_of_core"] < 100
+
+
+def test_bench_queues_times_the_queue_listing_of_stored_jobs(capsys: pytest.CaptureFixture[str]
+                                                           ) -> None:
+    from gotask import bench_queues
+
+    result = bench_queues.main(["--jobs", "2000", "--backend", "memory"])
+    assert (result["backend"], result["jobs"], result["runs"]) == ("memory", 2000, 20)
+    assert 0 < result["median_ms"] <= result["max_ms"]
+    assert '"median_ms"' in capsys.readouterr().out

@@ -29,7 +29,7 @@ from prometheus_client.exposition import choose_encoder
 from quart import Response, request
 
 from gotask._job_metrics import JobMetrics
-from gotask._protocol import CountQueues, QueueCount
+from gotask._protocol import CountQueues, QueueCount, QueuesReply
 
 __all__ = ["KEY_STATES", "Metrics"]
 
@@ -63,8 +63,8 @@ class Metrics:
     async def scrape(self) -> Response:
         """Read the queue counts and answer in the scraper's exposition format."""
         started = trio.current_time()
-        counts = (await self._call(CountQueues())).counts
-        families = list(_queue_families(counts))
+        reply = await self._call(CountQueues())
+        families = [*_queue_families(reply.counts), _oldest_ready_family(reply)]
         rtt = GaugeMetricFamily(
             "gotask_storage_roundtrip_seconds",
             "Time the scrape's count query took through the Broker to storage and back")
@@ -137,3 +137,15 @@ def _job_counters(jobs: JobMetrics) -> Iterator[Metric]:
     total = GaugeMetricFamily("gotask_worker_slots", "Worker slots of this node")
     total.add_metric([], jobs.slots_total)
     yield from (redelivered, expired, busy, total)
+
+
+def _oldest_ready_family(reply: QueuesReply) -> Metric:
+    """Per known queue, how long its oldest ready job has waited (0: none is queued)."""
+    age = GaugeMetricFamily("gotask_queue_oldest_ready_age_seconds",
+                            "Seconds the oldest ready (queued) job of the queue has been due "
+                            "and waiting, on the storage clock; 0 when none is queued",
+                            labels=["queue"])
+    ages = {a.queue: a.age_s for a in reply.oldest_ready}
+    for queue in sorted({c.queue for c in reply.counts} | set(ages)):
+        age.add_metric([queue], ages.get(queue, 0.0))
+    return age

@@ -59,3 +59,7 @@ async def flaky() -> str:
 async def hang() -> None:
     """Never returns: its lease expires once its node is gone."""
     await trio.sleep_forever()
+
+
+# A cron entry that never fires while tests run (03:00 on 1 January): for the cron routes.
+app.add_cron("new-year", "add", "0 3 1 1 *", args=[1, 1], queue="cron")

@@ -41,11 +41,13 @@ def _wait_healthy(url: str, node: subprocess.Popen[bytes]) -> None:
 
 def test_schemathesis_finds_no_failures(tmp_path: Path) -> None:
     http = f"127.0.0.1:{_free_port()}"
+    # The node's job lines go to a file: a pipe nobody reads fills up and blocks the node.
     env = {**os.environ, "GOTASK_HTTP_TOKEN": TOKEN}
+    log = (tmp_path / "node.log").open("wb")
     node = subprocess.Popen(
         [sys.executable, "-m", "gotask.cli", "node", "--app", "tests.web.webapp",
          "--listen", f"127.0.0.1:{_free_port()}", "--http", http, "--concurrency", "2"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log)
     try:
         _wait_healthy(f"http://{http}", node)
         run = subprocess.run(
@@ -63,3 +65,4 @@ def test_schemathesis_finds_no_failures(tmp_path: Path) -> None:
     finally:
         node.terminate()
         node.wait(timeout=30)
+        log.close()

@@ -1,0 +1,130 @@
+// The console's only script besides the charts: confirmations, and live updates pushed
+// by the node over a websocket (reconnecting after a restart; the page never polls).
+// Everything a job supplies goes into the page as textContent, never as HTML.
+(function () {
+  "use strict";
+
+  document.addEventListener("submit", function (event) {
+    var question = event.target.getAttribute("data-confirm");
+    if (question && !window.confirm(question)) {
+      event.preventDefault();
+    }
+  });
+
+  var live = document.body.dataset.live;
+  if (!live) {
+    return;
+  }
+  var status = document.getElementById("live-status");
+  var jobId = document.body.dataset.job;
+  var delayMs = 500;
+
+  function setStatus(text, cls) {
+    status.textContent = text;
+    status.className = cls;
+  }
+
+  function text(id, value) {
+    var el = document.getElementById(id);
+    if (el) {
+      el.textContent = value;
+    }
+  }
+
+  function renderQueues(queues) {
+    var table = document.getElementById("queues-table");
+    if (!table) {
+      return;
+    }
+    var states = table.dataset.states.split(" ");
+    var body = document.getElementById("queues-body");
+    var rows = [];
+    queues.forEach(function (q) {
+      var row = document.createElement("tr");
+      row.dataset.queue = q.name;
+      var name = document.createElement("td");
+      var link = document.createElement("a");
+      link.href = "/console/jobs?queue=" + encodeURIComponent(q.name);
+      link.textContent = q.name;
+      name.appendChild(link);
+      row.appendChild(name);
+      states.forEach(function (s) {
+        var cell = document.createElement("td");
+        cell.className = "num";
+        cell.dataset.state = s;
+        cell.textContent = String(q.counts[s] || 0);
+        row.appendChild(cell);
+      });
+      rows.push(row);
+    });
+    if (rows.length) {
+      body.replaceChildren.apply(body, rows);
+    }
+  }
+
+  function renderTotals(queues) {
+    var totals = {};
+    queues.forEach(function (q) {
+      Object.keys(q.counts).forEach(function (s) {
+        totals[s] = (totals[s] || 0) + q.counts[s];
+      });
+    });
+    document.querySelectorAll("[data-total]").forEach(function (el) {
+      el.textContent = String(totals[el.dataset.total] || 0);
+    });
+  }
+
+  function renderJob(job) {
+    if (!job) {
+      return;
+    }
+    var bar = document.getElementById("job-progress");
+    bar.value = job.progress || 0;
+    text("job-progress-text", ((job.progress || 0) * 100).toFixed(1) + " %");
+    text("job-progress-message", job.progress_message || "");
+    var state = document.getElementById("job-state");
+    if (state.textContent !== job.state) {
+      state.textContent = job.state;
+      state.className = "state-" + job.state;
+      document.dispatchEvent(new CustomEvent("gotask:job-state", { detail: job }));
+    }
+    text("job-attempts", job.attempts + " of " + job.max_attempts);
+    text("job-result", JSON.stringify(job.result, null, 2));
+  }
+
+  function onMessage(event) {
+    var msg = JSON.parse(event.data);
+    if (msg.history) {
+      document.dispatchEvent(new CustomEvent("gotask:history", { detail: msg.history }));
+      return;
+    }
+    renderQueues(msg.queues);
+    renderTotals(msg.queues);
+    text("nodes-count", String(msg.nodes.length));
+    document.dispatchEvent(new CustomEvent("gotask:point", { detail: msg.point }));
+    if (live === "job") {
+      renderJob(msg.job);
+    }
+  }
+
+  function connect() {
+    var scheme = window.location.protocol === "https:" ? "wss://" : "ws://";
+    var url = scheme + window.location.host + "/console/ws";
+    if (jobId) {
+      url += "?job=" + encodeURIComponent(jobId);
+    }
+    var ws = new WebSocket(url);
+    ws.onopen = function () {
+      delayMs = 500;
+      setStatus("live", "live");
+    };
+    ws.onmessage = onMessage;
+    ws.onclose = function () {
+      setStatus("reconnecting…", "down");
+      window.setTimeout(connect, delayMs);
+      delayMs = Math.min(delayMs * 2, 5000);
+    };
+  }
+
+  connect();
+})();

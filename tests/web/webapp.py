@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import trio
 
-from gotask._app import App
+from gotask._app import App, current_job
 
 app = App("web-tests")
 
@@ -35,3 +36,21 @@ async def always_fails() -> None:
 async def sleepy(seconds: float) -> str:
     await trio.sleep(seconds)
     return "woke"
+
+
+@app.task(name="steps")
+async def steps(count: int, step_s: float) -> int:
+    """Report progress `count` times, one step every `step_s` seconds."""
+    job = current_job()
+    for i in range(count):
+        job.progress(i / count, f"step {i} of {count}")
+        await trio.sleep(step_s)
+    return count
+
+
+@app.task(name="fails_unless", max_attempts=1)
+async def fails_unless(flag_path: str, message: str) -> str:
+    """Fail with `message` until the file at `flag_path` exists."""
+    if not Path(flag_path).exists():
+        raise ValueError(message)
+    return "passed"

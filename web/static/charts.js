@@ -6,6 +6,11 @@
   var data = { waiting: [[], [], []], finished: [[], [], []] };
   var charts = {};
 
+  function lastHour() {
+    var now = Date.now() / 1000;
+    return [now - 3600, now];
+  }
+
   function make(id, title, series, key) {
     var el = document.getElementById(id);
     charts[key] = new uPlot({
@@ -13,6 +18,7 @@
       series: [{}].concat(series.map(function (s) {
         return { label: s[0], stroke: s[1], width: 2 };
       })),
+      scales: { x: { time: true, range: lastHour } },
       axes: [{}, { size: 60 }],
     }, data[key], el);
   }

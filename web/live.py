@@ -38,7 +38,7 @@ HISTORY_MAX: Final = 360
 PAGES_MAX: Final = 200
 WATCHED_MAX: Final = 1000
 #: The states the charts follow, in their order.
-CHART_STATES: Final = ("queued", "scheduled", "active", "succeeded", "failed", "dead")
+CHART_STATES: Final = ("queued", "scheduled", "active", "succeeded", "dead", "cancelled")
 
 
 @attrs.define(eq=False)

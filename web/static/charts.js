@@ -2,7 +2,7 @@
 // history the node sends first and the points it pushes after.
 (function () {
   "use strict";
-  // A point is [unix seconds, queued, scheduled, active, succeeded, failed, dead].
+  // A point is [unix seconds, queued, scheduled, active, succeeded, dead, cancelled].
   var data = { waiting: [[], [], []], finished: [[], [], []] };
   var charts = {};
 
@@ -36,7 +36,7 @@
     data.waiting[2].push(point[3]);
     data.finished[0].push(point[0]);
     data.finished[1].push(point[4]);
-    data.finished[2].push(point[5] + point[6]);
+    data.finished[2].push(point[5]);
     if (data.waiting[0].length > 360) {
       [data.waiting, data.finished].forEach(function (d) {
         d.forEach(function (col) { col.shift(); });
@@ -51,7 +51,7 @@
 
   make("chart-waiting", "Waiting and running", [["waiting", "#1a4fb0"], ["running", "#e08a00"]],
        "waiting");
-  make("chart-finished", "Finished (stored)", [["succeeded", "#17702c"], ["failed or dead", "#a11"]],
+  make("chart-finished", "Finished (stored)", [["succeeded", "#17702c"], ["dead", "#a11"]],
        "finished");
   document.addEventListener("gotask:history", function (event) {
     event.detail.forEach(add);

@@ -1,0 +1,177 @@
+"""The web console over a real socket (httpx, trio-websocket): login, session cookie,
+CSRF, CSP, escaping, every page, the websocket's pushes and its coalescing."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+from trio_websocket import ConnectionRejected, open_websocket_url
+
+from gotask._server import Server, open_server
+from gotask.web.live import Page
+
+from .conftest import TOKEN, node_config
+
+PAYLOADS = ("<script>alert(1)</script>", '"><img src=x onerror=alert(1)>', "javascript:alert(1)")
+
+
+def _csrf(html: str) -> str:
+    found = re.search(r'name="csrf" value="([0-9a-f]+)"', html)
+    assert found, html
+    return found.group(1)
+
+
+async def _log_in(client: httpx.AsyncClient, token: str = TOKEN) -> httpx.Response:
+    page = await client.get("/console/login")
+    return await client.post("/console/login",
+                             data={"csrf": _csrf(page.text), "token": token})
+
+
+@pytest.fixture
+async def console(server: Server) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=str(server.http_url), timeout=30) as client:
+        assert (await _log_in(client)).status_code == 302
+        yield client
+
+
+async def _api(server: Server, method: str, path: str, **kw: Any) -> Any:
+    async with httpx.AsyncClient(base_url=str(server.http_url), timeout=30,
+                                 headers={"Authorization": f"Bearer {TOKEN}"}) as api:
+        r = await api.request(method, path, **kw)
+        assert r.status_code < 300, r.text
+        return r.json()
+
+
+async def _dead_job(server: Server, flag: Path | None = None) -> str:
+    """A dead job; retried once `flag` exists, it succeeds."""
+    spec = {"task": "fails_unless", "args": [str(flag), "no flag"]} if flag else {
+        "task": "always_fails"}
+    job_id: str = (await _api(server, "POST", "/api/v1/jobs", json=spec))["id"]
+    job = await _api(server, "GET", f"/api/v1/jobs/{job_id}/wait", params={"timeout_s": 20})
+    assert job["state"] == "dead"
+    return job_id
+
+
+async def test_pages_need_a_login_and_the_api_still_needs_the_bearer(server: Server) -> None:
+    async with httpx.AsyncClient(base_url=str(server.http_url)) as client:
+        for path in ("/", "/console/", "/console/jobs", "/console/dlq", "/console/jobs/x"):
+            r = await client.get(path)
+            assert r.status_code == 302 and r.headers["location"].startswith("/console"), path
+        assert (await client.post("/console/dlq/retry")).headers["location"] == "/console/login"
+        with pytest.raises(ConnectionRejected):
+            async with open_websocket_url(server.http_url.replace("http", "ws") + "/console/ws"):
+                pass
+        r = await _log_in(client, "not-the-token-0123456789")
+        assert r.status_code == 401 and "not the token" in r.text
+        assert (await client.get("/console/")).status_code == 302
+        assert (await _log_in(client)).status_code == 302
+        assert (await client.get("/console/")).status_code == 200
+        assert (await client.get("/api/v1/queues")).status_code == 401  # a cookie is no bearer
+
+
+async def test_the_session_cookie_and_the_headers(server: Server) -> None:
+    async with httpx.AsyncClient(base_url=str(server.http_url)) as client:
+        r = await _log_in(client)
+        cookie = r.headers["set-cookie"]
+        for flag in ("HttpOnly", "SameSite=Strict", "Path=/console"):
+            assert flag in cookie
+        assert "Secure" not in cookie  # plain HTTP here; test_auth's TLS node sets it
+        assert TOKEN not in cookie
+        page = await client.get("/console/")
+        csp = page.headers["content-security-policy"]
+        assert "script-src 'self'" in csp and "unsafe-inline" not in csp
+        assert page.headers["x-frame-options"] == "DENY"
+        assert "<script>" not in page.text and "onclick" not in page.text
+
+
+async def test_a_post_without_the_csrf_token_is_refused_and_changes_nothing(
+        server: Server, console: httpx.AsyncClient, tmp_path: Path) -> None:
+    job_id = await _dead_job(server, tmp_path / "flag")
+    (tmp_path / "flag").touch()
+    for headers in ({}, {"X-CSRF-Token": "0" * 48}):
+        r = await console.post(f"/console/dlq/{job_id}/retry", headers=headers)
+        assert r.status_code == 403
+    assert (await _api(server, "GET", f"/api/v1/jobs/{job_id}"))["state"] == "dead"
+    token = _csrf((await console.get("/console/dlq")).text)
+    r = await console.post(f"/console/dlq/{job_id}/retry", data={"csrf": token})
+    assert r.status_code == 302
+    job = await _api(server, "GET", f"/api/v1/jobs/{job_id}/wait", params={"timeout_s": 20})
+    assert job["state"] == "succeeded"
+    assert "1 dead job retried" in (await console.get(r.headers["location"])).text
+
+
+async def test_job_supplied_strings_are_escaped(server: Server,
+                                                console: httpx.AsyncClient) -> None:
+    job = await _api(server, "POST", "/api/v1/jobs",
+                     json={"task": "echo", "args": list(PAYLOADS), "kwargs": {"k": PAYLOADS[1]}})
+    await _api(server, "GET", f"/api/v1/jobs/{job['id']}/wait", params={"timeout_s": 20})
+    html = (await console.get(f"/console/jobs/{job['id']}")).text
+    for raw in ("<script>alert", "<img src=x", '"><img'):
+        assert raw not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert 'href="javascript:' not in html
+
+
+async def test_every_page_renders(server: Server, console: httpx.AsyncClient) -> None:
+    job_id = await _dead_job(server)
+    for path in ("/console/", "/console/queues", "/console/nodes", "/console/cron",
+                 "/console/dlq", "/console/jobs", "/console/jobs?state=dead&queue=default",
+                 "/console/jobs?task=always_fails", "/console/jobs?state=bogus",
+                 f"/console/jobs/{job_id}"):
+        r = await console.get(path)
+        assert r.status_code == 200, path
+    assert job_id in (await console.get("/console/jobs?state=dead")).text
+    assert job_id not in (await console.get("/console/jobs?task=add")).text
+    r = await console.get("/console/jobs", params={"id": job_id})
+    assert r.headers["location"] == f"/console/jobs/{job_id}"
+    assert (await console.get("/console/jobs/NOSUCHJOB")).status_code == 404
+    assert "web1" in (await console.get("/console/nodes")).text
+
+
+async def test_the_websocket_pushes_a_jobs_progress(server: Server,
+                                                    console: httpx.AsyncClient) -> None:
+    job = await _api(server, "POST", "/api/v1/jobs", json={"task": "steps", "args": [20, 0.1]})
+    url = f"{str(server.http_url).replace('http', 'ws')}/console/ws?job={job['id']}"
+    cookie = f"gotask_console={console.cookies['gotask_console']}".encode()
+    seen: list[float] = []
+    async with open_websocket_url(url, extra_headers=[(b"cookie", cookie)]) as ws:
+        assert "history" in json.loads(await ws.get_message())
+        with trio.fail_after(20):
+            while not seen or seen[-1] < 1:
+                msg = json.loads(await ws.get_message())
+                assert {"queues", "nodes", "point"} <= msg.keys()
+                seen.append(msg["job"]["progress"] if msg["job"]["state"] != "succeeded" else 1)
+    assert len(set(seen)) >= 3 and seen == sorted(seen)
+    with pytest.raises(ConnectionRejected):
+        async with open_websocket_url(url, extra_headers=[(b"cookie", cookie),
+                                                          (b"origin", b"http://evil.example")]):
+            pass
+
+
+async def test_a_page_gets_only_the_newest_snapshot() -> None:
+    page = Page(None)
+    for i in range(5):
+        page.offer({"n": i})
+    assert await page.next() == {"n": 4}
+    with trio.move_on_after(0.05) as scope:
+        await page.next()
+    assert scope.cancelled_caught
+
+
+async def test_without_a_token_the_console_is_open_but_posts_need_the_csrf_token() -> None:
+    async with open_server(node_config()) as srv, httpx.AsyncClient(
+            base_url=str(srv.http_url)) as client:
+        page = await client.get("/console/")
+        assert page.status_code == 200 and "Log out" not in page.text
+        assert (await client.get("/console/login")).headers["location"] == "/console/"
+        assert (await client.post("/console/dlq/retry")).status_code == 403
+        token = _csrf((await client.get("/console/dlq")).text)
+        r = await client.post("/console/dlq/retry", data={"csrf": token})
+        assert r.status_code == 302

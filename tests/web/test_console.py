@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 import trio
+import trustme
 from trio_websocket import ConnectionRejected, open_websocket_url
 
 from gotask._server import Server, open_server
@@ -82,7 +84,7 @@ async def test_the_session_cookie_and_the_headers(server: Server) -> None:
         cookie = r.headers["set-cookie"]
         for flag in ("HttpOnly", "SameSite=Strict", "Path=/console"):
             assert flag in cookie
-        assert "Secure" not in cookie  # plain HTTP here; test_auth's TLS node sets it
+        assert "Secure" not in cookie  # plain HTTP here; see the TLS test below
         assert TOKEN not in cookie
         page = await client.get("/console/")
         csp = page.headers["content-security-policy"]
@@ -175,3 +177,18 @@ async def test_without_a_token_the_console_is_open_but_posts_need_the_csrf_token
         token = _csrf((await client.get("/console/dlq")).text)
         r = await client.post("/console/dlq/retry", data={"csrf": token})
         assert r.status_code == 302
+
+
+async def test_the_session_cookie_is_secure_under_tls(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.cert_chain_pems[0].write_to_path(str(cert_path))
+    cert.private_key_pem.write_to_path(str(key_path))
+    config = node_config(http_tls=(str(cert_path), str(key_path)), http_token=TOKEN.encode())
+    ssl_ctx = ssl.create_default_context()
+    ca.configure_trust(ssl_ctx)
+    async with open_server(config) as srv, httpx.AsyncClient(
+            base_url=str(srv.http_url), verify=ssl_ctx) as client:
+        r = await _log_in(client)
+        assert r.status_code == 302 and "Secure" in r.headers["set-cookie"]

@@ -31,7 +31,7 @@ CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(CHROMIUM is None or CHROMEDRIVER is None,
-                       reason="needs Debian's chromium and chromium-driver (.ci/run installs them)"),
+                       reason="needs Debian's chromium and chromium-driver (.ci/run installs)"),
 ]
 IMAGES = ROOT / "docs" / "images"
 PAYLOADS = ("<script>alert(1)</script>", '"><img src=x onerror=alert(1)>', "javascript:alert(1)")

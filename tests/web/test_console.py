@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -13,13 +12,12 @@ from typing import Any
 import httpx
 import pytest
 import trio
-import trustme
 from trio_websocket import ConnectionRejected, open_websocket_url
 
 from gotask._server import Server, open_server
 from gotask.web.live import Page
 
-from .conftest import TOKEN, node_config
+from .conftest import TOKEN, node_config, tls_files
 
 PAYLOADS = ("<script>alert(1)</script>", '"><img src=x onerror=alert(1)>', "javascript:alert(1)")
 
@@ -180,14 +178,8 @@ async def test_without_a_token_the_console_is_open_but_posts_need_the_csrf_token
 
 
 async def test_the_session_cookie_is_secure_under_tls(tmp_path: Path) -> None:
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1")
-    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert.cert_chain_pems[0].write_to_path(str(cert_path))
-    cert.private_key_pem.write_to_path(str(key_path))
-    config = node_config(http_tls=(str(cert_path), str(key_path)), http_token=TOKEN.encode())
-    ssl_ctx = ssl.create_default_context()
-    ca.configure_trust(ssl_ctx)
+    files, ssl_ctx = tls_files(tmp_path)
+    config = node_config(http_tls=files, http_token=TOKEN.encode())
     async with open_server(config) as srv, httpx.AsyncClient(
             base_url=str(srv.http_url), verify=ssl_ctx) as client:
         r = await _log_in(client)

@@ -86,10 +86,10 @@
     if (state.textContent !== job.state) {
       state.textContent = job.state;
       state.className = "state-" + job.state;
-      document.dispatchEvent(new CustomEvent("gotask:job-state", { detail: job }));
     }
     text("job-attempts", job.attempts + " of " + job.max_attempts);
     text("job-result", JSON.stringify(job.result, null, 2));
+    text("job-error", (job.error_type ? job.error_type + ": " : "") + (job.error || "-"));
   }
 
   function onMessage(event) {

@@ -136,8 +136,23 @@ class _CronRunning:
     request: Envelope
 
 
+# -- queues (issue 16) --
+
+
+@attrs.frozen
+class _Counting:
+    request: Envelope
+    counts: tuple[proto.QueueCount, ...] | None = None  # set: the queue info asked
+
+
+@attrs.frozen
+class _QueuePausing:
+    request: Envelope
+
+
 _Pending: TypeAlias = (_Enqueuing | _Forwarding | _Watching | _Snapshot | _Pausing
-                       | _CronListing | _CronPausing | _CronRunning)
+                       | _CronListing | _CronPausing | _CronRunning | _Counting
+                       | _QueuePausing)
 
 
 @attrs.define
@@ -223,9 +238,13 @@ class BrokerCore:
             case proto.PauseWorkers(paused=paused):
                 return self._pause(env, paused)
             case (proto.GetJobs() | proto.CancelJobs() | proto.ListJobs() | proto.ListDead()
-                  | proto.RetryDead() | proto.PurgeDead() | proto.CountQueues()
-                  | proto.ListNodes()):
+                  | proto.RetryDead() | proto.PurgeDead() | proto.ListNodes()):
                 return self._forward(env, msg)
+            case proto.CountQueues():
+                return [self._call(_Counting(env), Target.STORAGE, storage_base.CountJobs())]
+            case proto.PauseQueue(queue=queue, paused=paused):
+                return [self._call(_QueuePausing(env), Target.STORAGE,
+                                   storage_base.SetQueuePaused(queue, paused))]
             case proto.ListCron() | proto.PauseCron() | proto.RunCron():
                 return self._cron(env, msg)
             case _:
@@ -264,6 +283,19 @@ class BrokerCore:
                 return [Answer(env, Ok())]
             case _CronRunning(request=env), EnqueueReply(ids=(job_id,)):
                 return [Answer(env, proto.RunCronReply(job_id))]
+        return [Refuse(pending.request, _unexpected(type(pending).__name__, reply))]
+
+    def _queues_done(self, pending: _Counting | _QueuePausing, reply: object) -> list[Effect]:
+        match pending, reply:
+            case _Counting(request=env, counts=None), storage_base.CountJobsReply(counts=c):
+                counts = tuple(proto.QueueCount(q.queue, q.state, q.count) for q in c)
+                return [self._call(_Counting(env, counts), Target.STORAGE,
+                                   storage_base.QueueInfo())]
+            case _Counting(request=env, counts=tuple() as counts), \
+                    storage_base.QueueInfoReply(paused=paused):
+                return [Answer(env, proto.QueuesReply(counts, paused))]
+            case _QueuePausing(request=env), storage_base.SetQueuePausedReply():
+                return [Answer(env, Ok())]
         return [Refuse(pending.request, _unexpected(type(pending).__name__, reply))]
 
     def _call(self, pending: _Pending, target: Target, msg: object,
@@ -418,6 +450,8 @@ class BrokerCore:
                 return [Answer(request, Ok())]
             case _CronListing() | _CronPausing() | _CronRunning():
                 return self._cron_done(pending, reply)
+            case _Counting() | _QueuePausing():
+                return self._queues_done(pending, reply)
             case _:
                 assert_never(pending)
 
@@ -427,7 +461,8 @@ class BrokerCore:
                 return [Refuse(env, error) for env, _ in parts]
             case _Forwarding(request=request) | _Pausing(request=request) \
                     | _CronListing(request=request) | _CronPausing(request=request) \
-                    | _CronRunning(request=request):
+                    | _CronRunning(request=request) | _Counting(request=request) \
+                    | _QueuePausing(request=request):
                 return [Refuse(request, error)]
             case _Watching(request=request, ids=ids, watcher=watcher):
                 return [Refuse(request, error),

@@ -168,7 +168,7 @@ Effect: TypeAlias = Answer | Refuse | Push | Call | Tell
 
 Forwarded: TypeAlias = (
     proto.GetJobs | proto.CancelJobs | proto.ListJobs | proto.ListDead | proto.RetryDead
-    | proto.PurgeDead | proto.CountQueues | proto.ListNodes
+    | proto.PurgeDead | proto.ListNodes
 )
 
 
@@ -191,8 +191,6 @@ def storage_command(msg: Forwarded) -> storage.StorageCommand:
             return storage.RetryDead(ids)
         case proto.PurgeDead(ids=ids):
             return storage.PurgeDead(ids)
-        case proto.CountQueues():
-            return storage.CountJobs()
         case proto.ListNodes():
             return storage.ListNodes()
 
@@ -214,9 +212,6 @@ def client_reply(reply: object) -> object:
             return proto.JobPage(jobs, cursor)
         case storage.RetryDeadReply(requeued=count) | storage.PurgeDeadReply(purged=count):
             return proto.CountReply(count)
-        case storage.CountJobsReply(counts=counts):
-            return proto.QueuesReply(tuple(proto.QueueCount(c.queue, c.state, c.count)
-                                           for c in counts))
         case storage.ListNodesReply(nodes=nodes):
             return proto.NodesReply(tuple(
                 proto.NodeInfo(n.node, n.info, n.first_seen, n.last_seen, n.expires_at)

@@ -110,14 +110,30 @@ async def _follow(client: AsyncClient, job_id: str, as_json: bool) -> JobRecord:
 
 
 async def _queues(client: AsyncClient, args: argparse.Namespace) -> int:
-    counts = await client.queues()
+    if args.action in ("pause", "resume"):
+        return await _pause_queue(client, args)
+    queues = await client.queue_list()
     if args.json:
-        _print(out.to_json(counts))
-    else:
-        workers = out.queue_workers(await client.nodes())
-        _print(out.queues_table(counts, workers) if counts else "no jobs")
-        for queue in out.unserved(counts, workers):
+        _print(out.to_json([out.queue_json(q) for q in queues]))
+        return 0
+    counts = {q.name: q.counts for q in queues}
+    paused = {q.name for q in queues if q.paused}
+    workers = out.queue_workers(await client.nodes())
+    _print(out.queues_table(counts, workers, paused) if queues else "no jobs")
+    for queue in out.unserved(counts, workers):
+        if queue not in paused:
             print(out.unserved_line(queue), file=sys.stderr)
+    return 0
+
+
+async def _pause_queue(client: AsyncClient, args: argparse.Namespace) -> int:
+    if args.action == "pause":
+        await client.pause_queue(args.name)
+    else:
+        await client.resume_queue(args.name)
+    state = "paused" if args.action == "pause" else "resumed"
+    _print(out.to_json({"name": args.name, "state": state}) if args.json
+           else f"{args.name}: {state}")
     return 0
 
 

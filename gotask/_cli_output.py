@@ -15,13 +15,14 @@ import base64
 import datetime
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any, TextIO
 
 import attrs
 import msgpack
 
 from gotask._app import unpack_args
+from gotask._client_admin import QueueStatus
 from gotask._errors import InvalidArguments
 from gotask._job import JobRecord
 from gotask._protocol import CronEntryInfo, NodeInfo
@@ -37,6 +38,7 @@ __all__ = [
     "node_json",
     "nodes_table",
     "outcome_line",
+    "queue_json",
     "queue_workers",
     "queues_table",
     "to_json",
@@ -135,15 +137,26 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str
 
 
 def queues_table(counts: Mapping[str, Mapping[str, int]],
-                 workers: Mapping[str, int] | None = None) -> str:
+                 workers: Mapping[str, int] | None = None,
+                 paused: Collection[str] | None = None) -> str:
     """`gotask queues`: one row per queue, one column per state, and a total; with
-    `workers` (live nodes working each queue) a NODES column."""
+    `workers` (live nodes working each queue) a NODES column; with `paused` (the paused
+    queues) a PAUSED column (yes/no)."""
     header = ["QUEUE", *(s.upper() for s in STATE_COLUMNS), "TOTAL"]
-    rows = [[queue, *(c.get(s, 0) for s in STATE_COLUMNS), sum(c.values())]
-            for queue, c in sorted(counts.items())]
-    if workers is None:
-        return format_table(header, rows)
-    return format_table([*header, "NODES"], [[*r, workers.get(str(r[0]), 0)] for r in rows])
+    rows: list[list[Any]] = [[queue, *(c.get(s, 0) for s in STATE_COLUMNS), sum(c.values())]
+                             for queue, c in sorted(counts.items())]
+    if workers is not None:
+        header.append("NODES")
+        rows = [[*r, workers.get(str(r[0]), 0)] for r in rows]
+    if paused is not None:
+        header.append("PAUSED")
+        rows = [[*r, "yes" if r[0] in paused else "no"] for r in rows]
+    return format_table(header, rows)
+
+
+def queue_json(queue: QueueStatus) -> dict[str, Any]:
+    """A queue as `gotask queues --json` prints it (the REST API's shape)."""
+    return {"name": queue.name, "counts": queue.counts, "paused": queue.paused}
 
 
 def unserved(counts: Mapping[str, Mapping[str, int]], workers: Mapping[str, int]) -> list[str]:

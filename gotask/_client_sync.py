@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import anyio.from_thread
 import attrs
 
+from gotask._client_admin import QueueStatus
 from gotask._client_async import AsyncClient
 from gotask._client_conn import nodes_from_env, secret_from_env
 from gotask._client_jobs import JobTuple
@@ -181,6 +182,18 @@ class Client:
     def queues(self) -> dict[str, dict[str, int]]:
         """Job counts per queue and state. See `AsyncClient.queues`."""
         return self._run(AsyncClient.queues)
+
+    def queue_list(self) -> list[QueueStatus]:
+        """Every queue with jobs or paused. See `AsyncClient.queue_list`."""
+        return self._run(AsyncClient.queue_list)
+
+    def pause_queue(self, queue: str) -> None:
+        """Pause a queue cluster-wide. See `AsyncClient.pause_queue`."""
+        self._run(AsyncClient.pause_queue, queue)
+
+    def resume_queue(self, queue: str) -> None:
+        """Resume a paused queue. See `AsyncClient.resume_queue`."""
+        self._run(AsyncClient.resume_queue, queue)
 
     def dlq_list(self, queue: str | None = None, limit: int = 100,
                  after_id: str | None = None) -> list[JobRecord]:

@@ -60,6 +60,7 @@ __all__ = [
     "NodeInfo",
     "NodesReply",
     "PauseCron",
+    "PauseQueue",
     "PauseWorkers",
     "PurgeDead",
     "QueueCount",
@@ -198,9 +199,11 @@ class CountReply:
 @message("c.queues.rep")
 @attrs.frozen
 class QueuesReply:
-    """Non-zero job counts per (queue, state), sorted by queue then state."""
+    """Non-zero job counts per (queue, state), sorted by queue then state; the paused
+    queues, sorted (a paused queue may hold no job)."""
 
     counts: tuple[QueueCount, ...]
+    paused: tuple[str, ...] = ()
 
 
 @message("c.nodes.rep")
@@ -318,6 +321,23 @@ class CountQueues(Command[QueuesReply]):
     """Count jobs per queue and state."""
 
 
+@message("c.qpause")
+@attrs.frozen
+class PauseQueue(Command[Ok]):
+    """Pause (`paused=True`) or resume a queue on every node, durably: enqueue goes on,
+    running jobs finish, no job of a paused queue starts. Repeating either is harmless.
+
+    Raises:
+        ValueError: `queue` is not a valid queue name.
+    """
+
+    queue: str
+    paused: bool
+
+    def __attrs_post_init__(self) -> None:
+        check_job_fields(queue=self.queue)
+
+
 @message("c.nodes")
 @attrs.frozen
 class ListNodes(Command[NodesReply]):
@@ -359,6 +379,7 @@ ClientRequest: TypeAlias = (
     | CountQueues
     | ListNodes
     | PauseWorkers
+    | PauseQueue  # issue 16
     # -- cron (issue 15) --
     | ListCron
     | PauseCron
@@ -406,4 +427,5 @@ REQUESTS: Final[tuple[type, ...]] = (
     Enqueue, GetJobs, WaitJobs, WatchJobs, UnwatchJobs, CancelJobs, ListJobs, ListDead,
     RetryDead, PurgeDead, CountQueues, ListNodes, PauseWorkers,
     ListCron, PauseCron, RunCron,  # cron (issue 15)
+    PauseQueue,  # issue 16
 )

@@ -155,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     job = sub.add_parser("job", parents=[client], help="show a job, or follow it live")
     job.add_argument("id", metavar="ID")
     job.add_argument("--wait", action="store_true", help="follow it live until it finishes")
-    sub.add_parser("queues", parents=[client], help="job counts per queue and state")
+    _add_queues(sub, client)
     _add_dlq(sub, client)
     cancel = sub.add_parser("cancel", parents=[client], help="cancel a job")
     cancel.add_argument("id", metavar="ID")
@@ -223,6 +223,16 @@ def _add_dlq(sub: Any, client: _Parser) -> None:
         p.add_argument("--all", action="store_true", help="every dead job")
 
 
+def _add_queues(sub: Any, client: _Parser) -> None:
+    queues = sub.add_parser("queues", parents=[client],
+                            help="job counts per queue and state; pause or resume a queue")
+    actions = queues.add_subparsers(dest="action", metavar="ACTION")
+    for name, text in (("pause", "pause a queue, cluster-wide: its jobs wait, queued"),
+                       ("resume", "resume a paused queue")):
+        p = actions.add_parser(name, parents=[client], help=text)
+        p.add_argument("name", metavar="NAME", type=_queue_name)
+
+
 def _add_cron(sub: Any, client: _Parser) -> None:
     cron = sub.add_parser("cron", help="recurring jobs (cron entries)")
     actions = cron.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -268,6 +278,14 @@ def _json(text: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise argparse.ArgumentTypeError(f"invalid JSON {text!r}: {exc.msg}") from None
+
+
+def _queue_name(text: str) -> str:
+    try:
+        check_job_fields(queue=text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def _positive_int(text: str) -> int:

@@ -129,11 +129,13 @@ async def test_queues_dlq_cancel_nodes(fake: FakeBroker, capsys: Any) -> None:
     run = await gotask(capsys, "queues", *node)
     assert run.out.splitlines()[0].split() == [
         "QUEUE", "SCHEDULED", "QUEUED", "ACTIVE", "SUCCEEDED", "DEAD", "CANCELLED", "TOTAL",
-        "NODES"]
-    assert run.out.splitlines()[2].split() == ["mail", "0", "1", "0", "0", "0", "0", "1", "0"]
+        "NODES", "PAUSED"]
+    assert run.out.splitlines()[2].split() == [
+        "mail", "0", "1", "0", "0", "0", "0", "1", "0", "no"]
     assert run.err.startswith("gotask: warning: no live node works queue 'mail'")
-    assert (await gotask(capsys, "queues", "--json", *node)).json() == {
-        "default": {"dead": 1}, "mail": {"queued": 1}}
+    assert (await gotask(capsys, "queues", "--json", *node)).json() == [
+        {"name": "default", "counts": {"dead": 1}, "paused": False},
+        {"name": "mail", "counts": {"queued": 1}, "paused": False}]
     run = await gotask(capsys, "dlq", "list", *node)
     assert "ValueError: boom" in run.out
     assert [j["id"] for j in (await gotask(capsys, "dlq", "list", "--json", *node)).json()] == [
@@ -147,6 +149,19 @@ async def test_queues_dlq_cancel_nodes(fake: FakeBroker, capsys: Any) -> None:
     run = await gotask(capsys, "nodes", *node)
     assert run.out.splitlines()[1].startswith("node-a ") and "concurrency=4" in run.out
     assert (await gotask(capsys, "nodes", "--json", *node)).json()[0]["node"] == "node-a"
+
+
+async def test_queues_pause_and_resume(fake: FakeBroker, capsys: Any) -> None:
+    node = ("--node", fake.address)
+    assert (await gotask(capsys, "queues", "pause", "mail", *node)).out == "mail: paused\n"
+    run = await gotask(capsys, "queues", *node)
+    assert run.out.splitlines()[1].split() == ["mail", *["0"] * 7, "0", "yes"]
+    assert run.err == ""  # a paused queue is not warned about as unserved
+    run = await gotask(capsys, "queues", "resume", "mail", "--json", *node)
+    assert run.json() == {"name": "mail", "state": "resumed"}
+    assert (await gotask(capsys, "queues", *node)).out == "no jobs\n"
+    run = await gotask(capsys, "queues", "pause", "", *node)
+    assert run.code == 2 and "queue must be 1-128 characters" in run.err
 
 
 async def test_environment_supplies_nodes_and_secret(

@@ -30,6 +30,7 @@ from gotask._protocol import (
     ListDead,
     ListJobs,
     ListNodes,
+    PauseQueue,
     PurgeDead,
     RetryDead,
     WaitJobs,
@@ -111,7 +112,15 @@ def _job_routes(bp: Blueprint, call: Call) -> None:
 def _admin_routes(bp: Blueprint, call: Call) -> None:
     @bp.get("/queues")
     async def queues() -> Any:
-        return {"queues": queues_json((await call(CountQueues())).counts)}
+        return {"queues": queues_json(await call(CountQueues()))}
+
+    @bp.post("/queues/<queue>/pause")
+    async def pause_queue(queue: str) -> Any:
+        return await _set_paused(call, queue, True)
+
+    @bp.post("/queues/<queue>/resume")
+    async def resume_queue(queue: str) -> Any:
+        return await _set_paused(call, queue, False)
 
     @bp.get("/nodes")
     async def nodes() -> Any:
@@ -136,6 +145,15 @@ def _admin_routes(bp: Blueprint, call: Call) -> None:
     @bp.delete("/dlq/<job_id>")
     async def purge_one(job_id: str) -> Any:
         return {"count": (await call(PurgeDead((job_id,)))).count}
+
+
+async def _set_paused(call: Call, queue: str, paused: bool) -> dict[str, Any]:
+    try:
+        msg = PauseQueue(queue, paused)
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+    await call(msg)
+    return {"name": queue, "paused": paused}
 
 
 async def _body() -> dict[str, Any]:

@@ -17,6 +17,7 @@ from gotask.runtime.message import Command, message
 
 from ._base_cron import CronFire, CronList, CronRegister, CronSetPaused
 from ._base_items import AckItem, NackItem, ProgressItem, QueueWeight
+from ._base_queues import QueueInfo, SetQueuePaused
 from ._base_replies import (
     AckReply,
     CancelReply,
@@ -313,4 +314,7 @@ StorageCommand: TypeAlias = (
     | CronFire
     | CronList
     | CronSetPaused
+    # -- queues (issue 16) --
+    | SetQueuePaused
+    | QueueInfo
 )

@@ -47,6 +47,8 @@ class CoreHandlers(Protocol):
     def _cron_fire(self, cmd: b.CronFire, now: float) -> b.CronFireReply: ...
     def _cron_list(self) -> b.CronListReply: ...
     def _cron_pause(self, cmd: b.CronSetPaused) -> b.CronSetPausedReply: ...
+    def _set_paused(self, queue: str, paused: bool) -> None: ...
+    def _paused(self) -> tuple[str, ...]: ...
 
 
 def unknown(cmd: Never) -> NoReturn:
@@ -106,5 +108,11 @@ def dispatch(core: CoreHandlers, cmd: StorageCommand, now: float) -> StorageRepl
             return core._cron_list()
         case b.CronSetPaused():
             return core._cron_pause(cmd)
+        # -- queues (issue 16) --
+        case b.SetQueuePaused():
+            core._set_paused(cmd.queue, cmd.paused)
+            return b.SetQueuePausedReply(core._paused())
+        case b.QueueInfo():
+            return b.QueueInfoReply(now, core._paused())
         case _:
             unknown(cmd)

@@ -33,6 +33,15 @@ class _MemoryQueries(_MemoryState):
             if count
         )
 
+    def _set_paused(self, queue: str, paused: bool) -> None:
+        if paused:
+            self._paused_queues.add(queue)
+        else:
+            self._paused_queues.discard(queue)
+
+    def _paused(self) -> tuple[str, ...]:
+        return tuple(sorted(self._paused_queues))
+
     def _sorted_ids(self) -> list[str]:
         """All ids in order (possibly with purged or repeated ones), compacted lazily."""
         if self._gone > len(self._order) // 2:

@@ -215,6 +215,7 @@ class _MemoryState:
         self._gone = 0
         self._fair = FairCredits(nodes_max)
         self._nodes: dict[str, _Node] = {}
+        self._paused_queues: set[str] = set()
         self._seq = 0
 
     # -- moving jobs -------------------------------------------------------------------

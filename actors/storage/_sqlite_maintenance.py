@@ -149,6 +149,17 @@ class _SqliteMaintenance:
             "SELECT queue, state, n FROM counts WHERE n > 0 ORDER BY queue, state")
         return tuple(b.QueueCount(queue, state, n) for queue, state, n in rows)
 
+    def _set_paused(self, queue: str, paused: bool) -> None:
+        sql = ("INSERT INTO paused_queues (queue) VALUES (?) ON CONFLICT DO NOTHING" if paused
+               else "DELETE FROM paused_queues WHERE queue = ?")
+        self._conn.execute(sql, (queue,))
+
+    def _paused(self) -> tuple[str, ...]:
+        return tuple(sorted(self._paused_set()))
+
+    def _paused_set(self) -> set[str]:
+        return {row[0] for row in self._conn.execute("SELECT queue FROM paused_queues")}
+
     def _list(
         self, queue: str | None, state: str | None, limit: int, after_id: str | None
     ) -> tuple[tuple[JobRecord, ...], str | None]:

@@ -29,7 +29,8 @@ suite (tests/storage/contract.py). The rules:
   lease request names 1..`QUEUES_MAX` queues. Bigger is a ValueError at construction.
 
 The messages live in `_base_items` (statuses and items), `_base_replies` and
-`_base_commands` (with the limits); this module re-exports them all and defines the
+`_base_commands` (with the limits), the cron block (`_base_cron`) and the queue block
+(`_base_queues`: paused queues); this module re-exports them all and defines the
 `StorageCore` protocol.
 """
 
@@ -93,6 +94,7 @@ from ._base_items import (
     QueueWeight,
     Status,
 )
+from ._base_queues import QueueInfo, QueueInfoReply, SetQueuePaused, SetQueuePausedReply
 from ._base_replies import (
     AckReply,
     CancelReply,
@@ -175,6 +177,8 @@ __all__ = [
     "PurgeExpired",
     "PurgeExpiredReply",
     "QueueCount",
+    "QueueInfo",
+    "QueueInfoReply",
     "QueueWeight",
     "RegisterNode",
     "RegisterNodeReply",
@@ -185,6 +189,8 @@ __all__ = [
     "RequeueExpiredReply",
     "RetryDead",
     "RetryDeadReply",
+    "SetQueuePaused",
+    "SetQueuePausedReply",
     "Status",
     "StorageCommand",
     "StorageCore",

@@ -175,7 +175,8 @@ class MemoryStorageCore(_MemoryQueries, _MemoryMaintenance, _MemoryCron):
 
     def _lease(self, cmd: b.LeaseJobs, now: float) -> b.LeaseReply:
         self._promote(now, _UNLIMITED)
-        live = [q for q in cmd.queues if self._has_ready(q.name)]
+        paused = self._paused_queues
+        live = [q for q in cmd.queues if q.name not in paused and self._has_ready(q.name)]
         credit = self._fair.of(cmd.node)
         bound = sum(q.weight for q in cmd.queues)
         leased: list[JobRecord] = []

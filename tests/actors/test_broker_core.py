@@ -173,9 +173,6 @@ def test_reads_are_translated_both_ways_and_answered_in_any_order(core: BrokerCo
          proto.CountReply(4)),
         (proto.PurgeDead(("a",)), storage.PurgeDead(("a",)), storage.PurgeDeadReply(1),
          proto.CountReply(1)),
-        (proto.CountQueues(), storage.CountJobs(),
-         storage.CountJobsReply((storage.QueueCount("q", "queued", 2),)),
-         proto.QueuesReply((proto.QueueCount("q", "queued", 2),))),
         (proto.ListNodes(), storage.ListNodes(),
          storage.ListNodesReply((storage.NodeInfo("n1", {"pid": 1}, 1.0, 2.0, 3.0),)),
          proto.NodesReply((proto.NodeInfo("n1", {"pid": 1}, 1.0, 2.0, 3.0),))),
@@ -188,6 +185,37 @@ def test_each_forwarded_request_maps_onto_storage_and_back(
     call = only_call(effects)
     assert call.msg == command
     assert core.handle(CallDone(call.key, reply), 0.0) == [Answer(env, answer)]
+
+
+def test_count_queues_joins_the_counts_with_the_paused_queues(core: BrokerCore) -> None:
+    env, effects = receive(core, proto.CountQueues())
+    call = only_call(effects)
+    assert call.msg == storage.CountJobs()
+    counted = storage.CountJobsReply((storage.QueueCount("q", "queued", 2),))
+    info = only_call(core.handle(CallDone(call.key, counted), 0.0))
+    assert info.msg == storage.QueueInfo()
+    answer = core.handle(CallDone(info.key, storage.QueueInfoReply(5.0, ("idle", "q"))), 0.0)
+    assert answer == [Answer(env, proto.QueuesReply((proto.QueueCount("q", "queued", 2),),
+                                                    ("idle", "q")))]
+
+
+def test_pause_queue_is_stored_cluster_wide(core: BrokerCore) -> None:
+    env, effects = receive(core, proto.PauseQueue("mail", True))
+    call = only_call(effects)
+    assert (call.target, call.msg) == (Target.STORAGE, storage.SetQueuePaused("mail", True))
+    reply = storage.SetQueuePausedReply(("mail",))
+    assert core.handle(CallDone(call.key, reply), 0.0) == [Answer(env, Ok())]
+    env, effects = receive(core, proto.PauseQueue("mail", False))
+    (refusal,) = core.handle(CallDone(only_call(effects).key, Ok()), 0.0)
+    assert isinstance(refusal, Refuse) and isinstance(refusal.error, RemoteProtocolError)
+
+
+@pytest.mark.parametrize("request_msg", [proto.CountQueues(), proto.PauseQueue("q", True)])
+def test_queue_requests_fail_with_their_storage_call(core: BrokerCore,
+                                                    request_msg: object) -> None:
+    env, effects = receive(core, request_msg)
+    error = ValueError("storage said no")
+    assert core.handle(CallFailed(only_call(effects).key, error), 0.0) == [Refuse(env, error)]
 
 
 def test_a_storage_reply_of_the_wrong_kind_is_refused_not_relayed(core: BrokerCore) -> None:

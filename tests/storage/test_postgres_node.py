@@ -11,6 +11,7 @@ import functools
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
@@ -30,8 +31,8 @@ from gotask._messages import (
     LeaseWait,
     WatchJobs,
 )
-from gotask._protocol import Enqueue, JobSpec, WaitJobs
-from gotask._server import open_server
+from gotask._protocol import CountQueues, Enqueue, JobSpec, PauseQueue, WaitJobs
+from gotask._server import Server, open_server
 from gotask.actors.storage._postgres_backend import PostgresBackend, parse_events
 from gotask.actors.storage._postgres_schema import SCHEMA_VERSION
 from gotask.actors.storage._postgres_settings import PostgresSettings, applied_versions
@@ -107,7 +108,7 @@ def test_migrations_apply_once_when_nodes_start_together(schema: str) -> None:
         return list(await asyncio.gather(*(migrate(url_for(schema)) for _ in range(4))))
 
     results = asyncio.run(main())
-    every = list(range(1, SCHEMA_VERSION + 1))  # 1: jobs, 2: cron (issue 15)
+    every = list(range(1, SCHEMA_VERSION + 1))  # 1: jobs, 2: cron, 3: paused queues
     assert sorted(results) == [[], [], [], every]
 
     async def versions() -> set[int]:
@@ -414,12 +415,19 @@ async def add(x: int, y: int) -> int:
     return x + y
 
 
-async def test_two_nodes_share_jobs_through_postgres(schema: str) -> None:
+@asynccontextmanager
+async def two_nodes(schema: str) -> AsyncIterator[tuple[Server, Server]]:
+    """Nodes "a" and "b" working queue "sums" on one schema."""
     url = url_for(schema)
     config_a = NodeConfig(app=app, name="a", storage=url, listen=None, queues=(("sums", 1),))
     config_b = NodeConfig(app=app, name="b", storage=url, listen=None, queues=(("sums", 1),))
     async with open_server(config_a, listen=False) as a, \
             open_server(config_b, listen=False) as b:
+        yield a, b
+
+
+async def test_two_nodes_share_jobs_through_postgres(schema: str) -> None:
+    async with two_nodes(schema) as (a, b):
         item = JobSpec("add", pack_args([2, 3], {}))
         ids = (await a.node.call(a.broker, Enqueue((item,) * 200))).ids
         started = trio.current_time()
@@ -430,6 +438,21 @@ async def test_two_nodes_share_jobs_through_postgres(schema: str) -> None:
         assert {msgpack.unpackb(j.result) for j in done.jobs if j is not None} == {5}
         counts = await a.node.call(a.storage, CountJobs())
         assert counts.counts == (QueueCount("sums", "succeeded", 200),)
+
+
+async def test_a_queue_paused_through_one_node_waits_on_both_until_resumed(schema: str) -> None:
+    async with two_nodes(schema) as (a, b):
+        await a.node.call(a.broker, PauseQueue("sums", True))
+        item = JobSpec("add", pack_args([2, 3], {}))
+        ids = (await b.node.call(b.broker, Enqueue((item,) * 20))).ids
+        held = await b.node.call(b.broker, WaitJobs(ids, 1.0), timeout_s=10)
+        assert {j.state for j in held.jobs if j is not None} == {"queued"}
+        listing = await b.node.call(b.broker, CountQueues())
+        assert listing.paused == ("sums",)
+        await a.node.call(a.broker, PauseQueue("sums", False))
+        done = await b.node.call(b.broker, WaitJobs(ids, 30.0), timeout_s=40)
+        assert {j.state for j in done.jobs if j is not None} == {"succeeded"}
+        assert (await a.node.call(a.broker, CountQueues())).paused == ()
 
 
 def test_adjacent_enqueues_and_acks_of_a_batch_answer_as_one_by_one(schema: str) -> None:

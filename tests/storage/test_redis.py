@@ -47,6 +47,7 @@ from gotask.actors.storage.base import (
     ListNodes,
     QueueWeight,
     RegisterNode,
+    SetQueuePaused,
 )
 from gotask.actors.storage.redis import delete_prefix, open_redis_storage, run_redis_storage
 from gotask.config import NodeConfig
@@ -199,6 +200,26 @@ def test_events_name_only_the_jobs_a_watcher_read(harness: RedisHarness) -> None
     seen += published_ids()
     pubsub.close()
     assert seen == [watched.id, watched.id]  # leased, then succeeded; never the other
+
+
+def test_resuming_a_queue_publishes_it_as_ready(harness: RedisHarness) -> None:
+    prefix = RedisSettings.from_url(harness.url).prefix
+    pubsub = redis.Redis.from_url(REDIS_URL).pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(f"{prefix}:events")
+    pubsub.get_message(timeout=0.2)
+
+    def ready_queues() -> list[str]:
+        queues = []
+        while (message := pubsub.get_message(timeout=0.2)) is not None:
+            queues += [q.decode() for q in msgpack.unpackb(message["data"], raw=True)[2]]
+        return queues
+
+    harness.execute(SetQueuePaused("mail", True))
+    harness.execute(SetQueuePaused("sms", False))  # was not paused: nothing to tell
+    assert ready_queues() == []
+    harness.execute(SetQueuePaused("mail", False))
+    assert ready_queues() == ["mail"]
+    pubsub.close()
 
 
 def test_a_batch_runs_in_order_in_one_call(harness: RedisHarness) -> None:

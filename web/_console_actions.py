@@ -3,6 +3,7 @@
 Rules of this module:
 - Each route sends one request of `gotask._protocol` through `call`; the console's guard
   (`console._guard`) has already checked the login and the CSRF token.
+- Queue pause and resume are `PauseQueue` (cluster-wide, stored).
 - Pages ask for a confirmation (`data-confirm`, in console.js) before the destructive
   ones: retry one, retry all, purge one, purge all.
 - The outcome is flashed on the page the user came back to.
@@ -14,16 +15,17 @@ from typing import Any
 
 from quart import Blueprint, flash, redirect, url_for
 
-from gotask._protocol import CancelJobs, PauseCron, PurgeDead, RetryDead, RunCron
+from gotask._protocol import CancelJobs, PauseCron, PauseQueue, PurgeDead, RetryDead, RunCron
 from gotask.web.api import Call
 
 __all__ = ["action_routes"]
 
 
 def action_routes(bp: Blueprint, call: Call) -> None:
-    """Add the DLQ, job and cron actions to the console's blueprint."""
+    """Add the DLQ, job, queue and cron actions to the console's blueprint."""
     _dlq_actions(bp, call)
     _cron_actions(bp, call)
+    _pause_actions(bp, call)
 
     @bp.post("/jobs/<job_id>/cancel")
     async def cancel_job(job_id: str) -> Any:
@@ -51,19 +53,16 @@ def _dlq_actions(bp: Blueprint, call: Call) -> None:
         return await _moved("purged", (await call(PurgeDead((job_id,)))).count, "console.dlq")
 
 
+def _pause_actions(bp: Blueprint, call: Call) -> None:
+    @bp.post("/<any(queues, cron):kind>/<name>/<any(pause, resume):action>")
+    async def pause(kind: str, name: str, action: str) -> Any:
+        paused = action == "pause"
+        await call(PauseQueue(name, paused) if kind == "queues" else PauseCron(name, paused))
+        await flash(f"{'queue' if kind == 'queues' else 'cron entry'} {name} {action}d")
+        return redirect(url_for(f"console.{kind}"))
+
+
 def _cron_actions(bp: Blueprint, call: Call) -> None:
-    @bp.post("/cron/<name>/pause")
-    async def pause_cron(name: str) -> Any:
-        await call(PauseCron(name, True))
-        await flash(f"cron entry {name} paused")
-        return redirect(url_for("console.cron"))
-
-    @bp.post("/cron/<name>/resume")
-    async def resume_cron(name: str) -> Any:
-        await call(PauseCron(name, False))
-        await flash(f"cron entry {name} resumed")
-        return redirect(url_for("console.cron"))
-
     @bp.post("/cron/<name>/run")
     async def run_cron(name: str) -> Any:
         job_id = (await call(RunCron(name))).job_id

@@ -105,18 +105,18 @@ def _login_routes(bp: Blueprint, token: bytes | None, world: World) -> None:
 def _overview_routes(bp: Blueprint, call: Call) -> None:
     @bp.get("/")
     async def overview() -> Any:
-        counts = (await call(CountQueues())).counts
+        reply = await call(CountQueues())
         totals: dict[str, int] = {}
-        for c in counts:
+        for c in reply.counts:
             totals[c.state] = totals.get(c.state, 0) + c.count
         nodes = nodes_json((await call(ListNodes())).nodes)
         return await render_template("overview.html", totals=totals, nodes=nodes,
-                                     queues=queues_json(counts), states=sorted(STORED_STATES))
+                                     queues=queues_json(reply), states=sorted(STORED_STATES))
 
     @bp.get("/queues")
     async def queues() -> Any:
         return await render_template("queues.html", states=sorted(STORED_STATES),
-                                     queues=queues_json((await call(CountQueues())).counts))
+                                     queues=queues_json(await call(CountQueues())))
 
     @bp.get("/nodes")
     async def nodes() -> Any:

@@ -105,8 +105,8 @@ class Live:
 
     async def sample(self) -> None:
         """One sample: counts (and a chart point when due), nodes, watched jobs."""
-        counts = (await self.call(CountQueues())).counts
-        queues = queues_json(counts)
+        reply = await self.call(CountQueues())
+        counts, queues = reply.counts, queues_json(reply)
         now = self.world.wall()
         if now - self._last_point_s >= HISTORY_S:
             self._last_point_s = now

@@ -184,3 +184,20 @@ async def test_the_session_cookie_is_secure_under_tls(tmp_path: Path) -> None:
             base_url=str(srv.http_url), verify=ssl_ctx) as client:
         r = await _log_in(client)
         assert r.status_code == 302 and "Secure" in r.headers["set-cookie"]
+
+
+async def test_pause_and_resume_a_queue_from_the_queues_page(
+        server: Server, console: httpx.AsyncClient) -> None:
+    await _api(server, "POST", "/api/v1/jobs", json={"task": "add", "args": [1, 2]})
+    page = await console.get("/console/queues")
+    assert '/console/queues/default/pause"' in page.text
+    assert (await console.post("/console/queues/default/pause")).status_code == 403
+    r = await console.post("/console/queues/default/pause", data={"csrf": _csrf(page.text)})
+    assert r.status_code == 302
+    queues = (await _api(server, "GET", "/api/v1/queues"))["queues"]
+    assert [q["paused"] for q in queues if q["name"] == "default"] == [True]
+    page = await console.get("/console/queues")
+    assert "queue default paused" in page.text and '/console/queues/default/resume"' in page.text
+    await console.post("/console/queues/default/resume", data={"csrf": _csrf(page.text)})
+    queues = (await _api(server, "GET", "/api/v1/queues"))["queues"]
+    assert [q["paused"] for q in queues if q["name"] == "default"] == [False]

@@ -45,7 +45,8 @@ class Node:
         self.port, self.http_port = free_port(), http_port or free_port()
         env = dict(os.environ, GOTASK_HTTP_TOKEN=TOKEN)
         self.proc: subprocess.Popen[bytes] = start_node(
-            "tests.web.webapp", self.port, "--http", f"127.0.0.1:{self.http_port}", env=env)
+            "tests.web.webapp", self.port, "--http", f"127.0.0.1:{self.http_port}",
+            "--queues", "default:1,pq:1", env=env)
         self.client: gotask.Client = connect(self.port, self.proc)
         self.url = f"http://127.0.0.1:{self.http_port}"
         _until(lambda: httpx.get(self.url + "/readyz").status_code == 200)
@@ -173,6 +174,30 @@ def test_xss_payloads_in_args_and_errors_render_as_text(browser: Any, node: Node
     browser.get(f"{node.url}/console/jobs/{echo_id}")
     for payload in PAYLOADS:
         assert payload.replace('"', '\\"') in browser.find_element(By.ID, "job-args").text
+
+
+def test_pause_and_resume_a_queue(browser: Any, node: Node) -> None:
+    _log_in(browser, node)
+    node.client.wait(node.client.enqueue("add", 1, 1, queue="pq"), timeout_s=20)
+    row = 'tr[data-queue="pq"]'
+    browser.get(node.url + "/console/queues")
+    browser.find_element(By.CSS_SELECTOR, f"{row} button").click()
+    assert "queue pq paused" in browser.find_element(By.CLASS_NAME, "flash").text
+    assert browser.find_element(By.CSS_SELECTOR, f"{row} td.paused").text == "paused"
+    job_id = node.client.enqueue("add", 5, 6, queue="pq")
+    browser.get(f"{node.url}/console/jobs/{job_id}")
+    assert browser.find_element(By.ID, "job-state").text == "queued"
+    browser.get(node.url + "/console/queues")
+    _until(lambda: browser.find_element(By.CSS_SELECTOR, f'{row} [data-state="queued"]').text
+           == "1")
+    assert node.client.get(job_id).state == "queued"  # paused: it did not start meanwhile
+    button = browser.find_element(By.CSS_SELECTOR, f"{row} button")
+    assert button.text == "Resume"
+    button.click()
+    assert "queue pq resumed" in browser.find_element(By.CLASS_NAME, "flash").text
+    assert node.client.wait(job_id, timeout_s=20) == 11
+    _until(lambda: browser.find_element(By.CSS_SELECTOR, f'{row} [data-state="succeeded"]')
+           .text == "2")
 
 
 def test_a_post_without_the_csrf_token_is_refused(browser: Any, node: Node) -> None:

@@ -18,6 +18,7 @@
   var status = document.getElementById("live-status");
   var jobId = document.body.dataset.job;
   var delayMs = 500;
+  var lastQueues = "";
 
   function setStatus(text, cls) {
     status.textContent = text;
@@ -31,11 +32,36 @@
     }
   }
 
+  function pauseForm(q, csrf) {
+    var action = q.paused ? "resume" : "pause";
+    var cell = document.createElement("td");
+    var form = document.createElement("form");
+    form.method = "post";
+    form.className = "inline";
+    form.action = "/console/queues/" + encodeURIComponent(q.name) + "/" + action;
+    var token = document.createElement("input");
+    token.type = "hidden";
+    token.name = "csrf";
+    token.value = csrf;
+    var button = document.createElement("button");
+    button.type = "submit";
+    button.textContent = action.charAt(0).toUpperCase() + action.slice(1);
+    form.appendChild(token);
+    form.appendChild(button);
+    cell.appendChild(form);
+    return cell;
+  }
+
   function renderQueues(queues) {
     var table = document.getElementById("queues-table");
     if (!table) {
       return;
     }
+    var shown = JSON.stringify(queues);
+    if (shown === lastQueues) {
+      return;  // unchanged: leave the rows (and a button being clicked) alone
+    }
+    lastQueues = shown;
     var states = table.dataset.states.split(" ");
     var body = document.getElementById("queues-body");
     var rows = [];
@@ -48,6 +74,10 @@
       link.textContent = q.name;
       name.appendChild(link);
       row.appendChild(name);
+      var leasing = document.createElement("td");
+      leasing.textContent = q.paused ? "paused" : "on";
+      leasing.className = q.paused ? "paused" : "";
+      row.appendChild(leasing);
       states.forEach(function (s) {
         var cell = document.createElement("td");
         cell.className = "num";
@@ -55,6 +85,9 @@
         cell.textContent = String(q.counts[s] || 0);
         row.appendChild(cell);
       });
+      if (table.dataset.csrf) {
+        row.appendChild(pauseForm(q, table.dataset.csrf));
+      }
       rows.push(row);
     });
     if (rows.length) {

@@ -98,7 +98,8 @@ class Live:
             try:
                 await self.sample()
             except Exception as exc:  # storage away: keep the pages, try again
-                log.warning("console sample failed: %s", str(exc).splitlines()[0:1])
+                log.warning("console sample failed: %s", (str(exc) or type(exc).__name__)
+                            .splitlines()[0])
             with trio.move_on_after(HISTORY_S):
                 await self._someone.wait()
             await trio.sleep(SAMPLE_S)

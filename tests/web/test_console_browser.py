@@ -100,6 +100,15 @@ def _live(browser: Any) -> bool:
     return bool(browser.find_element(By.ID, "live-status").text == "live")
 
 
+def _click(browser: Any, css: str) -> None:
+    """Click the element at `css`, finding it again if the page replaced it meanwhile."""
+    _until(lambda: browser.find_element(By.CSS_SELECTOR, css).click() or True)
+
+
+def _text(browser: Any, css: str) -> str:
+    return str(_until(lambda: browser.find_element(By.CSS_SELECTOR, css).text))
+
+
 def _no_alert(browser: Any) -> None:
     with pytest.raises(NoAlertPresentException):
         browser.switch_to.alert.text  # noqa: B018 (reading it is the check)
@@ -181,23 +190,20 @@ def test_pause_and_resume_a_queue(browser: Any, node: Node) -> None:
     node.client.wait(node.client.enqueue("add", 1, 1, queue="pq"), timeout_s=20)
     row = 'tr[data-queue="pq"]'
     browser.get(node.url + "/console/queues")
-    browser.find_element(By.CSS_SELECTOR, f"{row} button").click()
-    assert "queue pq paused" in browser.find_element(By.CLASS_NAME, "flash").text
-    assert browser.find_element(By.CSS_SELECTOR, f"{row} td.paused").text == "paused"
+    _click(browser, f"{row} button")
+    assert "queue pq paused" in _text(browser, ".flash")
+    assert _text(browser, f"{row} td.paused") == "paused"
     job_id = node.client.enqueue("add", 5, 6, queue="pq")
     browser.get(f"{node.url}/console/jobs/{job_id}")
     assert browser.find_element(By.ID, "job-state").text == "queued"
     browser.get(node.url + "/console/queues")
-    _until(lambda: browser.find_element(By.CSS_SELECTOR, f'{row} [data-state="queued"]').text
-           == "1")
+    _until(lambda: _text(browser, f'{row} [data-state="queued"]') == "1")
     assert node.client.get(job_id).state == "queued"  # paused: it did not start meanwhile
-    button = browser.find_element(By.CSS_SELECTOR, f"{row} button")
-    assert button.text == "Resume"
-    button.click()
-    assert "queue pq resumed" in browser.find_element(By.CLASS_NAME, "flash").text
+    assert _text(browser, f"{row} button") == "Resume"
+    _click(browser, f"{row} button")
+    assert "queue pq resumed" in _text(browser, ".flash")
     assert node.client.wait(job_id, timeout_s=20) == 11
-    _until(lambda: browser.find_element(By.CSS_SELECTOR, f'{row} [data-state="succeeded"]')
-           .text == "2")
+    _until(lambda: _text(browser, f'{row} [data-state="succeeded"]') == "2")
 
 
 def test_a_post_without_the_csrf_token_is_refused(browser: Any, node: Node) -> None:

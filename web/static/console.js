@@ -18,7 +18,6 @@
   var status = document.getElementById("live-status");
   var jobId = document.body.dataset.job;
   var delayMs = 500;
-  var lastQueues = "";
 
   function setStatus(text, cls) {
     status.textContent = text;
@@ -52,47 +51,59 @@
     return cell;
   }
 
+  function sameRows(rows, queues) {
+    return rows.length === queues.length && queues.every(function (q, i) {
+      return rows[i].dataset.queue === q.name && rows[i].dataset.paused === String(q.paused);
+    });
+  }
+
+  function queueRow(q, states, csrf) {
+    var row = document.createElement("tr");
+    row.dataset.queue = q.name;
+    row.dataset.paused = String(q.paused);
+    var name = document.createElement("td");
+    var link = document.createElement("a");
+    link.href = "/console/jobs?queue=" + encodeURIComponent(q.name);
+    link.textContent = q.name;
+    name.appendChild(link);
+    row.appendChild(name);
+    var leasing = document.createElement("td");
+    leasing.textContent = q.paused ? "paused" : "on";
+    leasing.className = q.paused ? "paused" : "";
+    row.appendChild(leasing);
+    states.forEach(function (s) {
+      var cell = document.createElement("td");
+      cell.className = "num";
+      cell.dataset.state = s;
+      row.appendChild(cell);
+    });
+    if (csrf) {
+      row.appendChild(pauseForm(q, csrf));
+    }
+    return row;
+  }
+
+  // Counts change in place; rows are rebuilt only when the queues or their pause change,
+  // so a button is not replaced under the pointer.
   function renderQueues(queues) {
     var table = document.getElementById("queues-table");
-    if (!table) {
+    if (!table || !queues.length) {
       return;
     }
-    var shown = JSON.stringify(queues);
-    if (shown === lastQueues) {
-      return;  // unchanged: leave the rows (and a button being clicked) alone
-    }
-    lastQueues = shown;
     var states = table.dataset.states.split(" ");
     var body = document.getElementById("queues-body");
-    var rows = [];
-    queues.forEach(function (q) {
-      var row = document.createElement("tr");
-      row.dataset.queue = q.name;
-      var name = document.createElement("td");
-      var link = document.createElement("a");
-      link.href = "/console/jobs?queue=" + encodeURIComponent(q.name);
-      link.textContent = q.name;
-      name.appendChild(link);
-      row.appendChild(name);
-      var leasing = document.createElement("td");
-      leasing.textContent = q.paused ? "paused" : "on";
-      leasing.className = q.paused ? "paused" : "";
-      row.appendChild(leasing);
-      states.forEach(function (s) {
-        var cell = document.createElement("td");
-        cell.className = "num";
-        cell.dataset.state = s;
-        cell.textContent = String(q.counts[s] || 0);
-        row.appendChild(cell);
+    var rows = body.querySelectorAll("tr[data-queue]");
+    if (!sameRows(rows, queues)) {
+      rows = queues.map(function (q) {
+        return queueRow(q, states, table.dataset.csrf);
       });
-      if (table.dataset.csrf) {
-        row.appendChild(pauseForm(q, table.dataset.csrf));
-      }
-      rows.push(row);
-    });
-    if (rows.length) {
       body.replaceChildren.apply(body, rows);
     }
+    queues.forEach(function (q, i) {
+      rows[i].querySelectorAll("[data-state]").forEach(function (cell) {
+        cell.textContent = String(q.counts[cell.dataset.state] || 0);
+      });
+    });
   }
 
   function renderTotals(queues) {

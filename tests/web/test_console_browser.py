@@ -120,7 +120,7 @@ def test_login_with_the_token_then_the_overview_is_live(browser: Any, node: Node
     assert browser.current_url.endswith("/console/login")
     browser.find_element(By.ID, "token").send_keys("not-the-token-0123456789")
     browser.find_element(By.ID, "login").click()
-    assert "not the token" in browser.find_element(By.ID, "login-error").text
+    assert "not the token" in _text(browser, "#login-error")
     _log_in(browser, node)
     cookie = browser.get_cookie("gotask_console")
     assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
@@ -155,7 +155,7 @@ def test_retry_a_dead_job_and_see_it_succeed(browser: Any, node: Node, tmp_path:
     _until(lambda: node.client.get(job_id).state == "dead")
     browser.get(node.url + "/console/dlq")
     browser.find_element(By.LINK_TEXT, job_id).click()
-    assert "not yet" in browser.find_element(By.ID, "job-error").text
+    assert "not yet" in _text(browser, "#job-error")
     flag.touch()
     browser.find_element(By.ID, "retry-job").click()
     browser.switch_to.alert.accept()  # the confirmation

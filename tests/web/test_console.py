@@ -14,8 +14,20 @@ import pytest
 import trio
 from trio_websocket import ConnectionRejected, open_websocket_url
 
+from gotask._app import pack_args
+from gotask._job import JobRecord
+from gotask._protocol import (
+    CountQueues,
+    GetJobs,
+    JobsReply,
+    ListNodes,
+    NodesReply,
+    QueueCount,
+    QueuesReply,
+)
 from gotask._server import Server, open_server
-from gotask.web.live import Page
+from gotask.runtime.world import sim_world
+from gotask.web.live import PAGES_MAX, Live, Page
 
 from .conftest import TOKEN, node_config, tls_files
 
@@ -201,3 +213,52 @@ async def test_pause_and_resume_a_queue_from_the_queues_page(
     await console.post("/console/queues/default/resume", data={"csrf": _csrf(page.text)})
     queues = (await _api(server, "GET", "/api/v1/queues"))["queues"]
     assert [q["paused"] for q in queues if q["name"] == "default"] == [False]
+
+
+class _FakeBroker:
+    """Answers the sampler's requests from fixed records, counting them."""
+
+    def __init__(self) -> None:
+        self.asked: list[type] = []
+        self.job = JobRecord("J1", "steps", "default", pack_args([3, 0.1]), 0, "active",
+                             1.0, 1.0, 3, 60.0, progress=0.5)
+
+    async def __call__(self, cmd: Any, timeout_s: float = 30.0) -> Any:
+        self.asked.append(type(cmd))
+        if isinstance(cmd, CountQueues):
+            return QueuesReply((QueueCount("default", "active", 1),
+                                QueueCount("default", "dead", 2)), ("slow",))
+        if isinstance(cmd, ListNodes):
+            return NodesReply(())
+        assert isinstance(cmd, GetJobs)
+        return JobsReply(tuple(self.job if i == "J1" else None for i in cmd.ids))
+
+
+async def test_one_sample_serves_every_page_with_one_request_of_each_kind() -> None:
+    broker = _FakeBroker()
+    live = Live(broker, sim_world(1))
+    await live.sample()  # no page: only the chart point
+    assert broker.asked == [CountQueues] and len(live.history) == 1
+    pages = [live.open_page(None) for _ in range(20)] + [live.open_page("J1"),
+                                                          live.open_page("NOPE")]
+    broker.asked.clear()
+    await live.sample()
+    assert broker.asked == [CountQueues, ListNodes, GetJobs]
+    first = await pages[0].next()
+    assert first["queues"] == [{"name": "default", "counts": {"active": 1, "dead": 2},
+                                "paused": False},
+                               {"name": "slow", "counts": {}, "paused": True}]
+    assert "job" not in first and first["point"] == list(live.history[-1])
+    assert (await pages[-2].next())["job"]["progress"] == 0.5
+    assert (await pages[-1].next())["job"] is None
+    for page in pages:
+        live.close_page(page)
+    assert not live.pages
+
+
+async def test_pages_are_bounded() -> None:
+    live = Live(_FakeBroker(), sim_world(1))
+    for _ in range(PAGES_MAX):
+        live.open_page(None)
+    with pytest.raises(OverflowError, match=f"more than {PAGES_MAX}"):
+        live.open_page(None)

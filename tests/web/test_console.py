@@ -14,7 +14,7 @@ import pytest
 import trio
 from trio_websocket import ConnectionRejected, open_websocket_url
 
-from gotask._app import pack_args
+from gotask._app import App, pack_args
 from gotask._job import JobRecord
 from gotask._protocol import (
     CountQueues,
@@ -262,3 +262,27 @@ async def test_pages_are_bounded() -> None:
         live.open_page(None)
     with pytest.raises(OverflowError, match=f"more than {PAGES_MAX}"):
         live.open_page(None)
+
+
+async def test_the_cron_page_pauses_resumes_and_runs_an_entry() -> None:
+    cron_app = App("console-cron")
+    cron_app.task(name="hello")(_hello)
+    cron_app.add_cron("hourly-hello", "hello", "0 * * * *")
+    async with open_server(node_config(app=cron_app)) as srv, httpx.AsyncClient(
+            base_url=str(srv.http_url)) as client:
+        page = await client.get("/console/cron")
+        assert "hourly-hello" in page.text and "0 * * * *" in page.text
+        token = _csrf(page.text)
+        for action, shown in (("pause", "paused"), ("resume", "active")):
+            r = await client.post(f"/console/cron/hourly-hello/{action}", data={"csrf": token})
+            assert r.status_code == 302
+            page = await client.get("/console/cron")
+            assert f"cron entry hourly-hello {action}d" in page.text
+            assert f"<td>{shown}</td>" in page.text
+        r = await client.post("/console/cron/hourly-hello/run", data={"csrf": token})
+        job_page = await client.get(r.headers["location"])
+        assert job_page.status_code == 200 and '<dd id="job-task">hello</dd>' in job_page.text
+
+
+async def _hello() -> str:
+    return "hello"

@@ -3,7 +3,8 @@
 Rules of this module:
 - Every phase starts a fresh node process (`gotask node --app examples.tasks --http`,
   memory storage unless `--storage`), on loopback without a token (the console is open
-  there); this process is the browser's stand-in.
+  there); this process is the browser's stand-in. Another `--storage` must name an empty
+  store of its own, and serves phase 1 only: the drains need a fresh store each.
 - Phase 1 stores `--jobs` no-op jobs with the workers paused (batches of 10,000), then
   fetches the overview, the queues page and a page of the jobs list `--samples` times
   each, one request at a time: their response times on loopback, an upper bound of the
@@ -152,5 +153,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--consoles", type=int, default=50, help="open consoles in phase 2")
     p.add_argument("--runs", type=int, default=3, help="drain pairs in phase 2 (median)")
     args = p.parse_args(argv)
+    if args.drain_jobs and not args.storage.startswith("memory://"):
+        p.error("the drain phase needs memory:// (pass --drain-jobs 0 with another storage)")
     sys.stdout.write(json.dumps(trio.run(_run, args), indent=2) + "\n")
     return 0

@@ -19,9 +19,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 from datetime import timedelta
-from typing import Final
+from typing import Any, Final
 
 from quart import Response, request, session, websocket
+from quart.sessions import SecureCookieSessionInterface
 from quart_trio import QuartTrio
 
 from gotask.runtime.world import World
@@ -48,6 +49,7 @@ def set_up_sessions(app: QuartTrio, token: bytes | None, world: World, tls: bool
         app.secret_key = hmac.new(token, b"gotask console session", hashlib.sha256).hexdigest()
     else:
         app.secret_key = world.rng.getrandbits(256).to_bytes(32, "big").hex()
+    app.session_interface = _ConsoleSessions()
     app.config.update(SESSION_COOKIE_NAME="gotask_console", SESSION_COOKIE_HTTPONLY=True,
                       SESSION_COOKIE_SAMESITE="Strict", SESSION_COOKIE_SECURE=tls,
                       SESSION_COOKIE_PATH="/console",
@@ -62,6 +64,17 @@ def set_up_sessions(app: QuartTrio, token: bytes | None, world: World, tls: bool
             response.headers["Referrer-Policy"] = "same-origin"
             response.headers.setdefault("Cache-Control", "no-store")
         return response
+
+
+class _ConsoleSessions(SecureCookieSessionInterface):
+    """Sessions for the console's paths only: the REST API, /metrics and health stay
+    stateless (no session is opened or saved for them; a session there made schemathesis
+    see a request time out)."""
+
+    async def open_session(self, app: Any, request: Any) -> Any:
+        if not request.path.startswith("/console"):
+            return await self.make_null_session(app)
+        return await super().open_session(app, request)
 
 
 def token_matches(token: bytes, given: str) -> bool:

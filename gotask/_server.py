@@ -306,7 +306,8 @@ async def _open_http(server: Server) -> AsyncIterator[int]:
     async def call(cmd: Any, timeout_s: float = 30.0) -> Any:
         return await node.call(broker, cmd, timeout_s=timeout_s)
 
-    app = create_app(call, config.http_token, server.metrics)
+    app = create_app(call, config.http_token, server.metrics, world=node.world,
+                     tls=config.http_tls is not None)
     shutdown = trio.Event()
     port: int = await node.nursery.start(functools.partial(
         serve_http, app, config.http[0], config.http[1], tls=config.http_tls,

@@ -25,6 +25,7 @@ Rules of this module:
 - `gotask bench http --url URL` measures REST enqueue on a running node (gotask.bench_http).
 - `gotask bench grpc` measures unary and streamed enqueue through the gRPC face
   (gotask.bench_grpc).
+- `gotask bench console` measures the web console's cost (gotask.bench_console).
 """
 
 from __future__ import annotations
@@ -351,7 +352,11 @@ def run_job_bench(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> int:
-    """`gotask bench [runtime|cron|http|grpc] ...`; returns the exit code."""
+    """`gotask bench [runtime|cron|http|grpc|console] ...`; returns the exit code."""
+    if argv[:1] == ["console"]:
+        from gotask.bench_console import main as console_main
+
+        return console_main(argv[1:])
     if argv[:1] == ["http"]:
         from gotask.bench_http import main as http_main
 

@@ -203,6 +203,7 @@ async def test_pause_and_resume_a_queue_from_the_queues_page(
     await _api(server, "POST", "/api/v1/jobs", json={"task": "add", "args": [1, 2]})
     page = await console.get("/console/queues")
     assert '/console/queues/default/pause"' in page.text
+    assert "<th>oldest ready</th>" in page.text and "data-oldest" in page.text
     assert (await console.post("/console/queues/default/pause")).status_code == 403
     r = await console.post("/console/queues/default/pause", data={"csrf": _csrf(page.text)})
     assert r.status_code == 302
@@ -246,8 +247,9 @@ async def test_one_sample_serves_every_page_with_one_request_of_each_kind() -> N
     assert broker.asked == [CountQueues, ListNodes, GetJobs]
     first = await pages[0].next()
     assert first["queues"] == [{"name": "default", "counts": {"active": 1, "dead": 2},
-                                "paused": False},
-                               {"name": "slow", "counts": {}, "paused": True}]
+                                "paused": False, "oldest_ready_age_s": None},
+                               {"name": "slow", "counts": {}, "paused": True,
+                                "oldest_ready_age_s": None}]
     assert "job" not in first and first["point"] == list(live.history[-1])
     assert (await pages[-2].next())["job"]["progress"] == 0.5
     assert (await pages[-1].next())["job"] is None

@@ -77,6 +77,10 @@
       cell.dataset.state = s;
       row.appendChild(cell);
     });
+    var oldest = document.createElement("td");
+    oldest.className = "num";
+    oldest.dataset.oldest = "";
+    row.appendChild(oldest);
     if (csrf) {
       row.appendChild(pauseForm(q, csrf));
     }
@@ -103,6 +107,9 @@
       rows[i].querySelectorAll("[data-state]").forEach(function (cell) {
         cell.textContent = String(q.counts[cell.dataset.state] || 0);
       });
+      var age = q.oldest_ready_age_s;
+      rows[i].querySelector("[data-oldest]").textContent =
+        age === null || age === undefined ? "-" : age.toFixed(1) + " s";
     });
   }
 

@@ -41,7 +41,7 @@ class _CachedTime(logging.Formatter):
         if second != cached_second or datefmt != cached_fmt:
             text = time.strftime(datefmt or self.default_time_format, self.converter(second))
             self._second = (second, datefmt, text)
-        if datefmt:
+        if datefmt or not self.default_msec_format:
             return text
         return self.default_msec_format % (text, record.msecs)
 

@@ -6,6 +6,9 @@ Rules of this module:
 - Fields passed with `extra=` (job id, task, queue, attempt, ...) appear as keys of the
   JSON object; the text format already carries them in its message.
 - Nothing here adds job arguments, results or secrets to a record.
+- A node logs a line per job event at INFO, so a record must be cheap: the node's
+  records carry no caller location, thread or process (no format here shows them; the
+  logging HOWTO's "Optimization" switches), and the time text is made once a second.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from typing import Any
 
 __all__ = ["LOG_FORMATS", "LOG_LEVELS", "JsonFormatter", "setup_logging"]
@@ -25,7 +29,24 @@ _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
     "message", "asctime", "taskName"}
 
 
-class JsonFormatter(logging.Formatter):
+class _CachedTime(logging.Formatter):
+    """A formatter that renders the seconds of a record's time once per second."""
+
+    _second: tuple[int, str | None, str] = (-1, None, "")
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        """`logging.Formatter.formatTime`'s text, its seconds part made once a second."""
+        second = int(record.created)
+        cached_second, cached_fmt, text = self._second
+        if second != cached_second or datefmt != cached_fmt:
+            text = time.strftime(datefmt or self.default_time_format, self.converter(second))
+            self._second = (second, datefmt, text)
+        if datefmt or not self.default_msec_format:
+            return text
+        return self.default_msec_format % (text, record.msecs)
+
+
+class JsonFormatter(_CachedTime):
     """One JSON object per record: time, level, logger, message, then the extra fields."""
 
     def format(self, record: logging.LogRecord) -> str:
@@ -46,8 +67,10 @@ class JsonFormatter(logging.Formatter):
 
 def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
     """Send every log record at `level` or above to stderr in format `fmt`."""
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
+    logging._srcfile = None  # no caller location: the costliest part of a record
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+    handler.setFormatter(JsonFormatter() if fmt == "json" else _CachedTime(TEXT_FORMAT))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

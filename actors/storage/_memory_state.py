@@ -56,6 +56,7 @@ BYTES_MAX = 1 << 30
 #: Bytes a job counts for beyond its data (record, indexes).
 JOB_BYTES_OVERHEAD = 512
 _new_record = object.__new__
+_set_fields = object.__setattr__
 
 E = TypeVar("E", bound=tuple[Any, ...])
 
@@ -165,12 +166,13 @@ if TYPE_CHECKING:
     from attrs import evolve as _evolve
 else:
     def _evolve(rec: JobRecord, **changes: Any) -> JobRecord:
-        """`attrs.evolve` without its per-field work: one copy of the record's fields.
+        """`attrs.evolve` without its per-field work: one copy of the record's field dict
+        (a copy of a whole dict is one block copy; filling a new one key by key is not).
         (The type checker checks the changes against `attrs.evolve`'s signature.)"""
         new = _new_record(JobRecord)
-        fields = new.__dict__
-        fields.update(rec.__dict__)
+        fields = rec.__dict__.copy()
         fields.update(changes)
+        _set_fields(new, "__dict__", fields)
         return new
 
 
@@ -251,17 +253,19 @@ class _MemoryState:
         self._due.push((due_at, job.seq, job.rec.id))
         self._resize(job)
 
-    def _finish(self, job: _Job, state: JobState, now: float) -> None:
-        """Move to a terminal state; dead jobs wait in the DLQ, others expire."""
+    def _finish(self, job: _Job, state: JobState, now: float, **changes: Any) -> None:
+        """Move to a terminal state, applying `changes` to the record in the same copy;
+        dead jobs wait in the DLQ, others expire."""
         self._move(job, state)
         rec = job.rec
         if state is DEAD:
-            job.rec = _evolve(rec, finished_at=now, lease_expires_at=None, expires_at=None)
+            expires_at = None
             self._dead[rec.id] = None
         else:
             expires_at = now + rec.result_ttl_s
-            job.rec = _evolve(rec, finished_at=now, lease_expires_at=None, expires_at=expires_at)
             self._expiry.push((expires_at, rec.id))
+        job.rec = _evolve(rec, state=_PLAIN[state], finished_at=now, lease_expires_at=None,
+                          expires_at=expires_at, **changes)
         self._resize(job)
 
     def _requeue(self, job: _Job, now: float) -> None:

@@ -252,9 +252,9 @@ class MemoryStorageCore(_MemoryQueries, _MemoryMaintenance, _MemoryCron):
                 status = OK
             if status is OK:
                 assert job is not None
-                job.rec = _evolve(job.rec, settled_attempt=item.attempt, result=item.result,
-                                  progress=1.0, error_type=None, error=None, traceback=None)
-                self._finish(job, SUCCEEDED, now)
+                self._finish(job, SUCCEEDED, now, settled_attempt=item.attempt,
+                             result=item.result, progress=1.0, error_type=None, error=None,
+                             traceback=None)
             statuses.append(status)
         return b.AckReply(tuple(statuses))
 

@@ -46,8 +46,10 @@ from gotask._client_jobs import (
     WATCH_REFRESH_S,
     JobTuple,
     Watch,
+    checked_reply,
     chunks,
     decode_result,
+    dlq_ids,
     only_job,
     remote_error,
 )
@@ -84,7 +86,7 @@ from gotask._protocol import (
     WatchJobs,
     check_spec,
 )
-from gotask.runtime.message import Address, Command, ErrorReply, reply_type
+from gotask.runtime.message import Address, Command, ErrorReply
 
 __all__ = ["AsyncClient"]
 
@@ -316,7 +318,7 @@ class AsyncClient:
                 continue
             if isinstance(reply, ErrorReply):
                 raise remote_error(reply)
-            return _checked(msg, reply)
+            return checked_reply(msg, reply)
         raise AssertionError("unreachable")
 
     # -- enqueue ---------------------------------------------------------------------------
@@ -544,7 +546,7 @@ class AsyncClient:
         Raises:
             ValueError: neither or both of `ids` and `all_jobs` given.
         """
-        return (await self._request(RetryDead(_dlq_ids(ids, all_jobs)), retry=False)).count
+        return (await self._request(RetryDead(dlq_ids(ids, all_jobs)), retry=False)).count
 
     async def dlq_purge(self, ids: Sequence[str] | None = None, *, all_jobs: bool = False) -> int:
         """Delete dead jobs: the ones in `ids`, or all with `all_jobs=True`. Returns how
@@ -553,7 +555,7 @@ class AsyncClient:
         Raises:
             ValueError: neither or both of `ids` and `all_jobs` given.
         """
-        return (await self._request(PurgeDead(_dlq_ids(ids, all_jobs)), retry=False)).count
+        return (await self._request(PurgeDead(dlq_ids(ids, all_jobs)), retry=False)).count
 
     async def nodes(self) -> list[NodeInfo]:
         """The live nodes of the cluster, sorted by name."""
@@ -581,18 +583,3 @@ class AsyncClient:
         """
         return (await self._request(RunCron(name), retry=False)).job_id
 
-
-def _checked(msg: Command[R], reply: object) -> R:
-    expected = reply_type(type(msg))
-    if expected is not None and not isinstance(reply, expected):
-        raise RemoteProtocolError(f"the node answered {type(msg).__name__} with "
-                                  f"{type(reply).__name__}")
-    return reply  # type: ignore[return-value]  # checked against Command[R] just above
-
-
-def _dlq_ids(ids: Sequence[str] | None, all_jobs: bool) -> tuple[str, ...] | None:
-    if isinstance(ids, str):
-        raise TypeError("ids must be a sequence of job ids, not one string")
-    if (ids is None) == (not all_jobs):
-        raise ValueError("pass either ids or all_jobs=True")
-    return None if ids is None else tuple(ids)

@@ -12,7 +12,7 @@ Rules of this module:
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import anyio
 import attrs
@@ -28,7 +28,7 @@ from gotask._errors import (
 )
 from gotask._job import JobRecord, JobState
 from gotask._protocol import IDS_MAX, JobSpec, JobsReply
-from gotask.runtime.message import ErrorReply
+from gotask.runtime.message import Command, ErrorReply, reply_type
 
 __all__ = [
     "ENQUEUE_BYTES_MAX",
@@ -36,8 +36,10 @@ __all__ = [
     "WATCH_REFRESH_S",
     "JobTuple",
     "Watch",
+    "checked_reply",
     "chunks",
     "decode_result",
+    "dlq_ids",
     "only_job",
     "remote_error",
 ]
@@ -52,6 +54,7 @@ WATCH_REFRESH_S: Final = 30.0
 #: Bytes of encoded arguments per `Enqueue` message, below the 1 MiB frame limit.
 ENQUEUE_BYTES_MAX: Final = 768 << 10
 _ITEM_OVERHEAD_BYTES: Final = 512
+R = TypeVar("R")
 
 
 def decode_result(job: JobRecord) -> Any:
@@ -149,3 +152,29 @@ class Watch:
             return False
         self.changed = anyio.Event()
         return True
+
+
+def checked_reply(msg: Command[R], reply: object) -> R:
+    """`reply`, checked to be of the type `msg` declares.
+
+    Raises:
+        RemoteProtocolError: it is not.
+    """
+    expected = reply_type(type(msg))
+    if expected is not None and not isinstance(reply, expected):
+        raise RemoteProtocolError(f"the node answered {type(msg).__name__} with "
+                                  f"{type(reply).__name__}")
+    return reply  # type: ignore[return-value]  # checked against Command[R] just above
+
+
+def dlq_ids(ids: Sequence[str] | None, all_jobs: bool) -> tuple[str, ...] | None:
+    """The ids a DLQ retry or purge names: `ids`, or None for all jobs.
+
+    Raises:
+        TypeError: `ids` is one string. ValueError: neither or both given.
+    """
+    if isinstance(ids, str):
+        raise TypeError("ids must be a sequence of job ids, not one string")
+    if (ids is None) == (not all_jobs):
+        raise ValueError("pass either ids or all_jobs=True")
+    return None if ids is None else tuple(ids)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import socket
 import ssl
 from collections.abc import AsyncIterator
@@ -608,12 +609,11 @@ def _blocking_session(address: str) -> dict[str, Any]:
         out["queues"] = client.queues()
     with Client(address, backend="trio") as client:
         out["trio"] = client.wait(client.enqueue_with("add", [5, 5]))
-        parent = client._running
-        assert parent is not None
-        client._running = attrs.evolve(parent, pid=-1)  # as if this process were a fork
+        parent = client._local.link
+        parent.pid = -1  # as if this process were a fork of the one that dialed it
         client.queues()
-        out["forked"] = client._running is not None and client._running.client is not (
-            parent.client)
+        out["forked"] = client._local.link is not parent and not parent.closed
+        parent.pid = os.getpid()
         parent.close()
     return out
 

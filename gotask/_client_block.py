@@ -73,7 +73,7 @@ class BlockingLink:
         corr: itertools.count[int],
         on_push: Callable[[JobRecord], None] | None = None,
     ) -> None:
-        self.peer, self.address, self.pid = peer, address, os.getpid()
+        self.peer, self.address, self.node, self.pid = peer, address, client_node, os.getpid()
         self._sock, self._settings, self._corr, self._on_push = sock, settings, corr, on_push
         self._me = Address(client_node, CALLER_NAME)
         self._broker = Address(peer, BROKER)
@@ -167,7 +167,8 @@ class BlockingLink:
 
     def _loop(self, corr: int | None, until_s: float | None) -> CallDone | None:
         proto = self._proto
-        while True:
+        found = self._drain(corr, want_push=corr is None)  # what came with the handshake
+        while found is None:
             self._flush()
             now_s = time.monotonic()
             for done in proto.tick(now_s):
@@ -180,17 +181,20 @@ class BlockingLink:
                 until_s, proto.next_due(now_s))
             self._sock.settimeout(max(_SHORTEST_WAIT_S, due_s - now_s))
             found = self._receive(corr, want_push=corr is None)
-            if found is not None:
-                return found
+        return found
 
     def _receive(self, corr: int | None, *, want_push: bool) -> CallDone | None:
-        """Read once and handle every event; the `CallDone` of `corr`, or (`want_push`)
-        `_PUSHED` when a push came."""
+        """Read once and handle every event; see `_drain`."""
         try:
             data = self._sock.recv(self._settings.receive_bytes_max)
         except (TimeoutError, BlockingIOError, ssl.SSLWantReadError):
             return None
         self._proto.receive_data(data)
+        return self._drain(corr, want_push=want_push)
+
+    def _drain(self, corr: int | None, *, want_push: bool) -> CallDone | None:
+        """Handle every event whole in the buffer; the `CallDone` of `corr`, or (with
+        `want_push`) `_PUSHED` when a push came."""
         found: CallDone | None = None
         while events := self._proto.next_events():
             for event in events:

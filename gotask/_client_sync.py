@@ -131,7 +131,6 @@ class Client:
         self._backoff = (backoff_base_s, backoff_cap_s)
         self._settings = LinkSettings(connect_timeout_s=connect_timeout_s,
                                       heartbeat_s=heartbeat_s, idle_timeout_s=4 * heartbeat_s)
-        self._name = f"client-{secrets.token_hex(8)}"
         self._rng = random.Random(secrets.randbits(64))
         self._corr = itertools.count(1)
         self._local = threading.local()
@@ -148,12 +147,17 @@ class Client:
 
     def __repr__(self) -> str:
         where = self.connected_to or "not connected"
-        return f"<Client {self._name} {where}>"
+        return f"<Client {self.node_name} {where}>"
 
     @property
     def node_name(self) -> str:
-        """This client's name on the wire ("client-" and 16 hex digits)."""
-        return self._name
+        """The calling thread's name on the wire ("client-" and 16 hex digits): each
+        thread and each process has its own, as each has its own connection."""
+        local = self._local
+        if getattr(local, "pid", None) != os.getpid():
+            local.pid, local.name = os.getpid(), _fresh_name()
+        name: str = local.name
+        return name
 
     @property
     def connected_to(self) -> str | None:
@@ -182,10 +186,11 @@ class Client:
         link: BlockingLink | None = getattr(self._local, "link", None)
         if link is not None and link.alive():
             return link
-        link = self._local.link = self._dial_any()
+        link = self._local.link = self._dial_any(self.node_name)
         return link
 
-    def _dial_any(self, on_push: Callable[[JobRecord], None] | None = None) -> BlockingLink:
+    def _dial_any(self, name: str,
+                  on_push: Callable[[JobRecord], None] | None = None) -> BlockingLink:
         failures: dict[str, str] = {}
         if self._lost:  # many clients lost the same node: do not all hit the next at once
             time.sleep(self._rng.uniform(0.0, self._backoff[0]))
@@ -199,38 +204,40 @@ class Client:
                 index = (self._next + step) % len(self._addresses)
                 if index in foreign:
                     continue
-                link = self._dial_one(index, failures, foreign, on_push)
-                if link is not None:
+                link = self._dial_one(index, name, failures, on_push)
+                if isinstance(link, BlockingLink):
                     self._next, self._lost = index, False
                     return link
+                if link:
+                    foreign.add(index)
         reasons = "; ".join(f"{addr}: {why}" for addr, why in failures.items())
         raise NodeUnavailable(f"cannot reach any GoTask node ({reasons})")
 
-    def _dial_one(self, index: int, failures: dict[str, str], foreign: set[int],
-                  on_push: Callable[[JobRecord], None] | None) -> BlockingLink | None:
+    def _dial_one(self, index: int, name: str, failures: dict[str, str],
+                  on_push: Callable[[JobRecord], None] | None) -> BlockingLink | bool:
+        """The link, or whether the address is not a GoTask node (not worth retrying)."""
         text, (host, port) = self._addresses[index]
         try:
             sock, conn, peer = dial_blocking(host, port, secret=self._secret,
-                                             client_node=self._name, settings=self._settings,
+                                             client_node=name, settings=self._settings,
                                              ssl_context=self._ssl_context)
         except AuthenticationError as exc:  # a PermissionError: not a node being down
             raise AuthenticationError(f"{text}: {exc} (is the shared secret right?)") from None
         except NotAGoTaskNode as exc:
             failures[text] = str(exc)
-            foreign.add(index)
-            return None
+            return True
         except TimeoutError:
             failures[text] = f"no answer within {self._settings.connect_timeout_s:g}s"
-            return None
+            return False
         except (OSError, RemoteProtocolError) as exc:
             failures[text] = str(exc) or type(exc).__name__
             log.info("cannot reach GoTask node %s: %s", text, failures[text])
-            return None
-        link = BlockingLink(sock, conn, client_node=self._name, peer=peer, address=text,
+            return False
+        link = BlockingLink(sock, conn, client_node=name, peer=peer, address=text,
                             settings=self._settings, corr=self._corr, on_push=on_push)
         with self._lock:
             self._links.add(link)
-        log.info("client %s connected to node %s at %s", self._name, peer, text)
+        log.info("client %s connected to node %s at %s", name, peer, text)
         return link
 
     def _backoff_s(self, attempt: int) -> float:
@@ -340,12 +347,13 @@ class Client:
         The watch has its own connection, closed when the iteration ends.
         """
         pushed: list[JobRecord] = []
+        name = _fresh_name()  # the watch's own link, so its own name on the wire
         link: BlockingLink | None = None
         last: JobRecord | None = None
         try:
             while True:
                 if link is None or link.closed:
-                    link = self._dial_any(on_push=pushed.append)
+                    link = self._dial_any(name, on_push=pushed.append)
                 try:
                     for job in self._watch_on(link, job_id, pushed):
                         if job != last:
@@ -366,7 +374,7 @@ class Client:
         a quiet `WATCH_REFRESH_S` (then subscribe again)."""
         while True:
             del pushed[:]
-            msg = WatchJobs((job_id,), Address(self._name, WATCH_NAME))
+            msg = WatchJobs((job_id,), Address(link.node, WATCH_NAME))
             reply = link.call(msg, self._call_timeout_s)
             if isinstance(reply, ErrorReply):
                 raise remote_error(reply)
@@ -433,6 +441,10 @@ class Client:
     def cron_run(self, name: str) -> str:
         """Enqueue one job of a cron entry now. See `AsyncClient.cron_run`."""
         return self._request(RunCron(name), retry=False).job_id
+
+
+def _fresh_name() -> str:
+    return f"client-{secrets.token_hex(8)}"
 
 
 def _newest(job: JobRecord, pushed: list[JobRecord]) -> JobRecord:

@@ -4,8 +4,9 @@ Rules of this module:
 - The node is a child process (`gotask node --app examples.tasks`), the caller this
   process's main thread with the blocking `Client`: one caller, one job per call, the
   next call only once the previous one returned (issue 20).
-- `--sequential` enqueues N no-op jobs with the node's workers paused: jobs/s, and the
-  latency of each call (p50, p99) as the caller sees it (`time.perf_counter`).
+- `--sequential` enqueues N no-op jobs with the node's workers paused: jobs/s, the
+  latency of each call (p50, p99) as the caller sees it (`time.perf_counter`), and the
+  caller's own CPU per call (the rest of a call's time is the node, storage and wire).
 - `--idle-pickup` resumes the workers and enqueues one no-op job at a time into the idle
   node, waiting for each to finish and pausing `IDLE_GAP_S` between them: pickup is the
   job's creation to its lease, done its creation to its acknowledgement, both read from
@@ -51,14 +52,15 @@ def _percentile(values: list[float], share: float) -> float:
 
 def _enqueue_phase(client: Client, jobs: int) -> dict[str, float]:
     latencies = []
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     for _ in range(jobs):
         began = time.perf_counter()
         client.enqueue("noop")
         latencies.append((time.perf_counter() - began) * 1000)
     rate = jobs / (time.perf_counter() - start)
     return {"enqueue_jobs_per_s": rate, "enqueue_p50_ms": statistics.median(latencies),
-            "enqueue_p99_ms": _percentile(latencies, 0.99)}
+            "enqueue_p99_ms": _percentile(latencies, 0.99),
+            "enqueue_client_cpu_us": (time.process_time() - cpu_start) / jobs * 1e6}
 
 
 def _pickup_phase(client: Client, samples: int) -> dict[str, float]:

@@ -98,11 +98,15 @@ class BlockingLink:
             self.close("idle long enough for the node to drop it")
             return False
         try:
+            self._sock.settimeout(0.0)  # a TLS record only partly here must not block
             while _readable(self._sock):
                 self._receive(None, want_push=False)
             self._flush()
+        except (OSError, LinkClosed) as exc:
+            self._fail(exc)
         except BaseException as exc:
             self._fail(exc)
+            raise
         return not proto.closed
 
     def call(self, msg: object, timeout_s: float) -> object:

@@ -27,16 +27,15 @@ import time
 from collections.abc import Callable
 from typing import Final
 
-from gotask._client_conn import CALLER_NAME, WATCH_NAME, LinkSettings, NotSent
+from gotask._client_conn import CALLER_NAME, LinkSettings, NotSent, handle_event
 from gotask._errors import ConnectionLost, NotAGoTaskNode, ProtocolError
 from gotask._job import JobRecord
-from gotask._messages import BROKER, JobChanged
+from gotask._messages import BROKER
 from gotask.runtime.message import Address, Envelope
-from gotask.transports._handshake import NONCE_BYTES, DialerHandshake, WireError
+from gotask.transports._handshake import NONCE_BYTES, DialerHandshake
 from gotask.transports._link_protocol import (
     CallDone,
     HandshakeProtocol,
-    InvalidReceived,
     LinkClosed,
     LinkProtocol,
 )
@@ -204,27 +203,9 @@ class BlockingLink:
             for event in events:
                 if isinstance(event, CallDone):
                     found = event if event.corr == corr else found
-                elif self._on_event(event) and want_push:
+                elif handle_event(self._proto, event, self.address, self._on_push) and want_push:
                     found = _PUSHED
         return found
-
-    def _on_event(self, event: object) -> bool:
-        """Handle one event; True for a push to this client's watch."""
-        if isinstance(event, Envelope):
-            if event.dst.name == WATCH_NAME and isinstance(event.msg, JobChanged):
-                if self._on_push is not None:
-                    self._on_push(event.msg.job)
-                return True
-            self._proto.refuse(event, "ActorNotFound", f"no actor {event.dst.name!r}: "
-                               "clients host none")
-        elif isinstance(event, InvalidReceived):
-            log.warning("client link to %s: invalid message: %s", self.address, event.error)
-            if event.reply is not None:
-                self._proto.send_control(event.reply)
-        elif isinstance(event, WireError):
-            log.warning("client link to %s: the node reports %s: %s", self.address,
-                        event.code, event.message)
-        return False
 
     def _flush(self) -> None:
         proto = self._proto

@@ -11,7 +11,7 @@ Rules of this module:
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Final, TypeVar
 
 import anyio
@@ -27,7 +27,7 @@ from gotask._errors import (
     RemoteProtocolError,
 )
 from gotask._job import JobRecord, JobState
-from gotask._protocol import IDS_MAX, JobSpec, JobsReply
+from gotask._protocol import IDS_MAX, JobSpec, JobsReply, QueuesReply, check_spec
 from gotask.runtime.message import Command, ErrorReply, reply_type
 
 __all__ = [
@@ -36,11 +36,13 @@ __all__ = [
     "WATCH_REFRESH_S",
     "JobTuple",
     "Watch",
+    "check_jobs",
     "checked_reply",
     "chunks",
     "decode_result",
     "dlq_ids",
     "only_job",
+    "queue_counts",
     "remote_error",
 ]
 
@@ -90,6 +92,29 @@ def remote_error(reply: ErrorReply) -> Exception:
         except TypeError:  # a class that needs more than a message
             pass
     return RemoteActorError(reply.type_name, reply.message, reply.traceback)
+
+
+def check_jobs(jobs: Iterable[JobTuple]) -> list[JobSpec]:
+    """Every job of an `enqueue_many`, checked before any is sent.
+
+    Raises:
+        TypeError: an entry is not a 4-tuple. Otherwise as `check_spec`.
+    """
+    items = []
+    for spec in jobs:
+        if not isinstance(spec, tuple) or len(spec) != 4:
+            raise TypeError(f"each job must be (task, args, kwargs, options), got {spec!r}")
+        task, args, kwargs, options = spec
+        items.append(check_spec(task, args, kwargs, options or {}))
+    return items
+
+
+def queue_counts(reply: QueuesReply) -> dict[str, dict[str, int]]:
+    """A `QueuesReply` as {queue: {state: count}}."""
+    out: dict[str, dict[str, int]] = {}
+    for count in reply.counts:
+        out.setdefault(count.queue, {})[count.state] = count.count
+    return out
 
 
 def chunks(specs: Sequence[JobSpec]) -> Iterator[tuple[JobSpec, ...]]:

@@ -16,9 +16,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-import random
 import secrets
-import ssl
 import threading
 import time
 import weakref
@@ -27,33 +25,28 @@ from typing import Any, TypeVar
 
 from gotask._client_block import BlockingLink, dial_blocking
 from gotask._client_conn import (
-    DEFAULT_NODE,
     WATCH_NAME,
-    LinkSettings,
     NotSent,
     nodes_from_env,
-    parse_address,
     secret_from_env,
 )
 from gotask._client_jobs import (
     WAIT_SLICE_S,
     WATCH_REFRESH_S,
     JobTuple,
+    check_jobs,
     checked_reply,
     chunks,
     decode_result,
     dlq_ids,
     only_job,
+    queue_counts,
     remote_error,
 )
+from gotask._client_nodes import NodeList
 from gotask._errors import (
-    AuthenticationError,
-    ConfigError,
     ConnectionLost,
     JobNotFound,
-    NodeUnavailable,
-    NotAGoTaskNode,
-    RemoteProtocolError,
     WaitTimeout,
 )
 from gotask._job import JobRecord
@@ -111,33 +104,13 @@ class Client:
         nodes: Sequence[str] | str | None = None,
         *,
         backend: str | None = None,
-        secret: bytes | str | None = None,
-        ssl_context: ssl.SSLContext | None = None,
-        call_timeout_s: float = 10.0,
-        connect_timeout_s: float = 5.0,
-        connect_rounds: int = 3,
-        backoff_base_s: float = 0.1,
-        backoff_cap_s: float = 5.0,
-        heartbeat_s: float = 5.0,
+        **options: Any,
     ) -> None:
-        names = [nodes] if isinstance(nodes, str) else list(nodes or [DEFAULT_NODE])
-        if not names:
-            raise ConfigError("a client needs at least one node address")
-        self._addresses = [(text, parse_address(text)) for text in names]
-        self._secret = secret.encode() if isinstance(secret, str) else secret
-        self._ssl_context = ssl_context
-        self._call_timeout_s = call_timeout_s
-        self._connect_rounds = max(1, connect_rounds)
-        self._backoff = (backoff_base_s, backoff_cap_s)
-        self._settings = LinkSettings(connect_timeout_s=connect_timeout_s,
-                                      heartbeat_s=heartbeat_s, idle_timeout_s=4 * heartbeat_s)
-        self._rng = random.Random(secrets.randbits(64))
+        self._nodes = NodeList(nodes, **options)
         self._corr = itertools.count(1)
         self._local = threading.local()
         self._lock = threading.Lock()
         self._links: weakref.WeakSet[BlockingLink] = weakref.WeakSet()
-        self._next = 0
-        self._lost = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **options: Any) -> Client:
@@ -192,62 +165,31 @@ class Client:
     def _dial_any(self, name: str,
                   on_push: Callable[[JobRecord], None] | None = None) -> BlockingLink:
         failures: dict[str, str] = {}
-        if self._lost:  # many clients lost the same node: do not all hit the next at once
-            time.sleep(self._rng.uniform(0.0, self._backoff[0]))
         foreign: set[int] = set()  # not GoTask nodes: not worth another round
-        for round_ in range(self._connect_rounds):
-            if len(foreign) == len(self._addresses):
-                break
-            if round_:
-                time.sleep(self._backoff_s(round_ - 1))
-            for step in range(len(self._addresses)):
-                index = (self._next + step) % len(self._addresses)
-                if index in foreign:
-                    continue
-                link = self._dial_one(index, name, failures, on_push)
-                if isinstance(link, BlockingLink):
-                    self._next, self._lost = index, False
-                    return link
-                if link:
-                    foreign.add(index)
-        reasons = "; ".join(f"{addr}: {why}" for addr, why in failures.items())
-        raise NodeUnavailable(f"cannot reach any GoTask node ({reasons})")
+        for pause_s, index in self._nodes.plan(foreign):
+            if pause_s:
+                time.sleep(pause_s)
+            try:
+                link = self._dial_one(index, name, on_push)
+            except Exception as exc:
+                self._nodes.failed(index, exc, failures, foreign)
+                continue
+            self._nodes.connected(index)
+            return link
+        raise self._nodes.unavailable(failures)
 
-    def _dial_one(self, index: int, name: str, failures: dict[str, str],
-                  on_push: Callable[[JobRecord], None] | None) -> BlockingLink | bool:
-        """The link, or whether the address is not a GoTask node (not worth retrying)."""
-        text, (host, port) = self._addresses[index]
-        try:
-            sock, conn, peer = dial_blocking(host, port, secret=self._secret,
-                                             client_node=name, settings=self._settings,
-                                             ssl_context=self._ssl_context)
-        except AuthenticationError as exc:  # a PermissionError: not a node being down
-            raise AuthenticationError(f"{text}: {exc} (is the shared secret right?)") from None
-        except NotAGoTaskNode as exc:
-            failures[text] = str(exc)
-            return True
-        except TimeoutError:
-            failures[text] = f"no answer within {self._settings.connect_timeout_s:g}s"
-            return False
-        except (OSError, RemoteProtocolError) as exc:
-            failures[text] = str(exc) or type(exc).__name__
-            log.info("cannot reach GoTask node %s: %s", text, failures[text])
-            return False
+    def _dial_one(self, index: int, name: str,
+                  on_push: Callable[[JobRecord], None] | None) -> BlockingLink:
+        nodes = self._nodes
+        text, (host, port) = nodes.addresses[index]
+        sock, conn, peer = dial_blocking(host, port, secret=nodes.secret, client_node=name,
+                                         settings=nodes.settings, ssl_context=nodes.ssl_context)
         link = BlockingLink(sock, conn, client_node=name, peer=peer, address=text,
-                            settings=self._settings, corr=self._corr, on_push=on_push)
+                            settings=nodes.settings, corr=self._corr, on_push=on_push)
         with self._lock:
             self._links.add(link)
         log.info("client %s connected to node %s at %s", name, peer, text)
         return link
-
-    def _backoff_s(self, attempt: int) -> float:
-        base_s, cap_s = self._backoff
-        delay_s = min(cap_s, base_s * 2.0 ** min(attempt, 32))
-        return self._rng.uniform(delay_s / 2, delay_s)
-
-    def _link_lost(self) -> None:
-        self._lost = True
-        self._next = (self._next + 1) % len(self._addresses)
 
     # -- requests --------------------------------------------------------------------------
 
@@ -257,7 +199,7 @@ class Client:
         Raises:
             RemoteProtocolError: the reply is not of the type `msg` declares.
         """
-        timeout_s = self._call_timeout_s if timeout_s is None else timeout_s
+        timeout_s = self._nodes.call_timeout_s if timeout_s is None else timeout_s
         for attempt in (1, 2):
             link = self._connected()
             try:
@@ -267,7 +209,7 @@ class Client:
                     raise
                 continue  # it never left: sending it again cannot apply it twice
             except ConnectionLost as exc:
-                self._link_lost()
+                self._nodes.lost()
                 if attempt == 2 or not retry:
                     raise
                 log.info("retrying %s on the next node: %s", type(msg).__name__, exc)
@@ -306,13 +248,7 @@ class Client:
 
     def enqueue_many(self, jobs: Iterable[JobTuple]) -> list[str]:
         """Enqueue many jobs; return their ids. See `AsyncClient.enqueue_many`."""
-        items = []
-        for spec in jobs:
-            if not isinstance(spec, tuple) or len(spec) != 4:
-                raise TypeError(f"each job must be (task, args, kwargs, options), got {spec!r}")
-            task, args, kwargs, options = spec
-            items.append(check_spec(task, args, kwargs, options or {}))
-        return self._enqueue_items(items)
+        return self._enqueue_items(check_jobs(jobs))
 
     def _enqueue_items(self, items: Sequence[JobSpec]) -> list[str]:
         ids: list[str] = []
@@ -334,7 +270,7 @@ class Client:
             left_s = WAIT_SLICE_S if deadline_s is None else deadline_s - time.monotonic()
             slice_s = max(0.0, min(WAIT_SLICE_S, left_s))
             reply = self._request(WaitJobs((job_id,), slice_s), retry=True,
-                                  timeout_s=slice_s + self._call_timeout_s)
+                                  timeout_s=slice_s + self._nodes.call_timeout_s)
             job = only_job(reply, job_id)
             if job.is_terminal:
                 return decode_result(job)
@@ -362,7 +298,7 @@ class Client:
                             if job.is_terminal:
                                 return
                 except ConnectionLost as exc:
-                    self._link_lost()
+                    self._nodes.lost()
                     log.info("watch of %s: connection lost, watching again: %s", job_id, exc)
         finally:
             if link is not None:
@@ -375,7 +311,7 @@ class Client:
         while True:
             del pushed[:]
             msg = WatchJobs((job_id,), Address(link.node, WATCH_NAME))
-            reply = link.call(msg, self._call_timeout_s)
+            reply = link.call(msg, self._nodes.call_timeout_s)
             if isinstance(reply, ErrorReply):
                 raise remote_error(reply)
             job = only_job(checked_reply(msg, reply), job_id)
@@ -397,10 +333,7 @@ class Client:
 
     def queues(self) -> dict[str, dict[str, int]]:
         """Job counts per queue and state. See `AsyncClient.queues`."""
-        out: dict[str, dict[str, int]] = {}
-        for count in self._request(CountQueues(), retry=True).counts:
-            out.setdefault(count.queue, {})[count.state] = count.count
-        return out
+        return queue_counts(self._request(CountQueues(), retry=True))
 
     def dlq_list(self, queue: str | None = None, limit: int = 100,
                  after_id: str | None = None) -> list[JobRecord]:

@@ -14,10 +14,12 @@ import time
 from functools import partial
 from pathlib import Path
 
+import attrs
 import pytest
 import trio
 
 from gotask._errors import ConnectionLost
+from gotask._protocol import WatchJobs
 from gotask.client import Client
 from gotask.transports._link import LinkOptions
 
@@ -218,3 +220,35 @@ async def test_a_forked_child_dials_its_own_link(fake: FakeBroker) -> None:
     """
     code, output, _ = await trio.to_thread.run_sync(_run_child, _script(fake.address, body))
     assert (code, output.split()) == (0, ["0", "2", "True"]), output
+
+
+def _watch_through_failover(client: Client, job_id: str, stop_a: threading.Event) -> list[str]:
+    updates = client.watch(job_id)
+    states = [next(updates).state]
+    stop_a.set()
+    states.extend(job.state for job in updates)
+    return states
+
+
+async def test_watch_survives_failover(nursery: trio.Nursery) -> None:
+    table = JobTable()
+    node_a = await start_fake(nursery, "node-a", table=table)
+    node_b = await start_fake(nursery, "node-b", table=table)
+    client = Client([node_a.address, node_b.address])
+    job_id = await trio.to_thread.run_sync(client.enqueue, "slow")
+    stop_a = threading.Event()
+
+    async def move_to_b() -> None:
+        await trio.to_thread.run_sync(stop_a.wait)
+        node_a.stop()
+        with trio.fail_after(5):
+            while not any(isinstance(m, WatchJobs) for m in node_b.received):
+                await trio.sleep(0.005)
+        node_b.set(attrs.evolve(table.jobs[job_id], state="active"))
+        await trio.sleep(0.05)
+        node_b.set(attrs.evolve(table.jobs[job_id], state="cancelled"))
+
+    nursery.start_soon(move_to_b)
+    states = await trio.to_thread.run_sync(_watch_through_failover, client, job_id, stop_a)
+    await trio.to_thread.run_sync(client.close)
+    assert states[0] == "queued" and states[-1] == "cancelled"

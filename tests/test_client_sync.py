@@ -252,3 +252,21 @@ async def test_watch_survives_failover(nursery: trio.Nursery) -> None:
     states = await trio.to_thread.run_sync(_watch_through_failover, client, job_id, stop_a)
     await trio.to_thread.run_sync(client.close)
     assert states[0] == "queued" and states[-1] == "cancelled"
+
+
+def _two_calls_apart(client: Client, gap_s: float) -> tuple[bool, bool]:
+    client.queues()
+    first = client._local.link
+    time.sleep(gap_s)
+    client.queues()
+    return first.closed, client._local.link is first
+
+
+async def test_a_link_silent_for_two_heartbeats_is_dialed_again(fake: FakeBroker) -> None:
+    busy, quiet = Client(fake.address), Client(fake.address, heartbeat_s=0.1)
+    kept = await trio.to_thread.run_sync(_two_calls_apart, busy, 0.3)
+    stale = await trio.to_thread.run_sync(_two_calls_apart, quiet, 0.3)
+    for client in (busy, quiet):
+        await trio.to_thread.run_sync(client.close)
+    assert kept == (False, True)  # silent well under 2 x 5 s: the same link
+    assert stale == (True, False)  # silent past 2 x 0.1 s: closed and dialed again

@@ -109,7 +109,7 @@ class Client:
         self._nodes = NodeList(nodes, **options)
         self._corr = itertools.count(1)
         self._local = threading.local()
-        self._lock = threading.Lock()
+        self._lock, self._lock_pid = threading.Lock(), os.getpid()
         self._links: weakref.WeakSet[BlockingLink] = weakref.WeakSet()
 
     @classmethod
@@ -147,12 +147,19 @@ class Client:
 
     def close(self) -> None:
         """Close every connection of this process; a later call dials again."""
-        with self._lock:
+        with self._registry_lock():
             links = [link for link in self._links if link.pid == os.getpid()]
         for link in links:
             link.close()
 
     # -- connecting ------------------------------------------------------------------------
+
+    def _registry_lock(self) -> threading.Lock:
+        """The lock of `_links`, new in a forked child (a lock another thread of the
+        parent held at `fork()` would stay held there forever)."""
+        if self._lock_pid != os.getpid():
+            self._lock, self._lock_pid = threading.Lock(), os.getpid()
+        return self._lock
 
     def _connected(self) -> BlockingLink:
         """The calling thread's link, dialed (again) when it is missing, closed or stale."""
@@ -186,7 +193,7 @@ class Client:
                                          settings=nodes.settings, ssl_context=nodes.ssl_context)
         link = BlockingLink(sock, conn, client_node=name, peer=peer, address=text,
                             settings=nodes.settings, corr=self._corr, on_push=on_push)
-        with self._lock:
+        with self._registry_lock():
             self._links.add(link)
         log.info("client %s connected to node %s at %s", name, peer, text)
         return link

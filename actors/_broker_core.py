@@ -5,8 +5,9 @@ Rules of this module:
   reads no clock (`now` is the caller's, in seconds), never awaits: every storage or
   dispatcher call is an effect, and its answer comes back as an event (`CallDone`,
   `CallFailed`), so any number of calls may be in flight at once.
-- Enqueue: each job is checked against the app (registered task, arguments that fit
-  its signature; the spec's ranges were checked where it was made and decoded), task
+- Enqueue: a request holds at most `batch_jobs_max` jobs; each job is checked against
+  the node's `args_bytes_max` and the app (registered task, arguments that fit its
+  signature; the spec's ranges were checked where it was made and decoded), task
   defaults are applied, ids come from `new_id`. All jobs taken in one inbox batch
   (until `Flush`) go to storage in as few `EnqueueJobs` as its batch limit allows; a
   request with a refused job is refused whole, naming the job, and the others proceed.
@@ -33,8 +34,16 @@ import attrs
 
 from gotask import _protocol as proto
 from gotask._app import App, unpack_args
-from gotask._errors import ActorNotFound, CronEntryNotFound, GoTaskError, RemoteProtocolError
-from gotask._job import TERMINAL, JobRecord, NewJob
+from gotask._errors import (
+    ActorNotFound,
+    CronEntryNotFound,
+    GoTaskError,
+    InvalidArguments,
+    RemoteProtocolError,
+    ReplyTooLarge,
+)
+from gotask._job import ARGS_BYTES_MAX, TERMINAL, JobRecord, NewJob
+from gotask._job_metrics import JobsEnqueued
 from gotask._messages import JobChanged, PauseWorkers
 from gotask._messages import UnwatchJobs as StorageUnwatch
 from gotask._messages import WatchJobs as StorageWatch
@@ -64,6 +73,7 @@ from ._broker_effects import (
 )
 from ._watch import WatchBook
 from .storage import base as storage_base
+from .storage._reply_bytes import check_records
 from .storage.base import BATCH_MAX, EnqueueJobs, EnqueueReply, GetJobsReply
 
 __all__ = ["WAITERS_MAX", "BrokerCore", "BrokerMsg"]
@@ -85,13 +95,19 @@ class _Waiter:
     armed: bool = False  # storage's snapshot came
     overdue: bool = False  # the deadline passed before the snapshot
 
-    def answer(self) -> Answer:
-        return Answer(self.request, proto.JobsReply(tuple(self.records.get(i) for i in self.ids)))
+    def answer(self) -> Answer | Refuse:
+        jobs = tuple(self.records.get(i) for i in self.ids)
+        try:
+            check_records(jobs)  # records pushed since the snapshot may have grown
+        except ReplyTooLarge as exc:
+            return Refuse(self.request, exc)
+        return Answer(self.request, proto.JobsReply(jobs))
 
 
 @attrs.frozen
 class _Enqueuing:
     parts: tuple[tuple[Envelope, int], ...]  # each request and how many jobs it gave
+    jobs: tuple[NewJob, ...] = ()  # what went to storage, for the metric event
 
 
 @attrs.frozen
@@ -136,8 +152,23 @@ class _CronRunning:
     request: Envelope
 
 
+# -- queues (issue 16) --
+
+
+@attrs.frozen
+class _Counting:
+    request: Envelope
+    counts: tuple[proto.QueueCount, ...] | None = None  # set: the queue info asked
+
+
+@attrs.frozen
+class _QueuePausing:
+    request: Envelope
+
+
 _Pending: TypeAlias = (_Enqueuing | _Forwarding | _Watching | _Snapshot | _Pausing
-                       | _CronListing | _CronPausing | _CronRunning)
+                       | _CronListing | _CronPausing | _CronRunning | _Counting
+                       | _QueuePausing)
 
 
 @attrs.define
@@ -150,6 +181,8 @@ class BrokerCore:
         new_id: returns a new job id (the World's).
         has_dispatcher: whether `PauseWorkers` has a dispatcher to go to.
         book: the client watchers (bounded per watcher and overall).
+        args_bytes_max: largest encoded arguments of a job (`--max-args-bytes`).
+        batch_jobs_max: most jobs in one `Enqueue` (`--max-batch-jobs`).
     """
 
     app: App
@@ -157,6 +190,8 @@ class BrokerCore:
     new_id: Callable[[], str]
     has_dispatcher: bool = True
     book: WatchBook[Address] = attrs.Factory(WatchBook)
+    args_bytes_max: int = ARGS_BYTES_MAX
+    batch_jobs_max: int = proto.IDS_MAX
     _calls: dict[int, _Pending] = attrs.Factory(dict)
     _next_key: int = 0
     _waiters: dict[int, _Waiter] = attrs.Factory(dict)
@@ -223,9 +258,13 @@ class BrokerCore:
             case proto.PauseWorkers(paused=paused):
                 return self._pause(env, paused)
             case (proto.GetJobs() | proto.CancelJobs() | proto.ListJobs() | proto.ListDead()
-                  | proto.RetryDead() | proto.PurgeDead() | proto.CountQueues()
-                  | proto.ListNodes()):
+                  | proto.RetryDead() | proto.PurgeDead() | proto.ListNodes()):
                 return self._forward(env, msg)
+            case proto.CountQueues():
+                return [self._call(_Counting(env), Target.STORAGE, storage_base.CountJobs())]
+            case proto.PauseQueue(queue=queue, paused=paused):
+                return [self._call(_QueuePausing(env), Target.STORAGE,
+                                   storage_base.SetQueuePaused(queue, paused))]
             case proto.ListCron() | proto.PauseCron() | proto.RunCron():
                 return self._cron(env, msg)
             case _:
@@ -266,6 +305,20 @@ class BrokerCore:
                 return [Answer(env, proto.RunCronReply(job_id))]
         return [Refuse(pending.request, _unexpected(type(pending).__name__, reply))]
 
+    def _queues_done(self, pending: _Counting | _QueuePausing, reply: object) -> list[Effect]:
+        match pending, reply:
+            case _Counting(request=env, counts=None), storage_base.CountJobsReply(counts=c):
+                counts = tuple(proto.QueueCount(q.queue, q.state, q.count) for q in c)
+                return [self._call(_Counting(env, counts), Target.STORAGE,
+                                   storage_base.QueueInfo())]
+            case _Counting(request=env, counts=tuple() as counts), \
+                    storage_base.QueueInfoReply(now=now, paused=paused, ready_since=ready):
+                ages = tuple(proto.QueueAge(r.queue, max(0.0, now - r.since)) for r in ready)
+                return [Answer(env, proto.QueuesReply(counts, paused, ages))]
+            case _QueuePausing(request=env), storage_base.SetQueuePausedReply():
+                return [Answer(env, Ok())]
+        return [Refuse(pending.request, _unexpected(type(pending).__name__, reply))]
+
     def _call(self, pending: _Pending, target: Target, msg: object,
               lane: Lane = Lane.OTHER) -> Call:
         self._next_key += 1
@@ -287,9 +340,16 @@ class BrokerCore:
     # -- enqueue -------------------------------------------------------------------------
 
     def _enqueue(self, env: Envelope, specs: tuple[proto.JobSpec, ...]) -> list[Effect]:
+        if len(specs) > self.batch_jobs_max:
+            return [Refuse(env, ValueError(f"an enqueue of {len(specs)} jobs; the limit is "
+                                           f"{self.batch_jobs_max} (--max-batch-jobs)"))]
         jobs = []
         for index, spec in enumerate(specs):
             try:
+                if len(spec.args) > self.args_bytes_max:
+                    raise InvalidArguments(
+                        f"arguments encode to {len(spec.args)} bytes; the limit is "
+                        f"{self.args_bytes_max} (--max-args-bytes)")
                 jobs.append(self._new_job(spec))
             except (GoTaskError, ValueError, TypeError) as exc:
                 return [Refuse(env, type(exc)(f"item {index}: {exc}"))]
@@ -330,8 +390,9 @@ class BrokerCore:
         return effects
 
     def _store(self, parts: list[tuple[Envelope, int]], jobs: list[NewJob]) -> Call:
-        return self._call(_Enqueuing(tuple(parts)), Target.STORAGE, EnqueueJobs(tuple(jobs)),
-                          Lane.ENQUEUE)
+        stored = tuple(jobs)
+        return self._call(_Enqueuing(tuple(parts), stored), Target.STORAGE,
+                          EnqueueJobs(stored), Lane.ENQUEUE)
 
     # -- watches and waits ---------------------------------------------------------------
 
@@ -374,7 +435,7 @@ class BrokerCore:
             effects.extend(self._unwatch_storage([job.id]))
         return effects
 
-    def _end_wait(self, key: int) -> Answer:
+    def _end_wait(self, key: int) -> Answer | Refuse:
         waiter = self._waiters.pop(key)
         self.waits.drop(key)
         return waiter.answer()
@@ -403,8 +464,8 @@ class BrokerCore:
 
     def _done(self, pending: _Pending, reply: object) -> list[Effect]:
         match pending:
-            case _Enqueuing(parts=parts):
-                return _split_enqueued(parts, reply)
+            case _Enqueuing(parts=parts, jobs=jobs):
+                return _split_enqueued(parts, jobs, reply)
             case _Forwarding(request=request):
                 try:
                     return [Answer(request, client_reply(reply))]
@@ -418,6 +479,8 @@ class BrokerCore:
                 return [Answer(request, Ok())]
             case _CronListing() | _CronPausing() | _CronRunning():
                 return self._cron_done(pending, reply)
+            case _Counting() | _QueuePausing():
+                return self._queues_done(pending, reply)
             case _:
                 assert_never(pending)
 
@@ -427,7 +490,8 @@ class BrokerCore:
                 return [Refuse(env, error) for env, _ in parts]
             case _Forwarding(request=request) | _Pausing(request=request) \
                     | _CronListing(request=request) | _CronPausing(request=request) \
-                    | _CronRunning(request=request):
+                    | _CronRunning(request=request) | _Counting(request=request) \
+                    | _QueuePausing(request=request):
                 return [Refuse(request, error)]
             case _Watching(request=request, ids=ids, watcher=watcher):
                 return [Refuse(request, error),
@@ -468,7 +532,8 @@ class BrokerCore:
         return [self._end_wait(key), *self._unwatch_storage(waiter.ids)]
 
 
-def _split_enqueued(parts: tuple[tuple[Envelope, int], ...], reply: object) -> list[Effect]:
+def _split_enqueued(parts: tuple[tuple[Envelope, int], ...], jobs: tuple[NewJob, ...],
+                    reply: object) -> list[Effect]:
     total = sum(n for _, n in parts)
     if not isinstance(reply, EnqueueReply) or len(reply.ids) != total:
         return [Refuse(env, _unexpected("EnqueueJobs", reply)) for env, _ in parts]
@@ -479,6 +544,7 @@ def _split_enqueued(parts: tuple[tuple[Envelope, int], ...], reply: object) -> l
         effects.append(Answer(env, proto.EnqueueReply(reply.ids[start:end],
                                                       reply.created[start:end])))
         start = end
+    effects.append(JobsEnqueued(jobs, reply.created))
     return effects
 
 

@@ -33,7 +33,7 @@ from typing import Any, assert_never
 
 import attrs
 
-from gotask._job import JobRecord, LeaseToken
+from gotask._job import RESULT_BYTES_MAX, JobRecord, LeaseToken
 from gotask._messages import CancelRunning, Drain, PauseWorkers, RunJobs, SlotsFreed
 from gotask.runtime import Address, Envelope, Ok, Respond, Send
 
@@ -83,6 +83,8 @@ class WorkerConfig:
     #: Outcome groups at storage at once: 1 suits local memory storage; a remote
     #: store (Redis: a thread hop and a network round trip) gains from 3.
     flushers: int = 1
+    #: Largest encoded result kept; a larger one fails its job (`ResultTooLarge`).
+    result_bytes_max: int = RESULT_BYTES_MAX
 
 
 @attrs.frozen

@@ -1,8 +1,9 @@
 """How a finished attempt becomes an outcome for storage: pure functions.
 
 Rules of this module:
-- A result is stored as msgpack, at most `RESULT_BYTES_MAX` bytes; a result that is not
-  msgpack or is larger fails the job for good (DEAD): retrying cannot change it.
+- A result is stored as msgpack, at most the node's `--max-result-bytes` (at most
+  `RESULT_BYTES_MAX`); a result that is not msgpack or is larger fails the job for good
+  (DEAD, `ResultTooLarge`), checked before the ack is sent: retrying cannot change it.
 - An error keeps its type name, its text (2,000 characters at most) and the last 8,000
   characters of its traceback. Never a pickled exception.
 - Outcomes are sent in commands of at most `BATCH_MAX` items and about
@@ -16,30 +17,29 @@ from typing import Any, TypeVar
 
 import msgpack
 
-from gotask._errors import JobCancelled
-from gotask._job import JobRecord
+from gotask._errors import JobCancelled, ResultTooLarge
+from gotask._job import RESULT_BYTES_MAX, JobRecord
 
 from .storage.base import BATCH_MAX, AckItem, NackItem, Outcome
 
-__all__ = ["CHUNK_BYTES_MAX", "RESULT_BYTES_MAX", "ack", "cancelled", "chunks", "nack"]
+__all__ = ["CHUNK_BYTES_MAX", "ack", "cancelled", "chunks", "nack", "settled_outcome"]
 
-#: Largest result kept, so that a batch of acknowledgements fits the wire's frames.
-RESULT_BYTES_MAX = 256 * 1024
 CHUNK_BYTES_MAX = 768 * 1024
 
 C = TypeVar("C")
 
 
-def ack(record: JobRecord, result: Any) -> AckItem | NackItem:
-    """The outcome of an attempt that returned `result`."""
+def ack(record: JobRecord, result: Any,
+        result_bytes_max: int = RESULT_BYTES_MAX) -> AckItem | NackItem:
+    """The outcome of an attempt that returned `result` (kept up to `result_bytes_max`)."""
     try:
         packed = msgpack.packb(result)
     except (TypeError, ValueError, OverflowError) as exc:
         err: Exception = TypeError(f"the task returned a value that is not msgpack: {exc}")
         return nack(record, err, None, Outcome.DEAD)
-    if len(packed) > RESULT_BYTES_MAX:
-        err = ValueError(f"the task's result encodes to {len(packed)} bytes; "
-                         f"the limit is {RESULT_BYTES_MAX}")
+    if len(packed) > result_bytes_max:
+        err = ResultTooLarge(f"the result of task {record.task} is {len(packed)} bytes; "
+                             f"the limit is {result_bytes_max} (--max-result-bytes)")
         return nack(record, err, None, Outcome.DEAD)
     return AckItem(record.id, record.attempt, packed, record.queue)
 
@@ -57,6 +57,19 @@ def cancelled(record: JobRecord) -> NackItem:
     """The outcome of an attempt stopped by a cancellation (or a drain)."""
     return nack(record, JobCancelled(f"job {record.id} was cancelled"), None,
                 Outcome.CANCELLED)
+
+
+def settled_outcome(record: JobRecord, item: AckItem | NackItem | None) -> str | None:
+    """How the attempt ended, as the job log and the metrics name it: "succeeded",
+    "retried", "dead" (failed for good, or out of attempts) or "cancelled" (None: not
+    settled by this worker)."""
+    if isinstance(item, AckItem):
+        return "succeeded"
+    if item is None:
+        return None
+    if item.outcome == Outcome.RETRY.value:
+        return "dead" if record.attempts_counted >= record.max_attempts else "retried"
+    return "dead" if item.outcome == Outcome.DEAD.value else "cancelled"
 
 
 def chunks(items: list[Any], cls: type[C]) -> list[C]:

@@ -27,8 +27,9 @@ import trio
 
 from gotask import _protocol as proto
 from gotask._app import App
-from gotask._errors import GoTaskError
-from gotask._job import JobRecord
+from gotask._errors import GoTaskError, LocalProtocolError
+from gotask._job import ARGS_BYTES_MAX, JobRecord
+from gotask._job_metrics import JobMetrics, JobsEnqueued
 from gotask._messages import BROKER, JobChanged
 from gotask.runtime import ActorContext, Address, Envelope, Node, error_reply
 
@@ -77,14 +78,19 @@ async def run_broker(
     app: App,
     storage: Address,
     dispatcher: Address | None = None,
+    args_bytes_max: int = ARGS_BYTES_MAX,
+    batch_jobs_max: int = proto.IDS_MAX,
+    metrics: JobMetrics | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve client requests on this node."""
+    """Serve client requests on this node (limits: see `BrokerCore`; `metrics` counts the
+    jobs it stored)."""
     core = BrokerCore(app, ctx.address, ctx.node.world.new_id,
-                      has_dispatcher=dispatcher is not None)
+                      has_dispatcher=dispatcher is not None, args_bytes_max=args_bytes_max,
+                      batch_jobs_max=batch_jobs_max)
     async with trio.open_nursery() as nursery:
         shell = _Shell(ctx, core, {Target.STORAGE: storage, Target.DISPATCHER: dispatcher},
-                       nursery)
+                       nursery, metrics)
         unsubscribe = ctx.node.on_peer_lost(shell.peer_lost)
         task_status.started()
         try:
@@ -99,6 +105,7 @@ class _Shell:
     core: BrokerCore
     targets: dict[Target, Address | None]
     nursery: trio.Nursery
+    metrics: JobMetrics | None = None
     lanes: dict[Lane, trio.Semaphore] = attrs.Factory(lambda: {
         Lane.ENQUEUE: trio.Semaphore(ENQUEUES_IN_FLIGHT),
         Lane.OTHER: trio.Semaphore(CALLS_IN_FLIGHT),
@@ -129,6 +136,9 @@ class _Shell:
                     self.nursery.start_soon(self._call, effect, lane)
                 case Tell(target=target, msg=msg):
                     await self._tell(target, msg)
+                case JobsEnqueued():
+                    if self.metrics is not None:
+                        self.metrics.observe(effect)
                 case _:
                     assert_never(effect)
 
@@ -141,7 +151,7 @@ class _Shell:
     async def _push(self, watcher: Address, msg: JobChanged) -> None:
         try:
             self.ctx.send_nowait(watcher, msg)
-        except (trio.WouldBlock, *_GONE):
+        except (trio.WouldBlock, LocalProtocolError, *_GONE):  # too big for the wire, say
             await self.carry_out(self.core.handle(PushFailed(watcher), trio.current_time()))
 
     def peer_lost(self, node: str) -> None:

@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     from gotask._errors import JobTimeout as JobTimeout
     from gotask._errors import NodeUnavailable as NodeUnavailable
     from gotask._errors import NonRetryable as NonRetryable
+    from gotask._errors import ReplyTooLarge as ReplyTooLarge
+    from gotask._errors import ResultTooLarge as ResultTooLarge
     from gotask._errors import Retry as Retry
     from gotask._errors import StorageError as StorageError
     from gotask._errors import TaskNotFound as TaskNotFound
@@ -57,6 +59,8 @@ __all__ = [
     "JobTimeout",
     "NodeUnavailable",
     "NonRetryable",
+    "ReplyTooLarge",
+    "ResultTooLarge",
     "Retry",
     "RetryPolicy",
     "RetryRule",
@@ -76,7 +80,8 @@ __getattr__ = lazy_exports(
         "gotask._errors": (
             "ConfigError", "ConnectionLost", "GoTaskError", "InvalidArguments", "JobCancelled",
             "JobError", "JobFailed", "JobNotFound", "JobTimeout", "NodeUnavailable",
-            "NonRetryable", "Retry", "StorageError", "TaskNotFound", "WaitTimeout",
+            "NonRetryable", "ReplyTooLarge", "ResultTooLarge", "Retry", "StorageError",
+            "TaskNotFound", "WaitTimeout",
         ),
         "gotask._job": ("JobRecord", "JobState"),
         "gotask._retry": ("RetryPolicy", "RetryRule"),

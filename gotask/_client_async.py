@@ -19,6 +19,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import random
 import secrets
 import ssl
 from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
@@ -28,13 +29,17 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 
+from gotask._client_admin import AdminRequests
 from gotask._client_batch import EnqueueBatcher
 from gotask._client_conn import (
+    DEFAULT_NODE,
     WATCH_NAME,
     ClientLink,
+    LinkSettings,
     NotSent,
     dial,
     nodes_from_env,
+    parse_address,
     secret_from_env,
 )
 from gotask._client_jobs import (
@@ -42,39 +47,32 @@ from gotask._client_jobs import (
     WATCH_REFRESH_S,
     JobTuple,
     Watch,
+    check_args_bytes,
     check_jobs,
+    check_limits,
     checked_reply,
     chunks,
     decode_result,
-    dlq_ids,
     only_job,
-    queue_counts,
     remote_error,
 )
-from gotask._client_nodes import NodeList
 from gotask._errors import (
+    AuthenticationError,
+    ConfigError,
     ConnectionLost,
     JobNotFound,
+    NodeUnavailable,
+    NotAGoTaskNode,
+    RemoteProtocolError,
     WaitTimeout,
 )
-from gotask._job import JobRecord
+from gotask._job import ARGS_BYTES_MAX, JobRecord
 from gotask._protocol import (
+    IDS_MAX,
     CancelJobs,
-    CountQueues,
-    CronEntryInfo,
     Enqueue,
     GetJobs,
     JobSpec,
-    ListCron,
-    ListDead,
-    ListJobs,
-    ListNodes,
-    NodeInfo,
-    PauseCron,
-    PauseWorkers,
-    PurgeDead,
-    RetryDead,
-    RunCron,
     UnwatchJobs,
     WaitJobs,
     WatchJobs,
@@ -88,7 +86,7 @@ log = logging.getLogger("gotask.client")
 R = TypeVar("R")
 
 
-class AsyncClient:
+class AsyncClient(AdminRequests):
     """A connection to a GoTask cluster, for trio and asyncio code alike.
 
     Use it as an async context manager; it connects on the first request:
@@ -108,9 +106,13 @@ class AsyncClient:
         backoff_base_s, backoff_cap_s: pause between passes, doubling from the base up
             to the cap, jittered to [d/2, d] seconds.
         heartbeat_s: ping after this many idle seconds.
+        max_args_bytes: largest encoded arguments of a job, checked before sending; at
+            most and by default 512 KiB. Set it to the nodes' `--max-args-bytes`.
+        max_batch_jobs: most jobs in one enqueue message; at most and by default
+            10,000. Set it to the nodes' `--max-batch-jobs`.
 
     Raises:
-        ConfigError: a node address is not "host:port".
+        ConfigError: a node address is not "host:port", or a limit out of range.
     """
 
     def __init__(
@@ -125,21 +127,32 @@ class AsyncClient:
         backoff_base_s: float = 0.1,
         backoff_cap_s: float = 5.0,
         heartbeat_s: float = 5.0,
+        max_args_bytes: int = ARGS_BYTES_MAX,
+        max_batch_jobs: int = IDS_MAX,
     ) -> None:
-        self._nodes = NodeList(nodes, secret=secret, ssl_context=ssl_context,
-                               call_timeout_s=call_timeout_s,
-                               connect_timeout_s=connect_timeout_s,
-                               connect_rounds=connect_rounds, backoff_base_s=backoff_base_s,
-                               backoff_cap_s=backoff_cap_s, heartbeat_s=heartbeat_s)
+        self._max_args_bytes = check_limits(max_args_bytes, max_batch_jobs)
+        names = [nodes] if isinstance(nodes, str) else list(nodes or [DEFAULT_NODE])
+        if not names:
+            raise ConfigError("a client needs at least one node address")
+        self._addresses = [(text, parse_address(text)) for text in names]
+        self._secret = secret.encode() if isinstance(secret, str) else secret
+        self._ssl_context = ssl_context
         self._call_timeout_s = call_timeout_s
+        self._connect_rounds = max(1, connect_rounds)
+        self._backoff = (backoff_base_s, backoff_cap_s)
+        self._settings = LinkSettings(connect_timeout_s=connect_timeout_s,
+                                      heartbeat_s=heartbeat_s, idle_timeout_s=4 * heartbeat_s)
         self._name = f"client-{secrets.token_hex(8)}"
+        self._rng = random.Random(secrets.randbits(64))
         self._corr = itertools.count(1)
         self._tg: anyio.abc.TaskGroup | None = None
         self._dial_lock: anyio.Lock | None = None
         self._link: ClientLink | None = None
+        self._next = 0
+        self._lost = False
         self._closed = False
         self._watches: dict[str, list[Watch]] = {}
-        self._batcher = EnqueueBatcher(self._send_enqueue)
+        self._batcher = EnqueueBatcher(self._send_enqueue, max_batch_jobs)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **options: Any) -> AsyncClient:
@@ -213,36 +226,64 @@ class AsyncClient:
 
     async def _dial_any(self) -> ClientLink:
         failures: dict[str, str] = {}
+        if self._lost:  # many clients lost the same node: do not all hit the next at once
+            await anyio.sleep(self._rng.uniform(0.0, self._backoff[0]))
         foreign: set[int] = set()  # not GoTask nodes: not worth another round
-        for pause_s, index in self._nodes.plan(foreign):
-            if pause_s:
-                await anyio.sleep(pause_s)
-            try:
-                link = await self._dial_one(index)
-            except Exception as exc:
-                self._nodes.failed(index, exc, failures, foreign)
-                continue
-            self._nodes.connected(index)
-            return link
-        raise self._nodes.unavailable(failures)
+        for round_ in range(self._connect_rounds):
+            if len(foreign) == len(self._addresses):
+                break
+            if round_:
+                await anyio.sleep(self._backoff_s(round_ - 1))
+            for step in range(len(self._addresses)):
+                index = (self._next + step) % len(self._addresses)
+                if index in foreign:
+                    continue
+                link = await self._dial_one(index, failures, foreign)
+                if link is not None:
+                    self._next, self._lost = index, False
+                    return link
+        reasons = "; ".join(f"{addr}: {why}" for addr, why in failures.items())
+        raise NodeUnavailable(f"cannot reach any GoTask node ({reasons})")
 
-    async def _dial_one(self, index: int) -> ClientLink:
-        nodes = self._nodes
-        text, (host, port) = nodes.addresses[index]
-        stream, conn, peer = await dial(host, port, secret=nodes.secret, client_node=self._name,
-                                        settings=nodes.settings, ssl_context=nodes.ssl_context)
+    async def _dial_one(
+        self, index: int, failures: dict[str, str], foreign: set[int]
+    ) -> ClientLink | None:
+        text, (host, port) = self._addresses[index]
+        try:
+            stream, conn, peer = await dial(host, port, secret=self._secret,
+                                            client_node=self._name, settings=self._settings,
+                                            ssl_context=self._ssl_context)
+        except AuthenticationError as exc:  # a PermissionError: not a node being down
+            raise AuthenticationError(f"{text}: {exc} (is the shared secret right?)") from None
+        except NotAGoTaskNode as exc:
+            failures[text] = str(exc)
+            foreign.add(index)
+            return None
+        except TimeoutError:
+            failures[text] = f"no answer within {self._settings.connect_timeout_s:g}s"
+            return None
+        except (OSError, RemoteProtocolError, anyio.BrokenResourceError) as exc:
+            failures[text] = str(exc) or type(exc).__name__
+            log.info("cannot reach GoTask node %s: %s", text, failures[text])
+            return None
         link = ClientLink(stream, conn, client_node=self._name, peer=peer, address=text,
-                          settings=nodes.settings, corr=self._corr, on_push=self._on_push,
+                          settings=self._settings, corr=self._corr, on_push=self._on_push,
                           on_close=self._on_link_closed)
         assert self._tg is not None
         await self._tg.start(link.run)
         log.info("client %s connected to node %s at %s", self._name, peer, text)
         return link
 
+    def _backoff_s(self, attempt: int) -> float:
+        base_s, cap_s = self._backoff
+        delay_s = min(cap_s, base_s * 2.0 ** min(attempt, 32))
+        return self._rng.uniform(delay_s / 2, delay_s)
+
     def _on_link_closed(self, link: ClientLink) -> None:
         if link is not self._link:
             return
-        self._nodes.lost()
+        self._lost = True
+        self._next = (self._next + 1) % len(self._addresses)
         for subs in self._watches.values():
             for sub in subs:
                 sub.link_lost()
@@ -348,13 +389,14 @@ class AsyncClient:
         return await self._enqueue_items(check_jobs(jobs))
 
     async def _enqueue_items(self, items: Sequence[JobSpec]) -> list[str]:
+        check_args_bytes(items, self._max_args_bytes)
         if (len(items) == 1 and items[0].idempotency_key is None and self._tg is not None
                 and not self._closed):
             # Concurrent one-job enqueues share messages (see _client_batch); a keyed one
             # keeps its own, which is resent after a dropped connection.
             return [await self._batcher.submit(items[0])]
         ids: list[str] = []
-        for chunk in chunks(items):
+        for chunk in chunks(items, self._batcher.jobs_max):
             ids.extend(await self._send_enqueue(chunk))
         return ids
 
@@ -451,83 +493,4 @@ class AsyncClient:
         if state == "missing":
             raise JobNotFound(f"no job {job_id!r} (never enqueued, or purged after its TTL)")
         return state
-
-    # -- queues, the DLQ, nodes --------------------------------------------------------------
-
-    async def queues(self) -> dict[str, dict[str, int]]:
-        """Job counts per queue and state, e.g. {"default": {"queued": 3, "active": 1}}.
-
-        Only non-zero counts appear; a queue without jobs does not appear at all.
-        """
-        return queue_counts(await self._request(CountQueues(), retry=True))
-
-    async def dlq_list(self, queue: str | None = None, limit: int = 100,
-                       after_id: str | None = None) -> list[JobRecord]:
-        """Dead jobs ordered by id, at most `limit` (1-10000), after `after_id` to page.
-
-        Raises:
-            ValueError: `limit` out of range.
-        """
-        msg = ListDead(queue=queue, limit=limit, cursor=after_id)
-        return list((await self._request(msg, retry=True)).jobs)
-
-    async def list_jobs(self, queue: str | None = None, state: str | None = None,
-                        limit: int = 100, after_id: str | None = None) -> list[JobRecord]:
-        """Jobs ordered by id (oldest first), filtered by queue and state, at most `limit`
-        (1-10000), after `after_id` to page.
-
-        Raises:
-            ValueError: `limit` out of range.
-        """
-        msg = ListJobs(queue=queue, state=state, limit=limit, cursor=after_id)
-        return list((await self._request(msg, retry=True)).jobs)
-
-    async def pause(self, paused: bool = True) -> None:
-        """Stop (or with `paused=False` resume) leasing on the connected node; running
-        jobs go on."""
-        await self._request(PauseWorkers(paused), retry=True)
-
-    async def dlq_retry(self, ids: Sequence[str] | None = None, *, all_jobs: bool = False) -> int:
-        """Queue dead jobs again with fresh attempts: the ones in `ids`, or every dead
-        job with `all_jobs=True`. Returns how many were requeued.
-
-        Raises:
-            ValueError: neither or both of `ids` and `all_jobs` given.
-        """
-        return (await self._request(RetryDead(dlq_ids(ids, all_jobs)), retry=False)).count
-
-    async def dlq_purge(self, ids: Sequence[str] | None = None, *, all_jobs: bool = False) -> int:
-        """Delete dead jobs: the ones in `ids`, or all with `all_jobs=True`. Returns how
-        many were removed.
-
-        Raises:
-            ValueError: neither or both of `ids` and `all_jobs` given.
-        """
-        return (await self._request(PurgeDead(dlq_ids(ids, all_jobs)), retry=False)).count
-
-    async def nodes(self) -> list[NodeInfo]:
-        """The live nodes of the cluster, sorted by name."""
-        return list((await self._request(ListNodes(), retry=True)).nodes)
-
-    # -- cron (issue 15) ---------------------------------------------------------------
-
-    async def cron_list(self) -> list[CronEntryInfo]:
-        """The cron entries in storage, sorted by name, as the answering node sees them."""
-        return list((await self._request(ListCron(), retry=True)).entries)
-
-    async def cron_pause(self, name: str, paused: bool = True) -> None:
-        """Pause (or, with `paused=False`, resume) cron entry `name` cluster-wide.
-
-        Raises:
-            CronEntryNotFound: no entry of that name is stored.
-        """
-        await self._request(PauseCron(name, paused), retry=True)
-
-    async def cron_run(self, name: str) -> str:
-        """Enqueue one job of cron entry `name` now, outside its schedule; its id.
-
-        Raises:
-            CronEntryNotFound: the answering node's app declares no such entry.
-        """
-        return (await self._request(RunCron(name), retry=False)).job_id
 

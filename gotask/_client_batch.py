@@ -30,7 +30,7 @@ from gotask._errors import (
     RemoteProtocolError,
     TaskNotFound,
 )
-from gotask._protocol import JobSpec
+from gotask._protocol import IDS_MAX, JobSpec
 
 __all__ = ["FLUSHERS", "EnqueueBatcher"]
 
@@ -67,10 +67,12 @@ class EnqueueBatcher:
 
     Args:
         send: sends one `Enqueue` of the given items and returns their ids in order.
+        jobs_max: most jobs in one `Enqueue`.
     """
 
-    def __init__(self, send: Send) -> None:
+    def __init__(self, send: Send, jobs_max: int = IDS_MAX) -> None:
         self._send = send
+        self.jobs_max = jobs_max
         self._queue: list[_Pending] = []
         self._arrived = anyio.Event()
         self._idle = 0
@@ -124,7 +126,7 @@ class EnqueueBatcher:
     def _take(self, share: int) -> list[_Pending]:
         if not self._queue:
             return []
-        first = next(chunks([p.item for p in self._queue[:share]]))
+        first = next(chunks([p.item for p in self._queue[:share]], self.jobs_max))
         batch, self._queue = self._queue[:len(first)], self._queue[len(first):]
         return batch
 

@@ -1,7 +1,8 @@
 """What the client checks and decodes: job items, replies, results, remote errors.
 
 Rules of this module:
-- No IO. Functions are pure; `Watch` (one live watch's mailbox) holds an anyio Event.
+- No IO. Functions are pure; `Watch` (one live watch's mailbox) holds an anyio Event;
+  `gather_pages` awaits only the request function it is given.
 - Arguments and options are checked here, once, so a bad value never leaves the client:
   `pack_args` refuses what is not msgpack (`InvalidArguments`), option types are checked
   here and their ranges by `JobSpec` itself (the node checks the same when it decodes it).
@@ -11,7 +12,7 @@ Rules of this module:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Final, TypeVar
 
 import anyio
@@ -20,14 +21,24 @@ import msgpack
 
 from gotask import _errors
 from gotask._errors import (
+    ConfigError,
     GoTaskError,
+    InvalidArguments,
     JobFailed,
     JobNotFound,
     RemoteActorError,
     RemoteProtocolError,
 )
-from gotask._job import JobRecord, JobState
-from gotask._protocol import IDS_MAX, JobSpec, JobsReply, QueuesReply, check_spec
+from gotask._job import ARGS_BYTES_MAX, JobRecord, JobState
+from gotask._protocol import (
+    IDS_MAX,
+    JobPage,
+    JobSpec,
+    JobsReply,
+    ListDead,
+    ListJobs,
+    check_spec,
+)
 from gotask.runtime.message import Command, ErrorReply, reply_type
 
 __all__ = [
@@ -36,15 +47,19 @@ __all__ = [
     "WATCH_REFRESH_S",
     "JobTuple",
     "Watch",
+    "check_args_bytes",
     "check_jobs",
+    "check_limits",
     "checked_reply",
     "chunks",
     "decode_result",
     "dlq_ids",
+    "gather_pages",
     "only_job",
-    "queue_counts",
     "remote_error",
 ]
+
+R = TypeVar("R")
 
 #: One job for `enqueue_many`: (task, args, kwargs, options); kwargs/options may be None.
 JobTuple = tuple[str, Sequence[Any], Mapping[str, Any] | None, Mapping[str, Any] | None]
@@ -56,7 +71,6 @@ WATCH_REFRESH_S: Final = 30.0
 #: Bytes of encoded arguments per `Enqueue` message, below the 1 MiB frame limit.
 ENQUEUE_BYTES_MAX: Final = 768 << 10
 _ITEM_OVERHEAD_BYTES: Final = 512
-R = TypeVar("R")
 
 
 def decode_result(job: JobRecord) -> Any:
@@ -109,21 +123,13 @@ def check_jobs(jobs: Iterable[JobTuple]) -> list[JobSpec]:
     return items
 
 
-def queue_counts(reply: QueuesReply) -> dict[str, dict[str, int]]:
-    """A `QueuesReply` as {queue: {state: count}}."""
-    out: dict[str, dict[str, int]] = {}
-    for count in reply.counts:
-        out.setdefault(count.queue, {})[count.state] = count.count
-    return out
-
-
-def chunks(specs: Sequence[JobSpec]) -> Iterator[tuple[JobSpec, ...]]:
-    """Split specs into messages that fit one frame and one request."""
+def chunks(specs: Sequence[JobSpec], jobs_max: int = IDS_MAX) -> Iterator[tuple[JobSpec, ...]]:
+    """Split specs into messages that fit one frame and of at most `jobs_max` jobs."""
     chunk: list[JobSpec] = []
     size = 0
     for spec in specs:
         cost = len(spec.args) + len(spec.task) + _ITEM_OVERHEAD_BYTES
-        if chunk and (size + cost > ENQUEUE_BYTES_MAX or len(chunk) >= IDS_MAX):
+        if chunk and (size + cost > ENQUEUE_BYTES_MAX or len(chunk) >= jobs_max):
             yield tuple(chunk)
             chunk, size = [], 0
         chunk.append(spec)
@@ -180,10 +186,10 @@ class Watch:
 
 
 def checked_reply(msg: Command[R], reply: object) -> R:
-    """`reply`, checked to be of the type `msg` declares.
+    """`reply`, if it is what `msg` expects.
 
     Raises:
-        RemoteProtocolError: it is not.
+        RemoteProtocolError: the node answered with another message.
     """
     expected = reply_type(type(msg))
     if expected is not None and not isinstance(reply, expected):
@@ -193,13 +199,47 @@ def checked_reply(msg: Command[R], reply: object) -> R:
 
 
 def dlq_ids(ids: Sequence[str] | None, all_jobs: bool) -> tuple[str, ...] | None:
-    """The ids a DLQ retry or purge names: `ids`, or None for all jobs.
-
-    Raises:
-        TypeError: `ids` is one string. ValueError: neither or both given.
-    """
+    """The ids a DLQ retry or purge names (None: every dead job)."""
     if isinstance(ids, str):
         raise TypeError("ids must be a sequence of job ids, not one string")
     if (ids is None) == (not all_jobs):
         raise ValueError("pass either ids or all_jobs=True")
     return None if ids is None else tuple(ids)
+
+
+def check_limits(max_args_bytes: int, max_batch_jobs: int) -> int:
+    """`max_args_bytes`, once both client limits are checked to be in range.
+
+    Raises:
+        ConfigError: a limit out of range (they may be lowered, never raised).
+    """
+    if not (1 <= max_args_bytes <= ARGS_BYTES_MAX and 1 <= max_batch_jobs <= IDS_MAX):
+        raise ConfigError(f"max_args_bytes must be 1-{ARGS_BYTES_MAX} and max_batch_jobs "
+                          f"1-{IDS_MAX}, got {max_args_bytes} and {max_batch_jobs}")
+    return max_args_bytes
+
+
+def check_args_bytes(specs: Sequence[JobSpec], max_args_bytes: int) -> None:
+    """Refuse, before sending, arguments the nodes would refuse.
+
+    Raises:
+        InvalidArguments: a job's encoded arguments are over `max_args_bytes`.
+    """
+    for spec in specs:
+        if len(spec.args) > max_args_bytes:
+            raise InvalidArguments(f"arguments encode to {len(spec.args)} bytes; the limit "
+                                   f"is {max_args_bytes} (max_args_bytes)")
+
+
+async def gather_pages(request: Callable[[Any], Awaitable[JobPage]],
+                       msg: ListJobs | ListDead) -> list[JobRecord]:
+    """Up to `msg.limit` records of a listing: a node cuts a page to fit one frame, so
+    pages are asked for until the limit or the end."""
+    jobs: list[JobRecord] = []
+    want = msg.limit
+    while True:
+        page = await request(msg)
+        jobs += page.jobs
+        if page.cursor is None or not page.jobs or len(jobs) >= want:
+            return jobs
+        msg = attrs.evolve(msg, limit=want - len(jobs), cursor=page.cursor)

@@ -20,9 +20,10 @@ import secrets
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
+from gotask._client_admin import AdminRequests, QueueStatus
 from gotask._client_block import BlockingLink, dial_blocking
 from gotask._client_conn import (
     WATCH_NAME,
@@ -34,13 +35,13 @@ from gotask._client_jobs import (
     WAIT_SLICE_S,
     WATCH_REFRESH_S,
     JobTuple,
+    check_args_bytes,
     check_jobs,
+    check_limits,
     checked_reply,
     chunks,
     decode_result,
-    dlq_ids,
     only_job,
-    queue_counts,
     remote_error,
 )
 from gotask._client_nodes import NodeList
@@ -49,24 +50,15 @@ from gotask._errors import (
     JobNotFound,
     WaitTimeout,
 )
-from gotask._job import JobRecord
+from gotask._job import ARGS_BYTES_MAX, JobRecord
 from gotask._protocol import (
+    IDS_MAX,
     CancelJobs,
-    CountQueues,
     CronEntryInfo,
     Enqueue,
     GetJobs,
     JobSpec,
-    ListCron,
-    ListDead,
-    ListJobs,
-    ListNodes,
     NodeInfo,
-    PauseCron,
-    PauseWorkers,
-    PurgeDead,
-    RetryDead,
-    RunCron,
     WaitJobs,
     WatchJobs,
     check_spec,
@@ -104,9 +96,14 @@ class Client:
         nodes: Sequence[str] | str | None = None,
         *,
         backend: str | None = None,
+        max_args_bytes: int = ARGS_BYTES_MAX,
+        max_batch_jobs: int = IDS_MAX,
         **options: Any,
     ) -> None:
         self._nodes = NodeList(nodes, **options)
+        self._max_args_bytes = check_limits(max_args_bytes, max_batch_jobs)
+        self._jobs_max = max_batch_jobs
+        self._admin = _Admin(self)
         self._corr = itertools.count(1)
         self._local = threading.local()
         self._lock, self._lock_pid = threading.Lock(), os.getpid()
@@ -258,8 +255,9 @@ class Client:
         return self._enqueue_items(check_jobs(jobs))
 
     def _enqueue_items(self, items: Sequence[JobSpec]) -> list[str]:
+        check_args_bytes(items, self._max_args_bytes)
         ids: list[str] = []
-        for chunk in chunks(items):
+        for chunk in chunks(items, self._jobs_max):
             safe = all(item.idempotency_key is not None for item in chunk)
             ids.extend(self._request(Enqueue(chunk), retry=safe).ids)
         return ids
@@ -336,51 +334,84 @@ class Client:
             raise JobNotFound(f"no job {job_id!r} (never enqueued, or purged after its TTL)")
         return state
 
-    # -- queues, the DLQ, nodes, cron ------------------------------------------------------
+    # -- queues, the DLQ, nodes, cron: `AdminRequests`, driven without an event loop ------
 
     def queues(self) -> dict[str, dict[str, int]]:
         """Job counts per queue and state. See `AsyncClient.queues`."""
-        return queue_counts(self._request(CountQueues(), retry=True))
+        return _drive(self._admin.queues())
+
+    def queue_list(self) -> list[QueueStatus]:
+        """Every queue with jobs or paused. See `AsyncClient.queue_list`."""
+        return _drive(self._admin.queue_list())
+
+    def pause_queue(self, queue: str) -> None:
+        """Pause a queue cluster-wide. See `AsyncClient.pause_queue`."""
+        _drive(self._admin.pause_queue(queue))
+
+    def resume_queue(self, queue: str) -> None:
+        """Resume a paused queue. See `AsyncClient.resume_queue`."""
+        _drive(self._admin.resume_queue(queue))
 
     def dlq_list(self, queue: str | None = None, limit: int = 100,
                  after_id: str | None = None) -> list[JobRecord]:
         """Dead jobs. See `AsyncClient.dlq_list`."""
-        msg = ListDead(queue=queue, limit=limit, cursor=after_id)
-        return list(self._request(msg, retry=True).jobs)
+        return _drive(self._admin.dlq_list(queue, limit, after_id))
 
     def list_jobs(self, queue: str | None = None, state: str | None = None,
-                  limit: int = 100, after_id: str | None = None) -> list[JobRecord]:
+                  limit: int = 100, after_id: str | None = None,
+                  task: str | None = None) -> list[JobRecord]:
         """Jobs ordered by id. See `AsyncClient.list_jobs`."""
-        msg = ListJobs(queue=queue, state=state, limit=limit, cursor=after_id)
-        return list(self._request(msg, retry=True).jobs)
+        return _drive(self._admin.list_jobs(queue, state, limit, after_id, task))
 
     def pause(self, paused: bool = True) -> None:
         """Stop or resume leasing on the connected node. See `AsyncClient.pause`."""
-        self._request(PauseWorkers(paused), retry=True)
+        _drive(self._admin.pause(paused))
 
     def dlq_retry(self, ids: Sequence[str] | None = None, *, all_jobs: bool = False) -> int:
         """Requeue dead jobs. See `AsyncClient.dlq_retry`."""
-        return self._request(RetryDead(dlq_ids(ids, all_jobs)), retry=False).count
+        return _drive(self._admin.dlq_retry(ids, all_jobs=all_jobs))
 
     def dlq_purge(self, ids: Sequence[str] | None = None, *, all_jobs: bool = False) -> int:
         """Delete dead jobs. See `AsyncClient.dlq_purge`."""
-        return self._request(PurgeDead(dlq_ids(ids, all_jobs)), retry=False).count
+        return _drive(self._admin.dlq_purge(ids, all_jobs=all_jobs))
 
     def nodes(self) -> list[NodeInfo]:
         """The live nodes. See `AsyncClient.nodes`."""
-        return list(self._request(ListNodes(), retry=True).nodes)
+        return _drive(self._admin.nodes())
 
     def cron_list(self) -> list[CronEntryInfo]:
         """The cron entries. See `AsyncClient.cron_list`."""
-        return list(self._request(ListCron(), retry=True).entries)
+        return _drive(self._admin.cron_list())
 
     def cron_pause(self, name: str, paused: bool = True) -> None:
         """Pause or resume a cron entry. See `AsyncClient.cron_pause`."""
-        self._request(PauseCron(name, paused), retry=True)
+        _drive(self._admin.cron_pause(name, paused))
 
     def cron_run(self, name: str) -> str:
         """Enqueue one job of a cron entry now. See `AsyncClient.cron_run`."""
-        return self._request(RunCron(name), retry=False).job_id
+        return _drive(self._admin.cron_run(name))
+
+
+class _Admin(AdminRequests):
+    """`AdminRequests` over the blocking client: its `_request` never suspends."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    async def _request(self, msg: Command[R], *, retry: bool,
+                       timeout_s: float | None = None) -> R:
+        return self._client._request(msg, retry=retry, timeout_s=timeout_s)
+
+
+def _drive(coro: Coroutine[Any, Any, R]) -> R:
+    """Run a coroutine that never suspends (its awaits block instead) to its result."""
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        result: R = done.value
+        return result
+    coro.close()
+    raise RuntimeError("an admin request suspended: it must block, not await")
 
 
 def _fresh_name() -> str:

@@ -274,3 +274,19 @@ class NonRetryable(Exception):
 
 
 __all__ += ["NonRetryable"]
+
+
+# -- size limits (issue 21 item 8, issue 22 item 4) ----------------------------------
+
+
+class ResultTooLarge(JobError, ValueError):
+    """A task returned a result that encodes to more bytes than the node keeps
+    (`--max-result-bytes`). The attempt fails for good: another one would return the same."""
+
+
+class ReplyTooLarge(GoTaskError, ValueError):
+    """The records asked for by id would not fit one reply (one wire frame): ask for
+    fewer ids at once. Pages are cut instead, and continue from their cursor."""
+
+
+__all__ += ["ReplyTooLarge", "ResultTooLarge"]

@@ -30,6 +30,7 @@ __all__ = [
     "ATTEMPTS_MAX",
     "DURATION_S_MAX",
     "NAME_CHARS_MAX",
+    "RESULT_BYTES_MAX",
     "STORED_STATES",
     "TERMINAL",
     "TRANSITIONS",
@@ -48,8 +49,11 @@ _PRIORITY_MIN, _PRIORITY_MAX = -(2**31), 2**31 - 1
 ATTEMPTS_MAX = 1000
 #: Longest delay, timeout or result lifetime, in seconds (ten years).
 DURATION_S_MAX = 10 * 365 * 86_400.0
-#: Largest msgpack encoding of a job's arguments, in bytes.
+#: Largest msgpack encoding of a job's arguments, in bytes. With `RESULT_BYTES_MAX` it
+#: keeps a whole job record within one 1 MiB wire frame; a node may only lower them.
 ARGS_BYTES_MAX = 512 * 1024
+#: Largest msgpack encoding of a task's result, in bytes.
+RESULT_BYTES_MAX = 256 * 1024
 #: Longest idempotency key, in characters.
 KEY_CHARS_MAX = 256
 

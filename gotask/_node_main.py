@@ -87,6 +87,9 @@ def config_from_settings(s: Mapping[str, Any]) -> NodeConfig:
         tls_key=s["tls_key"],
         tls_client_ca=s["tls_client_ca"],
         tls_ca=s["tls_ca"],
+        args_bytes_max=s["max_args_bytes"],
+        result_bytes_max=s["max_result_bytes"],
+        batch_jobs_max=s["max_batch_jobs"],
     )
 
 

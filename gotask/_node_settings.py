@@ -74,6 +74,12 @@ SETTINGS: dict[str, Setting] = {
     "tls_client_ca": Setting(None, str,
                              "require client certificates signed by this CA (PEM)", "FILE"),
     "tls_ca": Setting(None, str, "speak TLS to the --join node, trusting this CA", "FILE"),
+    "max_args_bytes": Setting(512 * 1024, int, "largest encoded arguments of a job, at "
+                              "most and by default 524288 (512 KiB)", "BYTES"),
+    "max_result_bytes": Setting(256 * 1024, int, "largest encoded result kept, at most and "
+                                "by default 262144 (256 KiB)", "BYTES"),
+    "max_batch_jobs": Setting(10_000, int, "most jobs in one enqueue request, at most and "
+                              "by default 10000", "N"),
     "log_level": Setting("INFO", str, "DEBUG, INFO (default), WARNING or ERROR", "LEVEL",
                          LOG_LEVELS),
     "log_format": Setting("text", str, "text (default) or json: one JSON object per line",

@@ -18,6 +18,8 @@ Rules of this module:
   speed (`python_mops`) and the share of CPU time the hypervisor gave to other guests
   during the runs (`cpu_steal_pct`, from /proc/stat): on a shared VM those tell a slow
   machine from slow code.
+- `--http-scrape` serves the node's HTTP face and reads its `/metrics` every second
+  during the run, as a Prometheus server would: compare with a run without it.
 - `gotask bench --sequential` / `--idle-pickup` measure one job at a time from the
   blocking client (gotask.bench_sequential).
 - `gotask bench runtime` measures the actor runtime itself (gotask.bench_runtime);
@@ -50,6 +52,8 @@ __all__ = ["cpu_ticks", "free_port", "main", "node_session", "python_mops", "run
            "steal_pct"]
 
 LIST_PAGE = 2_000
+#: How often `--http-scrape` reads the node's /metrics.
+SCRAPE_EVERY_S = 1.0
 
 
 def free_port() -> int:
@@ -60,10 +64,13 @@ def free_port() -> int:
         return port
 
 
-def _start_node(storage: str, concurrency: int, port: int) -> subprocess.Popen[bytes]:
+def _start_node(storage: str, concurrency: int, port: int,
+                http_port: int | None) -> subprocess.Popen[bytes]:
     cmd = [sys.executable, "-m", "gotask.cli", "node", "--app", "examples.tasks",
            "--listen", f"127.0.0.1:{port}", "--storage", storage,
            "--concurrency", str(concurrency)]
+    if http_port is not None:
+        cmd += ["--http", f"127.0.0.1:{http_port}"]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -73,7 +80,7 @@ def node_session(storage: str, concurrency: int, run: int,
     """A node on `port` over a fresh store for run number `run` (see `_fresh_storage`);
     yields its pid and the store's URL, then stops it and forgets the store."""
     fresh = _fresh_storage(storage, run)
-    node = _start_node(fresh, concurrency, port)
+    node = _start_node(fresh, concurrency, port, None)
     try:
         yield node.pid, fresh
     finally:
@@ -190,6 +197,42 @@ def _storage_cpu_s(storage: str) -> float:
     return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
 
 
+async def _scraped_run(args: argparse.Namespace, port: int, http_port: int | None, pid: int,
+                       storage: str) -> dict[str, Any]:
+    """`_one_run`, with `/metrics` of the node scraped every second meanwhile (when
+    `http_port` is set), as a Prometheus server would."""
+    if http_port is None:
+        return await _one_run(args, port, pid, storage)
+    import httpx
+
+    scrapes = 0
+
+    async def scrape(client: httpx.AsyncClient) -> None:
+        nonlocal scrapes
+        while True:
+            scrapes += await _answers(client, "/metrics")
+            await trio.sleep(SCRAPE_EVERY_S)
+
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{http_port}") as client, \
+            trio.open_nursery() as nursery:
+        with trio.fail_after(30):  # the node serves HTTP a moment after TCP
+            while not await _answers(client, "/metrics"):
+                await trio.sleep(0.1)
+        nursery.start_soon(scrape, client)
+        result = await _one_run(args, port, pid, storage)
+        nursery.cancel_scope.cancel()
+    return result | {"scrapes": scrapes}
+
+
+async def _answers(client: Any, path: str) -> bool:
+    import httpx
+
+    try:
+        return bool((await client.get(path)).status_code == 200)
+    except httpx.HTTPError:
+        return False
+
+
 async def _one_run(args: argparse.Namespace, port: int, pid: int,
                    storage: str) -> dict[str, Any]:
     client = await _connect(port)
@@ -297,9 +340,15 @@ def run_job_bench(args: argparse.Namespace) -> dict[str, Any]:
     samples = []
     speed_before, ticks_before = python_mops(), cpu_ticks()
     for run in range(args.runs):
-        port = free_port()
-        with node_session(args.storage, args.concurrency, run, port) as (pid, storage):
-            samples.append(trio.run(_one_run, args, port, pid, storage))
+        port, http_port = free_port(), free_port() if args.http_scrape else None
+        storage = _fresh_storage(args.storage, run)
+        node = _start_node(storage, args.concurrency, port, http_port)
+        try:
+            samples.append(trio.run(_scraped_run, args, port, http_port, node.pid, storage))
+        finally:
+            node.terminate()
+            node.wait(timeout=60)
+            _forget_storage(storage)
     result: dict[str, Any] = {"storage": args.storage, "jobs": args.jobs,
                               "concurrency": args.concurrency,
                               "enqueue_concurrency": args.enqueue_concurrency}
@@ -315,6 +364,8 @@ def run_job_bench(args: argparse.Namespace) -> dict[str, Any]:
     result["cpus"] = os.cpu_count()
     result["cpu_steal_pct"] = steal_pct(ticks_before, cpu_ticks())
     result["python_mops"] = [speed_before, python_mops()]
+    if args.http_scrape:
+        result["scrapes"] = [s["scrapes"] for s in samples]
     result["samples"] = {key: [round(s[key], 2 if key.endswith("_ms") else 1) for s in samples]
                          for key in ("enqueue_jobs_per_s", "drain_jobs_per_s", "pickup_p99_ms")}
     return result
@@ -352,6 +403,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--idle-pickup", action="store_true",
                         help="one job at a time into an idle node: pickup latency")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--http-scrape", action="store_true",
+                        help="serve the node's HTTP face and scrape /metrics every second")
     args = parser.parse_args(argv)
     if args.enqueue_concurrency is None:
         args.enqueue_concurrency = args.concurrency

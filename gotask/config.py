@@ -26,6 +26,8 @@ import attrs
 
 from gotask._app import App
 from gotask._errors import ConfigError
+from gotask._job import ARGS_BYTES_MAX, RESULT_BYTES_MAX
+from gotask._protocol import IDS_MAX
 from gotask.transports.tcp import is_loopback
 
 __all__ = [
@@ -82,8 +84,15 @@ class NodeConfig:
     tls_key: str | None = None
     tls_client_ca: str | None = None
     tls_ca: str | None = None
+    #: Size limits (docs/guarantees.md, "Size limits"): encoded arguments and results, in
+    #: bytes, and jobs per enqueue. They may be lowered, never raised: a job record must
+    #: fit one wire frame.
+    args_bytes_max: int = ARGS_BYTES_MAX
+    result_bytes_max: int = RESULT_BYTES_MAX
+    batch_jobs_max: int = IDS_MAX
 
     def __attrs_post_init__(self) -> None:
+        self._check_limits()
         if not 1 <= self.concurrency <= 10_000:
             raise ConfigError(f"--concurrency must be 1-10000, got {self.concurrency}")
         if not 0 < self.heartbeat_s < self.lease_timeout_s:
@@ -123,6 +132,16 @@ class NodeConfig:
                 f"refusing to serve gRPC on {self.grpc[0]} without a token: pass "
                 "--http-token-file (or set GOTASK_HTTP_TOKEN), or --insecure to accept anyone"
             )
+
+
+    def _check_limits(self) -> None:
+        for flag, value, top in (("--max-args-bytes", self.args_bytes_max, ARGS_BYTES_MAX),
+                                 ("--max-result-bytes", self.result_bytes_max,
+                                  RESULT_BYTES_MAX),
+                                 ("--max-batch-jobs", self.batch_jobs_max, IDS_MAX)):
+            if not 1 <= value <= top:
+                raise ConfigError(f"{flag} must be 1-{top}, got {value} (a job record must "
+                                  "fit one wire frame, so the limits can only be lowered)")
 
 
 def server_ssl_context(config: NodeConfig) -> ssl.SSLContext | None:

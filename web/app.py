@@ -24,6 +24,7 @@ from quart import json as qjson
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
+from gotask._job_metrics import JobMetrics
 from gotask._protocol import ListNodes
 from gotask.web._problems import PROBLEM_TYPE, problem, problem_for
 from gotask.web.api import BODY_MAX, Call, api_blueprint
@@ -46,14 +47,14 @@ def openapi_document() -> dict[str, Any]:
     return doc
 
 
-def create_app(call: Call, token: bytes | None) -> QuartTrio:
-    """The HTTP app of one node."""
+def create_app(call: Call, token: bytes | None, jobs: JobMetrics | None = None) -> QuartTrio:
+    """The HTTP app of one node (`jobs`: its job-event counts, for `/metrics`)."""
     app = QuartTrio("gotask.web")
     app.config["MAX_CONTENT_LENGTH"] = BODY_MAX
     app.config["PROPAGATE_EXCEPTIONS"] = False
     app.register_blueprint(api_blueprint(call))
     _add_auth(app, token)
-    _add_meta_routes(app, call, Metrics(call))
+    _add_meta_routes(app, call, Metrics(call, jobs))
     _add_error_handlers(app)
     return app
 

@@ -8,15 +8,18 @@ duration is a ValueError before it reaches any backend.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any, TypeAlias
 
 import attrs
 
-from gotask._job import LeaseToken, NewJob
+from gotask._errors import ResultTooLarge
+from gotask._job import ARGS_BYTES_MAX, RESULT_BYTES_MAX, LeaseToken, NewJob
 from gotask.runtime.message import Command, message
 
 from ._base_cron import CronFire, CronList, CronRegister, CronSetPaused
 from ._base_items import AckItem, NackItem, ProgressItem, QueueWeight
+from ._base_queues import QueueInfo, SetQueuePaused
 from ._base_replies import (
     AckReply,
     CancelReply,
@@ -80,6 +83,23 @@ def _batch(_inst: object, attribute: attrs.Attribute[Any], value: tuple[object, 
         raise ValueError(f"{attribute.name} holds {len(value)} items, more than {BATCH_MAX}")
 
 
+def _sized(size: Callable[[Any], int], limit: int, what: Callable[[Any, int], str],
+           error: type[Exception]) -> Callable[[object, attrs.Attribute[Any], Any], None]:
+    """A validator of a batch whose items' `size` is at most `limit` bytes each."""
+    def check(inst: object, attribute: attrs.Attribute[Any], value: tuple[Any, ...]) -> None:
+        _batch(inst, attribute, value)
+        for index, item in enumerate(value):
+            if (n := size(item)) > limit:
+                raise error(f"item {index}: {what(item, n)}; the limit is {limit}")
+    return check
+
+
+_new_jobs = _sized(lambda job: len(job.args), ARGS_BYTES_MAX,
+                   lambda job, n: f"arguments encode to {n} bytes", ValueError)
+_acks = _sized(lambda item: len(item.result), RESULT_BYTES_MAX,
+               lambda item, n: f"the result of job {item.job_id} is {n} bytes", ResultTooLarge)
+
+
 def _optional_batch(inst: object, attribute: attrs.Attribute[Any], value: Any) -> None:
     if value is not None:
         _batch(inst, attribute, value)
@@ -107,7 +127,7 @@ class EnqueueJobs(Command[EnqueueReply]):
     the existing job's id with created=False and nothing changes.
     """
 
-    jobs: tuple[NewJob, ...] = attrs.field(validator=_batch)
+    jobs: tuple[NewJob, ...] = attrs.field(validator=_new_jobs)
 
 
 @message("s.lease")
@@ -147,7 +167,7 @@ class Heartbeat(Command[HeartbeatReply]):
 class AckJobs(Command[AckReply]):
     """Complete attempts successfully: `succeeded`, result kept `result_ttl_s` seconds."""
 
-    items: tuple[AckItem, ...] = attrs.field(validator=_batch)
+    items: tuple[AckItem, ...] = attrs.field(validator=_acks)
 
 
 @message("s.nack")
@@ -198,12 +218,13 @@ class GetJobs(Command[GetJobsReply]):
 @message("s.list")
 @attrs.frozen
 class ListJobs(Command[ListJobsReply]):
-    """List jobs ordered by id after `after_id`, optionally of one queue and state."""
+    """List jobs ordered by id after `after_id`, optionally of one queue, state and task."""
 
     queue: str | None = None
     state: str | None = None
     limit: int = attrs.field(default=100, validator=_limit)
     after_id: str | None = None
+    task: str | None = None  # issue 16
 
 
 @message("s.count")
@@ -313,4 +334,7 @@ StorageCommand: TypeAlias = (
     | CronFire
     | CronList
     | CronSetPaused
+    # -- queues (issue 16) --
+    | SetQueuePaused
+    | QueueInfo
 )

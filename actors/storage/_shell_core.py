@@ -14,6 +14,7 @@ Rules of this module:
   `LeaseWait` when it gets jobs, times out or its node is unparked (`_parking`), a
   watch by the jobs' records; anything else (not a storage message) with a
   `TypeError`. Nothing is logged and dropped.
+- Pages are cut and reads by id checked to fit one wire frame (`_reply_bytes`).
 - A lease reply is cut to `LEASE_REPLY_BYTES_MAX` (estimated from the jobs' arguments)
   so it fits one wire frame; the jobs cut off are released by a follow-up command (they
   keep their place, and the attempt does not count).
@@ -34,6 +35,7 @@ from typing import Any, Generic, TypeAlias, TypeVar, assert_never, cast, get_arg
 
 import attrs
 
+from gotask._errors import ReplyTooLarge
 from gotask._job import TERMINAL, JobRecord, LeaseToken
 from gotask._messages import (
     WORKERS,
@@ -57,6 +59,7 @@ from ._backend import (
     WatchRead,
 )
 from ._parking import PARKED_MAX, ParkingLot, Wait
+from ._reply_bytes import check_records, fit_reply
 
 __all__ = ["Answer", "Batch", "Effect", "Push", "Refuse", "StorageInbox", "StorageShellCore",
            "cut_lease"]
@@ -214,7 +217,8 @@ class StorageShellCore(Generic[R]):
                     | b.GetJobs() | b.ListJobs() | b.CountJobs() | b.RequeueExpired() \
                     | b.PromoteDue() | b.PurgeExpired() | b.ListDead() | b.RetryDead() \
                     | b.PurgeDead() | b.RegisterNode() | b.ListNodes() | b.ExpireNodes() \
-                    | b.CronRegister() | b.CronFire() | b.CronList() | b.CronSetPaused():
+                    | b.CronRegister() | b.CronFire() | b.CronList() | b.CronSetPaused() \
+                    | b.SetQueuePaused() | b.QueueInfo():
                 self._note_sent(msg, mono)
                 batch.add(msg, _Reply(request))
             case LeaseWait():
@@ -243,6 +247,7 @@ class StorageShellCore(Generic[R]):
 
         An enqueue (or a cron fire) wakes its queues (on a shared store too, to save a
         round trip), and where no events tell, sets their timers for its delayed jobs;
+        a resumed queue wakes its waits (on a shared store too, as an enqueue does);
         other commands that make jobs ready wake every queue where no events tell which,
         and a nack sets every wait's timer for its earliest retry.
         """
@@ -255,6 +260,9 @@ class StorageShellCore(Generic[R]):
                     self.lot.due_after(job.queue, job.delay_s, mono)
             if ready:
                 self.lot.wake(ready)
+        elif isinstance(cmd, b.SetQueuePaused):
+            if not cmd.paused:
+                self.lot.wake((cmd.queue,))
         elif not self.shared and isinstance(cmd, _MAKES_READY):
             self.lot.wake_all()
             if isinstance(cmd, b.NackJobs):
@@ -302,6 +310,11 @@ class StorageShellCore(Generic[R]):
             return Refuse(request, result)
         if isinstance(result, Leased):
             result = self._cut(cmd, result.reply)
+        else:
+            try:
+                result = fit_reply(result)
+            except ReplyTooLarge as exc:
+                return Refuse(request, exc)
         if not self.shared:
             self._note_done(cmd, result)
         return Answer(request, result)
@@ -360,6 +373,11 @@ class StorageShellCore(Generic[R]):
     # -- watchers ---------------------------------------------------------------------
 
     def _watched(self, request: R, msg: WatchJobs, result: Any) -> Effect[R]:
+        if not isinstance(result, Exception):
+            try:
+                check_records(result.jobs)
+            except ReplyTooLarge as exc:
+                result = exc
         if isinstance(result, Exception):
             self._unwatch(msg.ids, msg.watcher)
             return Refuse(request, result)

@@ -26,10 +26,14 @@ suite (tests/storage/contract.py). The rules:
 - Retention: succeeded and cancelled jobs are purged `result_ttl_s` after they finish,
   with their idempotency keys. Dead jobs stay in the DLQ until purged from it.
 - Bounded: a command holds at most `BATCH_MAX` items, a `limit` is 1..`LIMIT_MAX`, a
-  lease request names 1..`QUEUES_MAX` queues. Bigger is a ValueError at construction.
+  lease request names 1..`QUEUES_MAX` queues; a new job's arguments are at most
+  `ARGS_BYTES_MAX` bytes and an acknowledged result at most `RESULT_BYTES_MAX` (the
+  store's own check: workers and the Broker check the node's lower settings first).
+  Bigger is a ValueError at construction, so also where a command is decoded.
 
 The messages live in `_base_items` (statuses and items), `_base_replies` and
-`_base_commands` (with the limits); this module re-exports them all and defines the
+`_base_commands` (with the limits), the cron block (`_base_cron`) and the queue block
+(`_base_queues`: paused queues); this module re-exports them all and defines the
 `StorageCore` protocol.
 """
 
@@ -92,6 +96,13 @@ from ._base_items import (
     QueueCount,
     QueueWeight,
     Status,
+)
+from ._base_queues import (
+    QueueInfo,
+    QueueInfoReply,
+    QueueReadySince,
+    SetQueuePaused,
+    SetQueuePausedReply,
 )
 from ._base_replies import (
     AckReply,
@@ -175,6 +186,9 @@ __all__ = [
     "PurgeExpired",
     "PurgeExpiredReply",
     "QueueCount",
+    "QueueInfo",
+    "QueueInfoReply",
+    "QueueReadySince",
     "QueueWeight",
     "RegisterNode",
     "RegisterNodeReply",
@@ -185,6 +199,8 @@ __all__ = [
     "RequeueExpiredReply",
     "RetryDead",
     "RetryDeadReply",
+    "SetQueuePaused",
+    "SetQueuePausedReply",
     "Status",
     "StorageCommand",
     "StorageCore",

@@ -32,7 +32,13 @@ from typing import Any, Protocol, TypeVar, overload
 import attrs
 import trio
 
-from gotask._errors import ActorNotFound, CallTimeout, RemoteActorError, RemoteProtocolError
+from gotask._errors import (
+    ActorNotFound,
+    CallTimeout,
+    LocalProtocolError,
+    RemoteActorError,
+    RemoteProtocolError,
+)
 from gotask.runtime.message import Address, Command, Envelope, ErrorReply, Reply, reply_type
 from gotask.runtime.world import World, real_world
 
@@ -379,7 +385,10 @@ class Node:
     async def reply(self, request: Envelope, msg: Any) -> None:
         """Answer a request, waiting while the way back is full."""
         if request.corr and request.src is not None:
-            await self._route(Reply(request.src.node, request.corr, msg))
+            try:
+                await self._route(Reply(request.src.node, request.corr, msg))
+            except LocalProtocolError as exc:  # too big for the wire, say: the caller is told
+                await self._route(Reply(request.src.node, request.corr, error_reply(exc)))
 
     async def reply_error(self, request: Envelope, exc: BaseException) -> None:
         """Answer a request with an error: type name and traceback text, never pickled."""

@@ -217,7 +217,7 @@ def test_large_outcomes_go_in_several_commands() -> None:
     core.handle(RunJobs(records), 1.0)
     while (record := core.next_job()) is not None:
         core.start(record)
-        core.finished(record, AckItem(record.id, 1, b"r" * 300_000))
+        core.finished(record, AckItem(record.id, 1, b"r" * 250_000))
     call = only_call(core.handle(OutcomesReady(), 1.1))
     sizes = []
     while isinstance(call.msg, AckJobs):

@@ -59,9 +59,10 @@ async def test_timed_out_sync_jobs_do_not_cost_thread_slots() -> None:
     async with open_server(config, listen=False) as server:
         hung = [await _enqueue(server, "hang", timeout_s=0.3) for _ in range(2)]
         assert await _states(server, *hung, wait_s=10) == ["dead", "dead"]
-        assert server.threads.info() == {"threads_abandoned": 2, "degraded": False}
         later = [await _enqueue(server, "quick", n) for n in range(4)]
+        # The reproduction first: before, these stayed active behind the hung threads.
         assert await _states(server, *later, wait_s=5) == ["succeeded"] * 4
+        assert server.threads.info() == {"threads_abandoned": 2, "degraded": False}
         info = _node_info(server)
         assert info["threads_abandoned"] == 2 and info["degraded"] is False
         release.set()  # the hung threads return: their extra slots go away again

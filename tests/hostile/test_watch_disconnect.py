@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import itertools
 from functools import partial
+from typing import Any
 
+import pytest
 import trio
 
 from gotask import App
@@ -24,6 +26,12 @@ from gotask.runtime.message import Address, Envelope
 from gotask.transports import connect_tcp, serve_tcp
 
 SELF = Address("n1", "broker")
+app = App("watch-disconnect")
+
+
+@app.task(name="noop")
+async def noop() -> None:
+    pass
 SECRET = b"watch-disconnect-secret"
 
 
@@ -61,3 +69,40 @@ async def test_the_node_reports_the_last_link_to_a_peer_closing() -> None:
             while lost != ["cli"]:
                 await trio.sleep(0.02)
         unsubscribe()
+
+
+async def test_watches_of_clients_that_left_no_longer_fill_the_node(
+        raw_peer: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The reproduction end to end, over real sockets: a node whose watch books hold 20
+    # ids; two clients watch 10 scheduled jobs each and leave; a third client must still
+    # be able to watch 10 others (before: "too many watched jobs (limit 20)", for as long
+    # as the node ran).
+    from gotask._app import pack_args
+    from gotask._server import open_server
+    from gotask.actors._watch import WatchBook
+    from gotask.config import NodeConfig
+    from gotask.runtime import Reply
+
+    monkeypatch.setattr(WatchBook.__init__, "__defaults__", (20, 20))
+    config = NodeConfig(app=app, name="watched", listen=("127.0.0.1", 0), concurrency=1,
+                        lease_timeout_s=10, heartbeat_s=2, grace_s=1)
+    async with open_server(config) as server:
+        spec = proto.JobSpec("noop", pack_args([], {}), delay_s=3600.0)
+        ids = (await server.node.call(server.broker, proto.Enqueue((spec,) * 30))).ids
+
+        async def watch(name: str, some: tuple[str, ...]) -> object:
+            peer = await raw_peer.connect(server.port)
+            await peer.handshake(name, None)
+            await peer.send(Envelope(Address("watched", "broker"), Address(name, "$call"), 3,
+                                     proto.WatchJobs(some, Address(name, "w"))))
+            while not isinstance(reply := await peer.receive(5), Reply):
+                pass
+            await peer.aclose()
+            return reply.msg
+
+        assert isinstance(await watch("c1", ids[:10]), proto.JobsReply)
+        assert isinstance(await watch("c2", ids[10:20]), proto.JobsReply)
+        with trio.fail_after(5):  # the node learns that c1 and c2 left
+            while not isinstance(third := await watch("c3", ids[20:]), proto.JobsReply):
+                await trio.sleep(0.1)
+        assert [job.state for job in third.jobs] == ["scheduled"] * 10

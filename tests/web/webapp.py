@@ -7,6 +7,7 @@ from typing import Any
 import trio
 
 from gotask._app import App, current_job
+from gotask._retry import RetryPolicy
 
 app = App("web-tests")
 
@@ -44,3 +45,21 @@ async def steps(n: int) -> str:
         current_job().progress(i / n, f"step {i}")
         await trio.sleep(0.05)
     return "done"
+
+
+@app.task(name="flaky", retry=RetryPolicy("fixed", base_s=0.05, cap_s=0.05, jitter=0.0))
+async def flaky() -> str:
+    """Fails its first attempt, succeeds on the retry."""
+    if current_job().attempt == 1:
+        raise ValueError("first attempt fails")
+    return "second time lucky"
+
+
+@app.task(name="hang", queue="slow", max_attempts=1)
+async def hang() -> None:
+    """Never returns: its lease expires once its node is gone."""
+    await trio.sleep_forever()
+
+
+# A cron entry that never fires while tests run (03:00 on 1 January): for the cron routes.
+app.add_cron("new-year", "add", "0 3 1 1 *", args=[1, 1], queue="cron")

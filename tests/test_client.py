@@ -598,7 +598,7 @@ def test_addresses_and_environment(tmp_path: Path) -> None:
     assert nodes_from_env({"GOTASK_NODES": "a:1, b:2,"}) == ["a:1", "b:2"]
     (tmp_path / "secret").write_bytes(SECRET + b"\n")
     env = {"GOTASK_NODES": "a:1", "GOTASK_SECRET_FILE": str(tmp_path / "secret")}
-    assert AsyncClient.from_env(env)._secret == SECRET
+    assert AsyncClient.from_env(env)._nodes.secret == SECRET
     with pytest.raises(ConfigError, match="cannot read the secret file"):
         AsyncClient.from_env({"GOTASK_SECRET_FILE": str(tmp_path / "missing")})
 

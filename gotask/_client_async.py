@@ -19,7 +19,6 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-import random
 import secrets
 import ssl
 from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
@@ -32,14 +31,11 @@ import anyio.lowlevel
 from gotask._client_admin import AdminRequests
 from gotask._client_batch import EnqueueBatcher
 from gotask._client_conn import (
-    DEFAULT_NODE,
     WATCH_NAME,
     ClientLink,
-    LinkSettings,
     NotSent,
     dial,
     nodes_from_env,
-    parse_address,
     secret_from_env,
 )
 from gotask._client_jobs import (
@@ -48,6 +44,7 @@ from gotask._client_jobs import (
     JobTuple,
     Watch,
     check_args_bytes,
+    check_jobs,
     check_limits,
     checked_reply,
     chunks,
@@ -55,14 +52,10 @@ from gotask._client_jobs import (
     only_job,
     remote_error,
 )
+from gotask._client_nodes import NodeList
 from gotask._errors import (
-    AuthenticationError,
-    ConfigError,
     ConnectionLost,
     JobNotFound,
-    NodeUnavailable,
-    NotAGoTaskNode,
-    RemoteProtocolError,
     WaitTimeout,
 )
 from gotask._job import ARGS_BYTES_MAX, JobRecord
@@ -130,25 +123,17 @@ class AsyncClient(AdminRequests):
         max_batch_jobs: int = IDS_MAX,
     ) -> None:
         self._max_args_bytes = check_limits(max_args_bytes, max_batch_jobs)
-        names = [nodes] if isinstance(nodes, str) else list(nodes or [DEFAULT_NODE])
-        if not names:
-            raise ConfigError("a client needs at least one node address")
-        self._addresses = [(text, parse_address(text)) for text in names]
-        self._secret = secret.encode() if isinstance(secret, str) else secret
-        self._ssl_context = ssl_context
+        self._nodes = NodeList(nodes, secret=secret, ssl_context=ssl_context,
+                               call_timeout_s=call_timeout_s,
+                               connect_timeout_s=connect_timeout_s,
+                               connect_rounds=connect_rounds, backoff_base_s=backoff_base_s,
+                               backoff_cap_s=backoff_cap_s, heartbeat_s=heartbeat_s)
         self._call_timeout_s = call_timeout_s
-        self._connect_rounds = max(1, connect_rounds)
-        self._backoff = (backoff_base_s, backoff_cap_s)
-        self._settings = LinkSettings(connect_timeout_s=connect_timeout_s,
-                                      heartbeat_s=heartbeat_s, idle_timeout_s=4 * heartbeat_s)
         self._name = f"client-{secrets.token_hex(8)}"
-        self._rng = random.Random(secrets.randbits(64))
         self._corr = itertools.count(1)
         self._tg: anyio.abc.TaskGroup | None = None
         self._dial_lock: anyio.Lock | None = None
         self._link: ClientLink | None = None
-        self._next = 0
-        self._lost = False
         self._closed = False
         self._watches: dict[str, list[Watch]] = {}
         self._batcher = EnqueueBatcher(self._send_enqueue, max_batch_jobs)
@@ -225,64 +210,36 @@ class AsyncClient(AdminRequests):
 
     async def _dial_any(self) -> ClientLink:
         failures: dict[str, str] = {}
-        if self._lost:  # many clients lost the same node: do not all hit the next at once
-            await anyio.sleep(self._rng.uniform(0.0, self._backoff[0]))
         foreign: set[int] = set()  # not GoTask nodes: not worth another round
-        for round_ in range(self._connect_rounds):
-            if len(foreign) == len(self._addresses):
-                break
-            if round_:
-                await anyio.sleep(self._backoff_s(round_ - 1))
-            for step in range(len(self._addresses)):
-                index = (self._next + step) % len(self._addresses)
-                if index in foreign:
-                    continue
-                link = await self._dial_one(index, failures, foreign)
-                if link is not None:
-                    self._next, self._lost = index, False
-                    return link
-        reasons = "; ".join(f"{addr}: {why}" for addr, why in failures.items())
-        raise NodeUnavailable(f"cannot reach any GoTask node ({reasons})")
+        for pause_s, index in self._nodes.plan(foreign):
+            if pause_s:
+                await anyio.sleep(pause_s)
+            try:
+                link = await self._dial_one(index)
+            except Exception as exc:
+                self._nodes.failed(index, exc, failures, foreign)
+                continue
+            self._nodes.connected(index)
+            return link
+        raise self._nodes.unavailable(failures)
 
-    async def _dial_one(
-        self, index: int, failures: dict[str, str], foreign: set[int]
-    ) -> ClientLink | None:
-        text, (host, port) = self._addresses[index]
-        try:
-            stream, conn, peer = await dial(host, port, secret=self._secret,
-                                            client_node=self._name, settings=self._settings,
-                                            ssl_context=self._ssl_context)
-        except AuthenticationError as exc:  # a PermissionError: not a node being down
-            raise AuthenticationError(f"{text}: {exc} (is the shared secret right?)") from None
-        except NotAGoTaskNode as exc:
-            failures[text] = str(exc)
-            foreign.add(index)
-            return None
-        except TimeoutError:
-            failures[text] = f"no answer within {self._settings.connect_timeout_s:g}s"
-            return None
-        except (OSError, RemoteProtocolError, anyio.BrokenResourceError) as exc:
-            failures[text] = str(exc) or type(exc).__name__
-            log.info("cannot reach GoTask node %s: %s", text, failures[text])
-            return None
+    async def _dial_one(self, index: int) -> ClientLink:
+        nodes = self._nodes
+        text, (host, port) = nodes.addresses[index]
+        stream, conn, peer = await dial(host, port, secret=nodes.secret, client_node=self._name,
+                                        settings=nodes.settings, ssl_context=nodes.ssl_context)
         link = ClientLink(stream, conn, client_node=self._name, peer=peer, address=text,
-                          settings=self._settings, corr=self._corr, on_push=self._on_push,
+                          settings=nodes.settings, corr=self._corr, on_push=self._on_push,
                           on_close=self._on_link_closed)
         assert self._tg is not None
         await self._tg.start(link.run)
         log.info("client %s connected to node %s at %s", self._name, peer, text)
         return link
 
-    def _backoff_s(self, attempt: int) -> float:
-        base_s, cap_s = self._backoff
-        delay_s = min(cap_s, base_s * 2.0 ** min(attempt, 32))
-        return self._rng.uniform(delay_s / 2, delay_s)
-
     def _on_link_closed(self, link: ClientLink) -> None:
         if link is not self._link:
             return
-        self._lost = True
-        self._next = (self._next + 1) % len(self._addresses)
+        self._nodes.lost()
         for subs in self._watches.values():
             for sub in subs:
                 sub.link_lost()
@@ -385,13 +342,7 @@ class AsyncClient(AdminRequests):
         Raises:
             As `enqueue`; TypeError when an entry is not a 4-tuple.
         """
-        items = []
-        for spec in jobs:
-            if not isinstance(spec, tuple) or len(spec) != 4:
-                raise TypeError(f"each job must be (task, args, kwargs, options), got {spec!r}")
-            task, args, kwargs, options = spec
-            items.append(check_spec(task, args, kwargs, options or {}))
-        return await self._enqueue_items(items)
+        return await self._enqueue_items(check_jobs(jobs))
 
     async def _enqueue_items(self, items: Sequence[JobSpec]) -> list[str]:
         check_args_bytes(items, self._max_args_bytes)

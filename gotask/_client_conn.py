@@ -59,6 +59,7 @@ __all__ = [
     "LinkSettings",
     "NotSent",
     "dial",
+    "handle_event",
     "nodes_from_env",
     "parse_address",
     "secret_from_env",
@@ -337,22 +338,31 @@ class ClientLink:
     def _on_event(self, event: object) -> None:
         if isinstance(event, CallDone):
             self._finish(event)
-        elif isinstance(event, Envelope):
-            self._on_envelope(event)
-        elif isinstance(event, InvalidReceived):
-            log.warning("client link to %s: invalid message: %s", self.address, event.error)
-            if event.reply is not None:
-                self._proto.send_control(event.reply)
-        elif isinstance(event, WireError):
-            log.warning("client link to %s: the node reports %s: %s", self.address,
-                        event.code, event.message)
-
-    def _on_envelope(self, env: Envelope) -> None:
-        if env.dst.name == WATCH_NAME and isinstance(env.msg, JobChanged):
-            self._on_push(env.msg.job)
         else:
-            text = f"no actor {env.dst.name!r}: clients host none"
-            self._proto.refuse(env, "ActorNotFound", text)
+            handle_event(self._proto, event, self.address, self._on_push)
+
+
+def handle_event(proto: LinkProtocol, event: object, address: str,
+                 on_push: Callable[[JobRecord], None] | None) -> bool:
+    """Handle an event of a client's link other than a `CallDone`; True for a push.
+
+    Envelopes to the client's watch address carrying `JobChanged` go to `on_push`; a
+    call to any other actor is refused; invalid messages and the node's errors are logged.
+    """
+    if isinstance(event, Envelope):
+        if event.dst.name == WATCH_NAME and isinstance(event.msg, JobChanged):
+            if on_push is not None:
+                on_push(event.msg.job)
+            return True
+        proto.refuse(event, "ActorNotFound", f"no actor {event.dst.name!r}: clients host none")
+    elif isinstance(event, InvalidReceived):
+        log.warning("client link to %s: invalid message: %s", address, event.error)
+        if event.reply is not None:
+            proto.send_control(event.reply)
+    elif isinstance(event, WireError):
+        log.warning("client link to %s: the node reports %s: %s", address, event.code,
+                    event.message)
+    return False
 
 
 # -- dialing -------------------------------------------------------------------------------

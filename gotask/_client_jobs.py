@@ -12,7 +12,7 @@ Rules of this module:
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Final, TypeVar
 
 import anyio
@@ -30,7 +30,15 @@ from gotask._errors import (
     RemoteProtocolError,
 )
 from gotask._job import ARGS_BYTES_MAX, JobRecord, JobState
-from gotask._protocol import IDS_MAX, JobPage, JobSpec, JobsReply, ListDead, ListJobs
+from gotask._protocol import (
+    IDS_MAX,
+    JobPage,
+    JobSpec,
+    JobsReply,
+    ListDead,
+    ListJobs,
+    check_spec,
+)
 from gotask.runtime.message import Command, ErrorReply, reply_type
 
 __all__ = [
@@ -40,6 +48,7 @@ __all__ = [
     "JobTuple",
     "Watch",
     "check_args_bytes",
+    "check_jobs",
     "check_limits",
     "checked_reply",
     "chunks",
@@ -97,6 +106,21 @@ def remote_error(reply: ErrorReply) -> Exception:
         except TypeError:  # a class that needs more than a message
             pass
     return RemoteActorError(reply.type_name, reply.message, reply.traceback)
+
+
+def check_jobs(jobs: Iterable[JobTuple]) -> list[JobSpec]:
+    """Every job of an `enqueue_many`, checked before any is sent.
+
+    Raises:
+        TypeError: an entry is not a 4-tuple. Otherwise as `check_spec`.
+    """
+    items = []
+    for spec in jobs:
+        if not isinstance(spec, tuple) or len(spec) != 4:
+            raise TypeError(f"each job must be (task, args, kwargs, options), got {spec!r}")
+        task, args, kwargs, options = spec
+        items.append(check_spec(task, args, kwargs, options or {}))
+    return items
 
 
 def chunks(specs: Sequence[JobSpec], jobs_max: int = IDS_MAX) -> Iterator[tuple[JobSpec, ...]]:

@@ -20,6 +20,8 @@ Rules of this module:
   machine from slow code.
 - `--http-scrape` serves the node's HTTP face and reads its `/metrics` every second
   during the run, as a Prometheus server would: compare with a run without it.
+- `gotask bench --sequential` / `--idle-pickup` measure one job at a time from the
+  blocking client (gotask.bench_sequential).
 - `gotask bench runtime` measures the actor runtime itself (gotask.bench_runtime);
   `gotask bench cron` the Scheduler with many cron entries (gotask.bench_cron).
 - `gotask bench http --url URL` measures REST enqueue on a running node (gotask.bench_http).
@@ -38,6 +40,8 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import trio
@@ -45,14 +49,16 @@ import trio
 from gotask._client_async import AsyncClient
 from gotask._errors import GoTaskError
 
-__all__ = ["main", "run_job_bench"]
+__all__ = ["cpu_ticks", "free_port", "main", "node_session", "python_mops", "run_job_bench",
+           "steal_pct"]
 
 LIST_PAGE = 2_000
 #: How often `--http-scrape` reads the node's /metrics.
 SCRAPE_EVERY_S = 1.0
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A free loopback TCP port."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
@@ -67,6 +73,21 @@ def _start_node(storage: str, concurrency: int, port: int,
     if http_port is not None:
         cmd += ["--http", f"127.0.0.1:{http_port}"]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+@contextmanager
+def node_session(storage: str, concurrency: int, run: int,
+                 port: int) -> Iterator[tuple[int, str]]:
+    """A node on `port` over a fresh store for run number `run` (see `_fresh_storage`);
+    yields its pid and the store's URL, then stops it and forgets the store."""
+    fresh = _fresh_storage(storage, run)
+    node = _start_node(fresh, concurrency, port, None)
+    try:
+        yield node.pid, fresh
+    finally:
+        node.terminate()
+        node.wait(timeout=60)
+        _forget_storage(fresh)
 
 
 def _rss_mb(pid: int) -> float:
@@ -320,7 +341,7 @@ def run_job_bench(args: argparse.Namespace) -> dict[str, Any]:
     samples = []
     speed_before, ticks_before = python_mops(), cpu_ticks()
     for run in range(args.runs):
-        port, http_port = _free_port(), _free_port() if args.http_scrape else None
+        port, http_port = free_port(), free_port() if args.http_scrape else None
         storage = _fresh_storage(args.storage, run)
         node = _start_node(storage, args.concurrency, port, http_port)
         try:
@@ -381,13 +402,23 @@ def main(argv: list[str]) -> int:
                         help="concurrent enqueue callers in the client (default: --concurrency)")
     parser.add_argument("--pickup-samples", type=int, default=200)
     parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument("--sequential", action="store_true",
+                        help="one caller, one job per call, blocking client: enqueue rate "
+                             "and latency")
+    parser.add_argument("--idle-pickup", action="store_true",
+                        help="one job at a time into an idle node: pickup latency")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--http-scrape", action="store_true",
                         help="serve the node's HTTP face and scrape /metrics every second")
     args = parser.parse_args(argv)
     if args.enqueue_concurrency is None:
         args.enqueue_concurrency = args.concurrency
-    result = run_job_bench(args)
+    if args.sequential or args.idle_pickup:
+        from gotask.bench_sequential import run_sequential_bench
+
+        result = run_sequential_bench(args)
+    else:
+        result = run_job_bench(args)
     if args.json:
         sys.stdout.write(json.dumps(result) + "\n")
     else:

@@ -29,7 +29,7 @@ from typing import Any
 
 import grpc
 
-from gotask.bench import _CpuMeter, _free_port, python_mops
+from gotask.bench import _CpuMeter, free_port, python_mops
 from gotask.bench_http import summary
 from gotask.v1 import gotask_pb2 as pb
 from gotask.v1 import gotask_pb2_grpc as pb_grpc
@@ -110,7 +110,7 @@ async def _measure(target: str, token: str | None, node_pid: int,
 
 def _start_node(storage: str, port: int) -> subprocess.Popen[bytes]:
     cmd = [sys.executable, "-m", "gotask.cli", "node", "--app", "examples.tasks",
-           "--listen", f"127.0.0.1:{_free_port()}", "--storage", storage,
+           "--listen", f"127.0.0.1:{free_port()}", "--storage", storage,
            "--grpc", f"127.0.0.1:{port}", "--log-level", "WARNING"]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -131,7 +131,7 @@ def main(argv: list[str]) -> int:
     node = None
     target = args.target
     if target is None:
-        port = _free_port()
+        port = free_port()
         node = _start_node(args.storage, port)
         target = f"127.0.0.1:{port}"
     try:

@@ -4,6 +4,7 @@ gotask/bench_queues.py on a small store."""
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import pytest
 
@@ -127,3 +128,39 @@ def test_bench_queues_times_the_queue_listing_of_stored_jobs(capsys: pytest.Capt
     assert (result["backend"], result["jobs"], result["runs"]) == ("memory", 2000, 20)
     assert 0 < result["median_ms"] <= result["max_ms"]
     assert '"median_ms"' in capsys.readouterr().out
+
+
+def _bench_json(*args: str) -> dict[str, Any]:
+    import json
+    import subprocess
+    import sys
+
+    from tests.processes import ROOT
+
+    out = subprocess.run([sys.executable, "-m", "gotask.cli", "bench", *args, "--json"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120, check=True)
+    result: dict[str, Any] = json.loads(out.stdout.splitlines()[-1])
+    return result
+
+
+def test_sequential_bench_reports_rate_and_call_latency() -> None:
+    result = _bench_json("--sequential", "--storage", "memory://", "--jobs", "60",
+                         "--concurrency", "2", "--runs", "1")
+    assert (result["mode"], result["jobs"]) == (["sequential"], 60)
+    assert result["enqueue_jobs_per_s"] > 0
+    assert 0 < result["enqueue_p50_ms"] <= result["enqueue_p99_ms"]
+    assert not any(key.startswith("idle_") for key in result)
+    assert result["samples"]["enqueue_jobs_per_s"] == [result["enqueue_jobs_per_s"]]
+
+
+def test_idle_pickup_bench_reports_pickup_and_done_latency() -> None:
+    result = _bench_json("--sequential", "--idle-pickup", "--storage", "memory://",
+                         "--jobs", "20", "--pickup-samples", "5", "--concurrency", "2",
+                         "--runs", "2")
+    assert result["mode"] == ["sequential", "idle_pickup"]
+    assert result["pickup_samples"] == 5 and result["runs"] == 2
+    assert 0 <= result["idle_pickup_p50_ms"] <= result["idle_pickup_p99_ms"]
+    assert 0 < result["idle_done_p50_ms"] <= result["idle_done_p99_ms"]
+    assert result["idle_pickup_p99_ms"] <= result["idle_done_p99_ms"]
+    assert len(result["samples"]["idle_done_p50_ms"]) == 2
+    assert "python_mops" in result and "cpu_steal_pct" in result

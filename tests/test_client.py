@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import socket
 import ssl
 from collections.abc import AsyncIterator
@@ -597,7 +598,7 @@ def test_addresses_and_environment(tmp_path: Path) -> None:
     assert nodes_from_env({"GOTASK_NODES": "a:1, b:2,"}) == ["a:1", "b:2"]
     (tmp_path / "secret").write_bytes(SECRET + b"\n")
     env = {"GOTASK_NODES": "a:1", "GOTASK_SECRET_FILE": str(tmp_path / "secret")}
-    assert AsyncClient.from_env(env)._secret == SECRET
+    assert AsyncClient.from_env(env)._nodes.secret == SECRET
     with pytest.raises(ConfigError, match="cannot read the secret file"):
         AsyncClient.from_env({"GOTASK_SECRET_FILE": str(tmp_path / "missing")})
 
@@ -635,12 +636,11 @@ def _blocking_session(address: str) -> dict[str, Any]:
         out["queues"] = client.queues()
     with Client(address, backend="trio") as client:
         out["trio"] = client.wait(client.enqueue_with("add", [5, 5]))
-        parent = client._running
-        assert parent is not None
-        client._running = attrs.evolve(parent, pid=-1)  # as if this process were a fork
+        parent = client._local.link
+        parent.pid = -1  # as if this process were a fork of the one that dialed it
         client.queues()
-        out["forked"] = client._running is not None and client._running.client is not (
-            parent.client)
+        out["forked"] = client._local.link is not parent and not parent.closed
+        parent.pid = os.getpid()
         parent.close()
     return out
 

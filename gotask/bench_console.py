@@ -32,7 +32,7 @@ import trio
 from trio_websocket import open_websocket_url
 
 from gotask._client_async import AsyncClient
-from gotask.bench import _connect, _drain_rate, _free_port, python_mops
+from gotask.bench import _connect, _drain_rate, free_port, python_mops
 
 __all__ = ["main"]
 
@@ -78,7 +78,7 @@ async def _page_times(url: str, samples: int) -> dict[str, dict[str, float]]:
 
 
 async def _overview_phase(args: argparse.Namespace) -> dict[str, Any]:
-    port, http_port = _free_port(), _free_port()
+    port, http_port = free_port(), free_port()
     node = _start(args.storage, port, http_port)
     try:
         client = await _connect(port)
@@ -94,7 +94,7 @@ async def _overview_phase(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def _drain(args: argparse.Namespace, consoles: int) -> dict[str, Any]:
-    port, http_port = _free_port(), _free_port()
+    port, http_port = free_port(), free_port()
     node = _start(args.storage, port, http_port)
     pushes = 0
     try:

@@ -6,8 +6,9 @@ Rules of this module (the shell; the decisions and their rules are in `_worker_c
   context switch (it checkpoints every few jobs so others get to run). Finishing a job
   is a plain call into the core; the core is woken by one `OutcomesReady` message per
   flush decision, not per job.
-- Async tasks run in the worker's trio task; sync tasks in threads under a capacity
-  limit. A timeout or a cancellation of a sync task abandons its thread (Python cannot
+- Async tasks run in the worker's trio task (or, with `loop="asyncio"`, in the node's
+  asyncio loop: `_worker_runners`); sync tasks in threads under a capacity limit.
+  A timeout or a cancellation of a sync task abandons its thread (Python cannot
   kill one): the job is settled at once, the thread's eventual result is ignored, and
   the thread is replaced, within bounds (`_worker_threads`).
 - A job is cancelled (a `CancelJob` effect) through the cancel scope it runs under, or
@@ -36,6 +37,7 @@ from . import _job_log
 from ._shell import Shell
 from ._worker_core import WORKER_MSGS, OutcomesReady, Running, Settled, WorkerConfig, WorkerCore
 from ._worker_outcomes import ack, cancelled, nack
+from ._worker_runners import Runners
 from ._worker_threads import ThreadBook, run_in_thread
 from .storage.base import NackItem, Outcome, ProgressItem
 
@@ -61,6 +63,8 @@ class _Pool:
     waking: int = 0
     #: The cancel scope of every attempt running now, by (job id, attempt).
     scopes: dict[tuple[str, int], trio.CancelScope] = attrs.Factory(dict)
+    runners: Runners = attrs.Factory(Runners)
+    token: trio.lowlevel.TrioToken = attrs.Factory(trio.lowlevel.current_trio_token)
 
     @property
     def world(self) -> World:
@@ -104,12 +108,16 @@ async def run_workers(
     core = WorkerCore(ctx.node.name, storage, dispatcher, config)
     book = threads or thread_book(config.threads)
     pool = _Pool(ctx, app, core, book)
-    async with trio.open_nursery() as nursery:
-        for _ in range(config.concurrency):
-            nursery.start_soon(_worker, pool)
-        task_status.started()
-        await Shell(ctx, nursery, log, WORKER_MSGS, runner=pool).serve(core)
-        nursery.cancel_scope.cancel()
+    try:
+        async with trio.open_nursery() as nursery:
+            for _ in range(config.concurrency):
+                nursery.start_soon(_worker, pool)
+            task_status.started()
+            await Shell(ctx, nursery, log, WORKER_MSGS, runner=pool).serve(core)
+            nursery.cancel_scope.cancel()
+    finally:
+        with trio.CancelScope(shield=True):
+            await pool.runners.aclose()
 
 
 def thread_book(threads: int) -> ThreadBook:
@@ -174,7 +182,7 @@ async def _run(pool: _Pool, scope: trio.CancelScope, run: Running) -> Settled:
     key = (record.id, record.attempt)
     pool.scopes[key] = scope
     try:
-        result = await _call(pool, task, args, kwargs)
+        result = await _call(pool, task, args, kwargs, jctx)
     except Exception as exc:
         return _failed(pool, record, task, exc)
     except BaseException as exc:
@@ -200,7 +208,10 @@ def _only_cancelled(exc: BaseException) -> bool:
     return isinstance(exc, trio.Cancelled)
 
 
-async def _call(pool: _Pool, task: Any, args: list[Any], kwargs: dict[str, Any]) -> Any:
+async def _call(pool: _Pool, task: Any, args: list[Any], kwargs: dict[str, Any],
+                jctx: JobContext) -> Any:
+    if task.is_async and task.loop == "asyncio":
+        return await pool.runners.run_asyncio(task.fn, args, kwargs, jctx)
     if task.is_async:
         return await task.fn(*args, **kwargs)
     return await run_in_thread(pool.threads, functools.partial(task.fn, *args, **kwargs))
@@ -213,12 +224,13 @@ def _failed(pool: _Pool, record: JobRecord, task: Any, exc: Exception) -> NackIt
 
 
 def _report(pool: _Pool, record: JobRecord, fraction: float, message: str) -> None:
-    # Called from the job: from trio directly, or from its thread through trio's token.
+    # Called from the job: from trio directly, or from its thread or the asyncio loop
+    # through trio's token (without waiting: a loop of thousands of jobs must not block).
     item = ProgressItem(record.id, record.attempt, fraction, message)
     try:
         trio.lowlevel.current_task()
     except RuntimeError:
-        trio.from_thread.run_sync(_reported, pool, item)
+        pool.token.run_sync_soon(_reported, pool, item)
         return
     _reported(pool, item)
 

@@ -17,8 +17,10 @@ from typing import Any
 
 import attrs
 
-from gotask._app import JobContext, set_current_job
+from gotask._app import JobContext, ProcessLimits, Task, pack_args, set_current_job
 from gotask.runtime._aiothread import AioThread
+
+from ._worker_process import ProcessPool
 
 __all__ = ["Runners"]
 
@@ -34,7 +36,9 @@ async def _bound(jctx: JobContext, fn: Callable[..., Any], args: list[Any],
 class Runners:
     """The asyncio loop (and process pool) of one worker pool, started on first use."""
 
+    limits: ProcessLimits = attrs.Factory(ProcessLimits)
     aio: AioThread | None = None
+    processes: ProcessPool | None = None
 
     async def run_asyncio(self, fn: Callable[..., Any], args: list[Any],
                           kwargs: dict[str, Any], jctx: JobContext) -> Any:
@@ -43,8 +47,17 @@ class Runners:
             self.aio = AioThread("gotask-asyncio-tasks")
         return await self.aio.call(_bound, jctx, fn, args, kwargs)
 
+    async def run_process(self, task: Task, args: list[Any], kwargs: dict[str, Any],
+                          jctx: JobContext) -> Any:
+        """Run sync `task` in a child process with `jctx` as its job; see `_worker_process`."""
+        if self.processes is None:
+            self.processes = ProcessPool(self.limits)
+        return await self.processes.run(task, pack_args(args, kwargs), jctx, jctx.progress)
+
     async def aclose(self) -> None:
-        """Stop the asyncio loop, if one was started."""
+        """Stop the asyncio loop and the idle children, if they were started."""
+        if self.processes is not None:
+            await self.processes.aclose()
         if self.aio is not None:
             aio, self.aio = self.aio, None
             await aio.aclose()

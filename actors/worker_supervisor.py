@@ -11,6 +11,7 @@ Rules of this module (the shell; the decisions and their rules are in `_worker_c
   A timeout or a cancellation of a sync task abandons its thread (Python cannot
   kill one): the job is settled at once, the thread's eventual result is ignored, and
   the thread is replaced, within bounds (`_worker_threads`).
+- Sync tasks with `isolation="process"` run in child processes (`_worker_process`).
 - A job is cancelled (a `CancelJob` effect) through the cancel scope it runs under, or
   through the flag that `current_job().cancelled` reads in a thread.
 - Everything else (the inbox, heartbeats, flushes, drain) is `actors._shell` carrying
@@ -37,6 +38,7 @@ from . import _job_log
 from ._shell import Shell
 from ._worker_core import WORKER_MSGS, OutcomesReady, Running, Settled, WorkerConfig, WorkerCore
 from ._worker_outcomes import ack, cancelled, nack
+from ._worker_process import ChildTaskFailed
 from ._worker_runners import Runners
 from ._worker_threads import ThreadBook, run_in_thread
 from .storage.base import NackItem, Outcome, ProgressItem
@@ -107,7 +109,7 @@ async def run_workers(
     of `config.threads` threads, as many replaceable)."""
     core = WorkerCore(ctx.node.name, storage, dispatcher, config)
     book = threads or thread_book(config.threads)
-    pool = _Pool(ctx, app, core, book)
+    pool = _Pool(ctx, app, core, book, runners=Runners(config.processes))
     try:
         async with trio.open_nursery() as nursery:
             for _ in range(config.concurrency):
@@ -214,13 +216,18 @@ async def _call(pool: _Pool, task: Any, args: list[Any], kwargs: dict[str, Any],
         return await pool.runners.run_asyncio(task.fn, args, kwargs, jctx)
     if task.is_async:
         return await task.fn(*args, **kwargs)
+    if task.isolation == "process":
+        return await pool.runners.run_process(task, args, kwargs, jctx)
     return await run_in_thread(pool.threads, functools.partial(task.fn, *args, **kwargs))
 
 
 def _failed(pool: _Pool, record: JobRecord, task: Any, exc: Exception) -> NackItem:
     delay = decide(exc, record.attempt, pool.world.rng, task.retry, task.retry_rules)
     outcome = Outcome.DEAD if delay is None else Outcome.RETRY
-    return nack(record, exc, delay, outcome)
+    item = nack(record, exc, delay, outcome)
+    if isinstance(exc, ChildTaskFailed):  # keep the child's type name and traceback
+        return attrs.evolve(item, error_type=exc.type_name, traceback=exc.tb)
+    return item
 
 
 def _report(pool: _Pool, record: JobRecord, fraction: float, message: str) -> None:

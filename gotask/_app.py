@@ -28,7 +28,8 @@ from gotask._errors import InvalidArguments, TaskNotFound
 from gotask._job import ARGS_BYTES_MAX, check_job_fields
 from gotask._retry import RetryPolicy, RetryRule
 
-__all__ = ["App", "JobContext", "Task", "current_job", "pack_args", "unpack_args"]
+__all__ = ["App", "JobContext", "ProcessLimits", "Task", "current_job", "pack_args",
+           "unpack_args"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:-]{0,127}$")
@@ -81,6 +82,36 @@ class Task:
             self.signature.bind(*args, **kwargs)
         except TypeError as exc:
             raise InvalidArguments(f"task {self.name!r}: {exc}") from None
+
+
+@attrs.frozen
+class ProcessLimits:
+    """The child processes of a node's `isolation="process"` tasks.
+
+    Args:
+        children: children running jobs at once (one job each).
+        max_jobs_per_child: jobs after which a child is replaced (None: no limit).
+        max_rss_mb_per_child: resident memory in MiB past which a child is replaced
+            after its job (None: no limit).
+        kill_grace_s: seconds between SIGTERM and SIGKILL when a child is stopped, and
+            that a cancelled job's child has to answer before it is stopped.
+    """
+
+    children: int = 2
+    max_jobs_per_child: int | None = None
+    max_rss_mb_per_child: float | None = None
+    kill_grace_s: float = 2.0
+
+    def __attrs_post_init__(self) -> None:
+        if not 1 <= self.children <= 1000:
+            raise ValueError(f"children must be 1-1000, got {self.children}")
+        if self.max_jobs_per_child is not None and self.max_jobs_per_child < 1:
+            raise ValueError(f"max_jobs_per_child must be >= 1, got {self.max_jobs_per_child}")
+        if self.max_rss_mb_per_child is not None and self.max_rss_mb_per_child <= 0:
+            raise ValueError("max_rss_mb_per_child must be > 0, "
+                             f"got {self.max_rss_mb_per_child}")
+        if not 0 <= self.kill_grace_s <= 3600:
+            raise ValueError(f"kill_grace_s must be 0-3600, got {self.kill_grace_s}")
 
 
 def _positional_range(signature: inspect.Signature) -> tuple[int, int] | None:

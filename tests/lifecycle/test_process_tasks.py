@@ -119,3 +119,19 @@ def test_process_isolation_needs_an_importable_sync_function() -> None:
 
 
 async def processtasks_async() -> None: ...
+
+
+def test_child_limits_come_from_flags_and_environment() -> None:
+    from gotask._errors import ConfigError
+    from gotask._node_main import config_from_args
+    from gotask.cli import build_parser
+
+    def parse(*argv: str) -> Any:
+        return build_parser().parse_args(["node", "--app", "examples.tasks", *argv])
+
+    env = {"GOTASK_MAX_RSS_MB_PER_CHILD": "512"}
+    config = config_from_args(parse("--children", "3", "--max-jobs-per-child", "100"), env)
+    assert config.processes == ProcessLimits(children=3, max_jobs_per_child=100,
+                                             max_rss_mb_per_child=512.0)
+    with pytest.raises(ConfigError, match="^--max-jobs-per-child must be >= 1, got 0$"):
+        config_from_args(parse("--max-jobs-per-child", "0"), {})

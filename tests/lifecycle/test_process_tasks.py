@@ -133,5 +133,5 @@ def test_child_limits_come_from_flags_and_environment() -> None:
     config = config_from_args(parse("--children", "3", "--max-jobs-per-child", "100"), env)
     assert config.processes == ProcessLimits(children=3, max_jobs_per_child=100,
                                              max_rss_mb_per_child=512.0)
-    with pytest.raises(ConfigError, match="^--max-jobs-per-child must be >= 1, got 0$"):
+    with pytest.raises(ConfigError, match=r"^--max-jobs-per-child must be >= 1, got 0$"):
         config_from_args(parse("--max-jobs-per-child", "0"), {})

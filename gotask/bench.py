@@ -306,7 +306,7 @@ def run_job_bench(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> int:
-    """`gotask bench [runtime|cron|http|grpc] ...`; returns the exit code."""
+    """`gotask bench [runtime|runners|cron|http|grpc] ...`; returns the exit code."""
     if argv[:1] == ["http"]:
         from gotask.bench_http import main as http_main
 
@@ -319,6 +319,10 @@ def main(argv: list[str]) -> int:
         from gotask.bench_runtime import main as runtime_main
 
         return runtime_main(argv[1:])
+    if argv[:1] == ["runners"]:
+        from gotask.bench_runners import main as runners_main
+
+        return runners_main(argv[1:])
     if argv[:1] == ["cron"]:
         from gotask.bench_cron import main as cron_main
 

@@ -339,10 +339,14 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.enqueue_concurrency is None:
         args.enqueue_concurrency = args.concurrency
-    result = run_job_bench(args)
-    if args.json:
+    write_result(run_job_bench(args), args.json)
+    return 0
+
+
+def write_result(result: dict[str, Any], as_json: bool) -> None:
+    """Print a benchmark's result: one JSON line, or one `key value` line per figure."""
+    if as_json:
         sys.stdout.write(json.dumps(result) + "\n")
     else:
         for key, value in result.items():
             sys.stdout.write(f"{key:22} {value}\n")
-    return 0

@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import statistics
-import sys
 import time
 from typing import Any
 
@@ -27,7 +25,7 @@ import trio
 from gotask._app import App, ProcessLimits, pack_args
 from gotask._protocol import Enqueue, JobSpec, WaitJobs
 from gotask._server import Server, open_server
-from gotask.bench import python_mops
+from gotask.bench import python_mops, write_result
 from gotask.config import NodeConfig
 
 __all__ = ["main"]
@@ -101,10 +99,6 @@ def main(argv: list[str]) -> int:
         "samples": {"asyncio_all_done_s": [round(s, 3) for s in aio],
                     "process_per_job_ms": [round(s * 1000, 3) for s in proc]},
     }
-    if args.json:
-        sys.stdout.write(json.dumps(result) + "\n")
-    else:
-        for key, value in result.items():
-            sys.stdout.write(f"{key:22} {value}\n")
+    write_result(result, args.json)
     return 0
 

@@ -33,6 +33,7 @@ async def aio_whoami(delay_s: float) -> list[Any]:
 
 @app.task(name="aio_sleeps", loop="asyncio")
 async def aio_sleeps(key: str, seconds: float) -> str:
+    seen[key] = "started"
     try:
         await asyncio.sleep(seconds)
     except asyncio.CancelledError:
@@ -75,7 +76,9 @@ async def test_asyncio_timeout_cancels_the_asyncio_task(server: Server) -> None:
 async def test_asyncio_cancellation_reaches_the_asyncio_task(server: Server) -> None:
     seen.clear()
     job_id = await enqueue(server, "aio_sleeps", "c", 100)
-    await _active(server, job_id)
+    with trio.fail_after(10):  # "active" comes with the lease, before the task starts
+        while seen.get("c") != "started":
+            await trio.sleep(0.01)
     await server.node.call(server.broker, CancelJobs((job_id,)))
     job = await wait(server, job_id)
     assert (job.state, job.error_type) == ("cancelled", "JobCancelled")

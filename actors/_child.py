@@ -9,7 +9,8 @@ Run as `python -m gotask.actors._child`. Rules of this module:
 - Child -> parent: `["progress", fraction, message]`, then one of `["ok", result]` or
   `["err", type_name, message, traceback, retry_after_s, non_retryable]`.
 - The task is found by its module and qualified name (the module is imported once, and
-  with it the app); a result that is not msgpack is an error of the job, not the child.
+  with it the app); a module that fails to import or a result that is not msgpack is
+  an error of the job, not of the child.
 """
 
 from __future__ import annotations
@@ -70,13 +71,13 @@ class _Link:
 def _run(link: _Link, request: list[Any]) -> list[Any]:
     _, job_id, attempt, task, module, qualname, args = request
     link.cancelled.clear()
-    fn: Any = importlib.import_module(module)
-    for part in qualname.split("."):
-        fn = getattr(fn, part)
     jctx = JobContext(job_id, attempt, task,
                       lambda f, m: link.send(["progress", f, m]), link.cancelled.is_set)
     set_current_job(jctx)
     try:
+        fn: Any = importlib.import_module(module)
+        for part in qualname.split("."):
+            fn = getattr(fn, part)
         positional, keywords = unpack_args(args)
         result = fn(*positional, **keywords)
         msgpack.packb(result)

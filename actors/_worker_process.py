@@ -140,7 +140,12 @@ class ProcessPool:
             stdout=subprocess.PIPE, env=env)
         self.started += 1
         child = _Child(proc)
-        await child.receive()  # ["ready", pid]: the child imported what it needs
+        try:
+            await child.receive()  # ["ready", pid]: the child is serving
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await self._stop(child)
+            raise
         return child
 
     async def _answer(self, child: _Child, report: Callable[[float, str], None]) -> list[Any]:

@@ -46,6 +46,11 @@ def p_fails() -> None:
     raise KeyError("missing")
 
 
+@app.task(name="p_bad_result", isolation="process", max_attempts=1)
+def p_bad_result() -> object:
+    return object()
+
+
 @app.task(name="p_progress", isolation="process")
 def p_progress() -> str:
     job = gotask.current_job()

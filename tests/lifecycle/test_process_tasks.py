@@ -81,6 +81,16 @@ async def test_an_error_keeps_its_type_and_child_traceback(server: Server) -> No
     assert "processtasks.py" in job.traceback and 'raise KeyError("missing")' in job.traceback
 
 
+@pytest.mark.parametrize("limits", [ProcessLimits(children=1)])
+async def test_a_result_that_is_not_msgpack_fails_the_job_not_the_child(
+        server: Server) -> None:
+    pid = (await _result(server, "p_pid", 0))[0]
+    job = await wait(server, await enqueue(server, "p_bad_result"))
+    assert (job.state, job.error_type) == ("dead", "TypeError")
+    assert "can not serialize 'object' object" in job.error
+    assert (await _result(server, "p_pid", 0))[0] == pid  # the same child serves on
+
+
 @pytest.mark.parametrize("limits", [ProcessLimits(children=1, max_rss_mb_per_child=150)])
 async def test_a_child_past_its_memory_limit_is_replaced(server: Server) -> None:
     results = [await _result(server, "p_leak", 60) for _ in range(5)]

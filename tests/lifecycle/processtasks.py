@@ -21,6 +21,7 @@ def p_pid(x: int) -> list[int]:
 
 @app.task(name="p_sleep", isolation="process", max_attempts=1)
 def p_sleep(seconds: float) -> str:
+    gotask.current_job().progress(0.5, "sleeping")  # the test knows the child runs it
     time.sleep(seconds)  # blocks in C: only killing the process stops it
     return "slept"
 

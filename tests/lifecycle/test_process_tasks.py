@@ -145,3 +145,19 @@ def test_child_limits_come_from_flags_and_environment() -> None:
                                              max_rss_mb_per_child=512.0)
     with pytest.raises(ConfigError, match=r"^--max-jobs-per-child must be >= 1, got 0$"):
         config_from_args(parse("--max-jobs-per-child", "0"), {})
+
+
+async def test_a_drain_past_its_grace_kills_the_child_and_releases_the_job(
+        server: Server) -> None:
+    pid = (await _result(server, "p_pid", 0))[0]
+    job_id = await enqueue(server, "p_sleep", 60)  # runs in the idle child `pid`
+    await _until_sleeping(server, job_id)
+    await server.stop_now()
+    assert (await get(server, job_id)).state == "queued"  # released: the attempt does not count
+    assert not _alive(pid)
+
+
+async def _until_sleeping(server: Server, job_id: str) -> None:
+    with trio.fail_after(20):
+        while (await get(server, job_id)).progress_message != "sleeping":
+            await trio.sleep(0.02)

@@ -43,6 +43,7 @@ from gotask._errors import (
     ReplyTooLarge,
 )
 from gotask._job import ARGS_BYTES_MAX, TERMINAL, JobRecord, NewJob
+from gotask._job_metrics import JobsEnqueued
 from gotask._messages import JobChanged, PauseWorkers
 from gotask._messages import UnwatchJobs as StorageUnwatch
 from gotask._messages import WatchJobs as StorageWatch
@@ -106,6 +107,7 @@ class _Waiter:
 @attrs.frozen
 class _Enqueuing:
     parts: tuple[tuple[Envelope, int], ...]  # each request and how many jobs it gave
+    jobs: tuple[NewJob, ...] = ()  # what went to storage, for the metric event
 
 
 @attrs.frozen
@@ -150,8 +152,23 @@ class _CronRunning:
     request: Envelope
 
 
+# -- queues (issue 16) --
+
+
+@attrs.frozen
+class _Counting:
+    request: Envelope
+    counts: tuple[proto.QueueCount, ...] | None = None  # set: the queue info asked
+
+
+@attrs.frozen
+class _QueuePausing:
+    request: Envelope
+
+
 _Pending: TypeAlias = (_Enqueuing | _Forwarding | _Watching | _Snapshot | _Pausing
-                       | _CronListing | _CronPausing | _CronRunning)
+                       | _CronListing | _CronPausing | _CronRunning | _Counting
+                       | _QueuePausing)
 
 
 @attrs.define
@@ -241,9 +258,13 @@ class BrokerCore:
             case proto.PauseWorkers(paused=paused):
                 return self._pause(env, paused)
             case (proto.GetJobs() | proto.CancelJobs() | proto.ListJobs() | proto.ListDead()
-                  | proto.RetryDead() | proto.PurgeDead() | proto.CountQueues()
-                  | proto.ListNodes()):
+                  | proto.RetryDead() | proto.PurgeDead() | proto.ListNodes()):
                 return self._forward(env, msg)
+            case proto.CountQueues():
+                return [self._call(_Counting(env), Target.STORAGE, storage_base.CountJobs())]
+            case proto.PauseQueue(queue=queue, paused=paused):
+                return [self._call(_QueuePausing(env), Target.STORAGE,
+                                   storage_base.SetQueuePaused(queue, paused))]
             case proto.ListCron() | proto.PauseCron() | proto.RunCron():
                 return self._cron(env, msg)
             case _:
@@ -282,6 +303,20 @@ class BrokerCore:
                 return [Answer(env, Ok())]
             case _CronRunning(request=env), EnqueueReply(ids=(job_id,)):
                 return [Answer(env, proto.RunCronReply(job_id))]
+        return [Refuse(pending.request, _unexpected(type(pending).__name__, reply))]
+
+    def _queues_done(self, pending: _Counting | _QueuePausing, reply: object) -> list[Effect]:
+        match pending, reply:
+            case _Counting(request=env, counts=None), storage_base.CountJobsReply(counts=c):
+                counts = tuple(proto.QueueCount(q.queue, q.state, q.count) for q in c)
+                return [self._call(_Counting(env, counts), Target.STORAGE,
+                                   storage_base.QueueInfo())]
+            case _Counting(request=env, counts=tuple() as counts), \
+                    storage_base.QueueInfoReply(now=now, paused=paused, ready_since=ready):
+                ages = tuple(proto.QueueAge(r.queue, max(0.0, now - r.since)) for r in ready)
+                return [Answer(env, proto.QueuesReply(counts, paused, ages))]
+            case _QueuePausing(request=env), storage_base.SetQueuePausedReply():
+                return [Answer(env, Ok())]
         return [Refuse(pending.request, _unexpected(type(pending).__name__, reply))]
 
     def _call(self, pending: _Pending, target: Target, msg: object,
@@ -355,8 +390,9 @@ class BrokerCore:
         return effects
 
     def _store(self, parts: list[tuple[Envelope, int]], jobs: list[NewJob]) -> Call:
-        return self._call(_Enqueuing(tuple(parts)), Target.STORAGE, EnqueueJobs(tuple(jobs)),
-                          Lane.ENQUEUE)
+        stored = tuple(jobs)
+        return self._call(_Enqueuing(tuple(parts), stored), Target.STORAGE,
+                          EnqueueJobs(stored), Lane.ENQUEUE)
 
     # -- watches and waits ---------------------------------------------------------------
 
@@ -428,8 +464,8 @@ class BrokerCore:
 
     def _done(self, pending: _Pending, reply: object) -> list[Effect]:
         match pending:
-            case _Enqueuing(parts=parts):
-                return _split_enqueued(parts, reply)
+            case _Enqueuing(parts=parts, jobs=jobs):
+                return _split_enqueued(parts, jobs, reply)
             case _Forwarding(request=request):
                 try:
                     return [Answer(request, client_reply(reply))]
@@ -443,6 +479,8 @@ class BrokerCore:
                 return [Answer(request, Ok())]
             case _CronListing() | _CronPausing() | _CronRunning():
                 return self._cron_done(pending, reply)
+            case _Counting() | _QueuePausing():
+                return self._queues_done(pending, reply)
             case _:
                 assert_never(pending)
 
@@ -452,7 +490,8 @@ class BrokerCore:
                 return [Refuse(env, error) for env, _ in parts]
             case _Forwarding(request=request) | _Pausing(request=request) \
                     | _CronListing(request=request) | _CronPausing(request=request) \
-                    | _CronRunning(request=request):
+                    | _CronRunning(request=request) | _Counting(request=request) \
+                    | _QueuePausing(request=request):
                 return [Refuse(request, error)]
             case _Watching(request=request, ids=ids, watcher=watcher):
                 return [Refuse(request, error),
@@ -493,7 +532,8 @@ class BrokerCore:
         return [self._end_wait(key), *self._unwatch_storage(waiter.ids)]
 
 
-def _split_enqueued(parts: tuple[tuple[Envelope, int], ...], reply: object) -> list[Effect]:
+def _split_enqueued(parts: tuple[tuple[Envelope, int], ...], jobs: tuple[NewJob, ...],
+                    reply: object) -> list[Effect]:
     total = sum(n for _, n in parts)
     if not isinstance(reply, EnqueueReply) or len(reply.ids) != total:
         return [Refuse(env, _unexpected("EnqueueJobs", reply)) for env, _ in parts]
@@ -504,6 +544,7 @@ def _split_enqueued(parts: tuple[tuple[Envelope, int], ...], reply: object) -> l
         effects.append(Answer(env, proto.EnqueueReply(reply.ids[start:end],
                                                       reply.created[start:end])))
         start = end
+    effects.append(JobsEnqueued(jobs, reply.created))
     return effects
 
 

@@ -3,7 +3,7 @@
 Rules of this module:
 - Events (`Received`, `CallDone`, `CallFailed`, `PushFailed`, `PeerGone`, `Tick`,
   `Flush`) are all the core learns; effects (`Answer`, `Refuse`, `Push`, `Call`,
-  `Tell`) are all it asks for.
+  `Tell`, and the metric event `JobsEnqueued`) are all it asks for.
   The shell turns the world into events and effects into IO; neither knows the other's
   internals.
 - `storage_command` and `client_reply` are the two directions of the translation between
@@ -19,6 +19,7 @@ import attrs
 
 from gotask import _protocol as proto
 from gotask._errors import RemoteProtocolError
+from gotask._job_metrics import JobsEnqueued
 from gotask._messages import JobChanged
 from gotask.runtime.message import Address, Envelope
 
@@ -161,14 +162,15 @@ class Tell:
     msg: object
 
 
-Effect: TypeAlias = Answer | Refuse | Push | Call | Tell
+#: `JobsEnqueued` (from `gotask._job_metrics`) is the metric event of stored enqueues.
+Effect: TypeAlias = Answer | Refuse | Push | Call | Tell | JobsEnqueued
 
 
 # -- translation --------------------------------------------------------------------------
 
 Forwarded: TypeAlias = (
     proto.GetJobs | proto.CancelJobs | proto.ListJobs | proto.ListDead | proto.RetryDead
-    | proto.PurgeDead | proto.CountQueues | proto.ListNodes
+    | proto.PurgeDead | proto.ListNodes
 )
 
 
@@ -183,16 +185,14 @@ def storage_command(msg: Forwarded) -> storage.StorageCommand:
             return storage.GetJobs(ids)
         case proto.CancelJobs(ids=ids):
             return storage.CancelJobs(ids)
-        case proto.ListJobs(queue=queue, state=state, limit=limit, cursor=cursor):
-            return storage.ListJobs(queue, state, limit, cursor)
+        case proto.ListJobs(queue=queue, state=state, limit=limit, cursor=cursor, task=task):
+            return storage.ListJobs(queue, state, limit, cursor, task)
         case proto.ListDead(queue=queue, limit=limit, cursor=cursor):
             return storage.ListDead(queue, limit, cursor)
         case proto.RetryDead(ids=ids):
             return storage.RetryDead(ids)
         case proto.PurgeDead(ids=ids):
             return storage.PurgeDead(ids)
-        case proto.CountQueues():
-            return storage.CountJobs()
         case proto.ListNodes():
             return storage.ListNodes()
 
@@ -214,9 +214,6 @@ def client_reply(reply: object) -> object:
             return proto.JobPage(jobs, cursor)
         case storage.RetryDeadReply(requeued=count) | storage.PurgeDeadReply(purged=count):
             return proto.CountReply(count)
-        case storage.CountJobsReply(counts=counts):
-            return proto.QueuesReply(tuple(proto.QueueCount(c.queue, c.state, c.count)
-                                           for c in counts))
         case storage.ListNodesReply(nodes=nodes):
             return proto.NodesReply(tuple(
                 proto.NodeInfo(n.node, n.info, n.first_seen, n.last_seen, n.expires_at)

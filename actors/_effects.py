@@ -8,6 +8,8 @@ Rules of this module:
   core as `Called(tag, reply)`, or `CallFailed(tag, ...)`, through the actor's inbox.
 - `Tick(now)` is how time reaches a core: the shell feeds one whenever the core's
   `deadline()` has passed. `Log` asks the shell to log; `Stop` ends the actor.
+- `JobsEnqueued` and `LeasesExpired` (from `gotask._job_metrics`) are metric events: the
+  shell adds them to the node's `JobMetrics`, if it has one.
 - `StartJobs` and `CancelJob` are for a shell that runs jobs (the WorkerSupervisor's):
   the core decides, the shell's `JobRunner` wakes workers or cancels a scope.
 - These values never cross a node (none is registered for the wire) and this module
@@ -21,6 +23,7 @@ from typing import Any
 
 import attrs
 
+from gotask._job_metrics import JobsEnqueued, LeasesExpired
 from gotask.runtime.actor import Respond, Send
 from gotask.runtime.message import Address, Envelope, ErrorReply
 
@@ -33,6 +36,7 @@ __all__ = [
     "Effect",
     "JobEvent",
     "Log",
+    "MetricEvent",
     "StartJobs",
     "Stop",
     "Tick",
@@ -129,7 +133,9 @@ class CancelJob:
     attempt: int
 
 
-Effect = Send | Respond | Call | Log | JobEvent | Stop | StartJobs | CancelJob
+#: A metric event for the node's `JobMetrics`.
+MetricEvent = JobsEnqueued | LeasesExpired
+Effect = Send | Respond | Call | Log | JobEvent | MetricEvent | Stop | StartJobs | CancelJob
 
 
 def unknown_message(actor: str, msg: object, request: Envelope | None) -> list[Effect]:

@@ -15,7 +15,8 @@ from typing import Any
 
 from gotask._job import JobRecord
 
-from .storage.base import AckItem, NackItem, Outcome
+from ._worker_outcomes import settled_outcome
+from .storage.base import AckItem, NackItem
 
 __all__ = ["enabled", "job_event", "settled", "started"]
 
@@ -46,15 +47,15 @@ def settled(record: JobRecord, item: AckItem | NackItem | None, duration_s: floa
     """An attempt of `record` ended with `item` (None: stale or released, logged elsewhere)."""
     args = (record.id, record.task, record.queue, record.attempt)
     took = round(duration_s, 6)
+    outcome = settled_outcome(record, item)
     if isinstance(item, AckItem):
         job_event("succeeded", *args, f"in {duration_s:.3f}s", duration_s=took)
     elif isinstance(item, NackItem):
         error = f"{item.error_type}: {item.error}"
-        exhausted = record.attempts_counted >= record.max_attempts
-        if item.outcome == Outcome.RETRY.value and not exhausted:
+        if outcome == "retried":
             job_event("failed, retrying", *args, f"{error}; retry in {item.retry_in_s or 0.0:.3f}s",
                       duration_s=took, error=error, retry_in_s=item.retry_in_s or 0.0)
-        elif item.outcome in (Outcome.RETRY.value, Outcome.DEAD.value):
+        elif outcome == "dead":
             job_event("failed, dead", *args, f"{error}; moved to the dead-letter queue",
                       duration_s=took, error=error)
         else:

@@ -23,6 +23,7 @@ import attrs
 import trio
 
 from gotask._errors import ActorError, RemoteActorError
+from gotask._job_metrics import JobMetrics, JobsEnqueued, LeasesExpired
 from gotask.runtime import ActorContext, Envelope, Respond, Send
 
 from . import _job_log
@@ -79,6 +80,8 @@ class Shell:
     #: How time is put to the core: `Tick(now)`, or a richer message of the actor's.
     make_tick: Callable[[float], Any] = Tick
     runner: JobRunner | None = None
+    #: The node's job metrics, for the metric events the core returns (None: not counted).
+    metrics: JobMetrics | None = None
     stopped: bool = False
     #: Bounds repeated warnings (a store that is down fails every call for a while).
     throttle: LogThrottle = attrs.Factory(LogThrottle)
@@ -128,6 +131,9 @@ class Shell:
                 case JobEvent():
                     _job_log.job_event(effect.event, effect.job_id, effect.task, effect.queue,
                                        effect.attempt, effect.detail)
+                case JobsEnqueued() | LeasesExpired():
+                    if self.metrics is not None:
+                        self.metrics.observe(effect)
                 case Stop():
                     self.stopped = True
                 case StartJobs(count=count):

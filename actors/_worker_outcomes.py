@@ -22,7 +22,7 @@ from gotask._job import RESULT_BYTES_MAX, JobRecord
 
 from .storage.base import BATCH_MAX, AckItem, NackItem, Outcome
 
-__all__ = ["CHUNK_BYTES_MAX", "ack", "cancelled", "chunks", "nack"]
+__all__ = ["CHUNK_BYTES_MAX", "ack", "cancelled", "chunks", "nack", "settled_outcome"]
 
 CHUNK_BYTES_MAX = 768 * 1024
 
@@ -57,6 +57,19 @@ def cancelled(record: JobRecord) -> NackItem:
     """The outcome of an attempt stopped by a cancellation (or a drain)."""
     return nack(record, JobCancelled(f"job {record.id} was cancelled"), None,
                 Outcome.CANCELLED)
+
+
+def settled_outcome(record: JobRecord, item: AckItem | NackItem | None) -> str | None:
+    """How the attempt ended, as the job log and the metrics name it: "succeeded",
+    "retried", "dead" (failed for good, or out of attempts) or "cancelled" (None: not
+    settled by this worker)."""
+    if isinstance(item, AckItem):
+        return "succeeded"
+    if item is None:
+        return None
+    if item.outcome == Outcome.RETRY.value:
+        return "dead" if record.attempts_counted >= record.max_attempts else "retried"
+    return "dead" if item.outcome == Outcome.DEAD.value else "cancelled"
 
 
 def chunks(items: list[Any], cls: type[C]) -> list[C]:

@@ -29,6 +29,7 @@ from gotask import _protocol as proto
 from gotask._app import App
 from gotask._errors import GoTaskError, LocalProtocolError
 from gotask._job import ARGS_BYTES_MAX, JobRecord
+from gotask._job_metrics import JobMetrics, JobsEnqueued
 from gotask._messages import BROKER, JobChanged
 from gotask.runtime import ActorContext, Address, Envelope, Node, error_reply
 
@@ -79,15 +80,17 @@ async def run_broker(
     dispatcher: Address | None = None,
     args_bytes_max: int = ARGS_BYTES_MAX,
     batch_jobs_max: int = proto.IDS_MAX,
+    metrics: JobMetrics | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve client requests on this node (limits: see `BrokerCore`)."""
+    """Serve client requests on this node (limits: see `BrokerCore`; `metrics` counts the
+    jobs it stored)."""
     core = BrokerCore(app, ctx.address, ctx.node.world.new_id,
                       has_dispatcher=dispatcher is not None, args_bytes_max=args_bytes_max,
                       batch_jobs_max=batch_jobs_max)
     async with trio.open_nursery() as nursery:
         shell = _Shell(ctx, core, {Target.STORAGE: storage, Target.DISPATCHER: dispatcher},
-                       nursery)
+                       nursery, metrics)
         unsubscribe = ctx.node.on_peer_lost(shell.peer_lost)
         task_status.started()
         try:
@@ -102,6 +105,7 @@ class _Shell:
     core: BrokerCore
     targets: dict[Target, Address | None]
     nursery: trio.Nursery
+    metrics: JobMetrics | None = None
     lanes: dict[Lane, trio.Semaphore] = attrs.Factory(lambda: {
         Lane.ENQUEUE: trio.Semaphore(ENQUEUES_IN_FLIGHT),
         Lane.OTHER: trio.Semaphore(CALLS_IN_FLIGHT),
@@ -132,6 +136,9 @@ class _Shell:
                     self.nursery.start_soon(self._call, effect, lane)
                 case Tell(target=target, msg=msg):
                     await self._tell(target, msg)
+                case JobsEnqueued():
+                    if self.metrics is not None:
+                        self.metrics.observe(effect)
                 case _:
                     assert_never(effect)
 

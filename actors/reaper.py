@@ -5,7 +5,8 @@ Rules of this module:
   the previous round ended; it is a fixed sequence of storage calls, one in flight at a
   time: `RegisterNode` for this node (liveness for `gotask nodes`, with the facts the
   shell put in the `ReaperTick`), `RequeueExpired` (again at once while a full batch came
-  back; a lease that expired counts as a failed attempt, exhausted jobs go to the DLQ),
+  back; a lease that expired counts as a failed attempt, exhausted jobs go to the DLQ;
+  each answer is a `LeasesExpired` metric event),
   `PurgeExpired` (finished jobs past their result TTL) and `ExpireNodes`.
 - A failed call ends the round with a warning; the next round comes at the interval.
 - Lease expiry is judged by the storage clock, never by this node's.
@@ -23,6 +24,7 @@ from typing import Any, assert_never
 import attrs
 import trio
 
+from gotask._job_metrics import JobMetrics, LeasesExpired
 from gotask.runtime import ActorContext, Address, Envelope
 
 from ._effects import Call, Called, CallFailed, Effect, JobEvent, Log, unknown_message
@@ -118,6 +120,9 @@ class ReaperCore:
                                 (reply.dead, "out of attempts: moved to the dead-letter queue"),
                                 (reply.cancelled, "cancelled, as was asked"))
             for job_id in ids]
+        if reply.requeued or reply.dead or reply.cancelled:
+            effects.append(LeasesExpired(len(reply.requeued), len(reply.dead),
+                                         len(reply.cancelled)))
         if reply.dead:
             effects.append(Log(logging.WARNING, "jobs moved to the dead-letter queue after "
                                                 f"lease expiry: {', '.join(reply.dead[:10])}"))
@@ -135,6 +140,7 @@ async def run_reaper(
     node_info: Callable[[], dict[str, Any]],
     interval_s: float = 1.0,
     node_ttl_s: float = 15.0,
+    metrics: JobMetrics | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Reap every `interval_s` seconds; register this node with a `node_ttl_s` liveness."""
@@ -145,5 +151,5 @@ async def run_reaper(
 
     async with trio.open_nursery() as nursery:
         task_status.started()
-        await Shell(ctx, nursery, log, REAPER_MSGS, tick).serve(core)
+        await Shell(ctx, nursery, log, REAPER_MSGS, tick, metrics=metrics).serve(core)
         nursery.cancel_scope.cancel()

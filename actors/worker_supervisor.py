@@ -14,6 +14,9 @@ Rules of this module (the shell; the decisions and their rules are in `_worker_c
 - Sync tasks with `isolation="process"` run in child processes (`_worker_process`).
 - A job is cancelled (a `CancelJob` effect) through the cancel scope it runs under, or
   through the flag that `current_job().cancelled` reads in a thread.
+- With the node's `JobMetrics`, each settled attempt (outcome, run time, pickup latency
+  from due time to start) is recorded there by the worker that ran it: one tuple, no
+  message. Busy slots are the attempts with a cancel scope now.
 - Everything else (the inbox, heartbeats, flushes, drain) is `actors._shell` carrying
   out what the core returns.
 """
@@ -31,13 +34,14 @@ import trio
 from gotask._app import App, JobContext, reset_current_job, set_current_job, unpack_args
 from gotask._errors import JobTimeout
 from gotask._job import JobRecord
+from gotask._job_metrics import JobMetrics
 from gotask._retry import decide
 from gotask.runtime import ActorContext, Address, World
 
 from . import _job_log
 from ._shell import Shell
 from ._worker_core import WORKER_MSGS, OutcomesReady, Running, Settled, WorkerConfig, WorkerCore
-from ._worker_outcomes import ack, cancelled, nack
+from ._worker_outcomes import ack, cancelled, nack, settled_outcome
 from ._worker_process import ChildTaskFailed
 from ._worker_runners import Runners
 from ._worker_threads import ThreadBook, run_in_thread
@@ -65,6 +69,7 @@ class _Pool:
     waking: int = 0
     #: The cancel scope of every attempt running now, by (job id, attempt).
     scopes: dict[tuple[str, int], trio.CancelScope] = attrs.Factory(dict)
+    metrics: JobMetrics | None = None
     runners: Runners = attrs.Factory(Runners)
     token: trio.lowlevel.TrioToken = attrs.Factory(trio.lowlevel.current_trio_token)
 
@@ -101,15 +106,19 @@ async def run_workers(
     dispatcher: Address,
     config: WorkerConfig,
     threads: ThreadBook | None = None,
+    metrics: JobMetrics | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the worker pool of this node until cancelled or drained.
 
     `threads` is the book of its sync threads, for the node to report (default: a new one
-    of `config.threads` threads, as many replaceable)."""
+    of `config.threads` threads, as many replaceable); `metrics` counts the jobs run."""
     core = WorkerCore(ctx.node.name, storage, dispatcher, config)
     book = threads or thread_book(config.threads)
-    pool = _Pool(ctx, app, core, book, runners=Runners(config.processes))
+    pool = _Pool(ctx, app, core, book, metrics=metrics, runners=Runners(config.processes))
+    if metrics is not None:
+        metrics.slots_total = config.concurrency
+        metrics.slots_busy = lambda: len(pool.scopes)
     try:
         async with trio.open_nursery() as nursery:
             for _ in range(config.concurrency):
@@ -148,7 +157,8 @@ async def _work(pool: _Pool, scope: trio.CancelScope) -> None:
         pool.start_jobs(1)
         start = core.start(record)
         if isinstance(start, Running):
-            item = await _logged(pool, scope, start) if _job_log.enabled() \
+            item = await _observed(pool, scope, start) \
+                if pool.metrics is not None or _job_log.enabled() \
                 else await _run(pool, scope, start)
         else:
             item = start
@@ -159,12 +169,22 @@ async def _work(pool: _Pool, scope: trio.CancelScope) -> None:
             await trio.lowlevel.checkpoint()
 
 
-async def _logged(pool: _Pool, scope: trio.CancelScope, run: Running) -> Settled:
-    _job_log.started(run.record)
-    began = pool.world.monotonic()
+async def _observed(pool: _Pool, scope: trio.CancelScope, run: Running) -> Settled:
+    """Run `run` with its job log lines and its metrics (whichever are on)."""
+    record, metrics, logged = run.record, pool.metrics, _job_log.enabled()
+    if logged:
+        _job_log.started(record)
+    began = pool.world.wall()
     item = await _run(pool, scope, run)
-    if not (run.released or run.stale):  # a released job is logged once storage has it
-        _job_log.settled(run.record, item, pool.world.monotonic() - began)
+    took = pool.world.wall() - began
+    if run.released or run.stale:  # a released job is logged once storage has it
+        return item
+    if logged:
+        _job_log.settled(record, item, took)
+    outcome = settled_outcome(record, item)
+    if metrics is not None and outcome is not None:
+        metrics.ran(record.queue, record.task, outcome, took,
+                    max(0.0, began - record.due_at), record.attempt)
     return item
 
 

@@ -95,6 +95,7 @@ def explain(jobs: dict[str, str]) -> None:
         f"  {gt} dlq retry {dead}",
         f"  {gt} enqueue add --args '[2, 3]' --wait",
         "",
+        f"Web console: http://{HTTP}/console/ (open on loopback; docs/console.md)",
         f"REST API: http://{HTTP}/api/v1 (try curl http://{HTTP}/api/v1/queues;"
         " docs/http.md)",
         "",

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from gotask import _cli_output as out
 from gotask._errors import JobFailed
@@ -19,6 +20,8 @@ from gotask._job import JobRecord
 from gotask.client import AsyncClient
 
 __all__ = ["run"]
+
+T = TypeVar("T")
 
 
 async def run(client: AsyncClient, args: argparse.Namespace) -> int:
@@ -32,7 +35,7 @@ async def run(client: AsyncClient, args: argparse.Namespace) -> int:
     if args.command == "cron":
         return await _cron(client, args)
     command = {"enqueue": _enqueue, "job": _job, "queues": _queues, "cancel": _cancel,
-               "nodes": _nodes}[args.command]
+               "nodes": _nodes, "jobs": _jobs}[args.command]
     return await command(client, args)
 
 
@@ -110,14 +113,36 @@ async def _follow(client: AsyncClient, job_id: str, as_json: bool) -> JobRecord:
 
 
 async def _queues(client: AsyncClient, args: argparse.Namespace) -> int:
-    counts = await client.queues()
+    if args.action in ("pause", "resume"):
+        return await _pause_queue(client, args)
+    queues = await client.queue_list()
     if args.json:
-        _print(out.to_json(counts))
-    else:
-        workers = out.queue_workers(await client.nodes())
-        _print(out.queues_table(counts, workers) if counts else "no jobs")
-        for queue in out.unserved(counts, workers):
+        _print(out.to_json([out.queue_json(q) for q in queues]))
+        return 0
+    counts = {q.name: q.counts for q in queues}
+    paused = {q.name for q in queues if q.paused}
+    workers = out.queue_workers(await client.nodes())
+    _print(out.queues_table(queues, workers) if queues else "no jobs")
+    for queue in out.unserved(counts, workers):
+        if queue not in paused:
             print(out.unserved_line(queue), file=sys.stderr)
+    return 0
+
+
+async def _jobs(client: AsyncClient, args: argparse.Namespace) -> int:
+    jobs = await client.list_jobs(queue=args.queue, state=args.state, limit=args.limit,
+                                  after_id=args.after, task=args.task)
+    return _listing(jobs, args.json, out.job_json, out.jobs_table, "no jobs")
+
+
+async def _pause_queue(client: AsyncClient, args: argparse.Namespace) -> int:
+    if args.action == "pause":
+        await client.pause_queue(args.name)
+    else:
+        await client.resume_queue(args.name)
+    state = "paused" if args.action == "pause" else "resumed"
+    _print(out.to_json({"name": args.name, "state": state}) if args.json
+           else f"{args.name}: {state}")
     return 0
 
 
@@ -137,21 +162,24 @@ async def _cancel(client: AsyncClient, args: argparse.Namespace) -> int:
 
 async def _nodes(client: AsyncClient, args: argparse.Namespace) -> int:
     nodes = await client.nodes()
-    if args.json:
-        _print(out.to_json([out.node_json(n) for n in nodes]))
+    return _listing(nodes, args.json, out.node_json, out.nodes_table, "no live nodes")
+
+
+def _listing(items: Sequence[T], as_json: bool, item_json: Callable[[T], Any],
+             table: Callable[[Sequence[T]], str], empty: str) -> int:
+    """Print a list as JSON, as a table, or `empty`; exit code 0."""
+    if as_json:
+        _print(out.to_json([item_json(i) for i in items]))
     else:
-        _print(out.nodes_table(nodes) if nodes else "no live nodes")
+        _print(table(items) if items else empty)
     return 0
 
 
 async def _dlq(client: AsyncClient, args: argparse.Namespace) -> int:
     if args.action == "list":
         jobs = await client.dlq_list(queue=args.queue, limit=args.limit)
-        if args.json:
-            _print(out.to_json([out.job_json(j) for j in jobs]))
-        else:
-            _print(out.dead_table(jobs) if jobs else "the dead-letter queue is empty")
-        return 0
+        return _listing(jobs, args.json, out.job_json, out.dead_table,
+                        "the dead-letter queue is empty")
     ids: Any = args.ids or None  # cli.main checked: IDs or --all, not both
     if args.action == "retry":
         count = await client.dlq_retry(ids, all_jobs=args.all)

@@ -22,6 +22,7 @@ import attrs
 import msgpack
 
 from gotask._app import unpack_args
+from gotask._client_admin import QueueStatus
 from gotask._errors import InvalidArguments
 from gotask._job import JobRecord
 from gotask._protocol import CronEntryInfo, NodeInfo
@@ -33,10 +34,12 @@ __all__ = [
     "format_job",
     "format_table",
     "job_json",
+    "jobs_table",
     "jsonable",
     "node_json",
     "nodes_table",
     "outcome_line",
+    "queue_json",
     "queue_workers",
     "queues_table",
     "to_json",
@@ -134,16 +137,22 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str
     return "\n".join(lines)
 
 
-def queues_table(counts: Mapping[str, Mapping[str, int]],
-                 workers: Mapping[str, int] | None = None) -> str:
-    """`gotask queues`: one row per queue, one column per state, and a total; with
-    `workers` (live nodes working each queue) a NODES column."""
-    header = ["QUEUE", *(s.upper() for s in STATE_COLUMNS), "TOTAL"]
-    rows = [[queue, *(c.get(s, 0) for s in STATE_COLUMNS), sum(c.values())]
-            for queue, c in sorted(counts.items())]
-    if workers is None:
-        return format_table(header, rows)
-    return format_table([*header, "NODES"], [[*r, workers.get(str(r[0]), 0)] for r in rows])
+def queues_table(queues: Sequence[QueueStatus], workers: Mapping[str, int]) -> str:
+    """`gotask queues`: one row per queue, one column per state, a total, the live nodes
+    working it (`workers`), whether it is paused, and its oldest ready job's age."""
+    header = ["QUEUE", *(s.upper() for s in STATE_COLUMNS), "TOTAL", "NODES", "PAUSED",
+              "OLDEST"]
+    rows = [[q.name, *(q.counts.get(s, 0) for s in STATE_COLUMNS), sum(q.counts.values()),
+             workers.get(q.name, 0), "yes" if q.paused else "no",
+             "-" if q.oldest_ready_age_s is None else f"{q.oldest_ready_age_s:.1f}s"]
+            for q in queues]
+    return format_table(header, rows)
+
+
+def queue_json(queue: QueueStatus) -> dict[str, Any]:
+    """A queue as `gotask queues --json` prints it (the REST API's shape)."""
+    return {"name": queue.name, "counts": queue.counts, "paused": queue.paused,
+            "oldest_ready_age_s": queue.oldest_ready_age_s}
 
 
 def unserved(counts: Mapping[str, Mapping[str, int]], workers: Mapping[str, int]) -> list[str]:
@@ -167,6 +176,13 @@ def unserved_line(queue: str) -> str:
     """The warning for jobs in a queue that no live node works."""
     return (f"gotask: warning: no live node works queue {queue!r}; its jobs wait until one "
             f"does (gotask node --queues {queue},...)")
+
+
+def jobs_table(jobs: Sequence[JobRecord]) -> str:
+    """`gotask jobs`: one row per job."""
+    rows = [[j.id, j.task, j.queue, j.state, j.attempts_counted, _when(j.created_at)]
+            for j in jobs]
+    return format_table(["ID", "TASK", "QUEUE", "STATE", "ATTEMPTS", "CREATED"], rows)
 
 
 def dead_table(jobs: Sequence[JobRecord]) -> str:

@@ -16,7 +16,6 @@ Rules of this module:
 
 from __future__ import annotations
 
-import functools
 import itertools
 import logging
 import os
@@ -30,6 +29,7 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 
+from gotask._client_admin import AdminRequests
 from gotask._client_batch import EnqueueBatcher
 from gotask._client_conn import (
     DEFAULT_NODE,
@@ -52,8 +52,6 @@ from gotask._client_jobs import (
     checked_reply,
     chunks,
     decode_result,
-    dlq_ids,
-    gather_pages,
     only_job,
     remote_error,
 )
@@ -71,21 +69,9 @@ from gotask._job import ARGS_BYTES_MAX, JobRecord
 from gotask._protocol import (
     IDS_MAX,
     CancelJobs,
-    CountQueues,
-    CronEntryInfo,
     Enqueue,
     GetJobs,
     JobSpec,
-    ListCron,
-    ListDead,
-    ListJobs,
-    ListNodes,
-    NodeInfo,
-    PauseCron,
-    PauseWorkers,
-    PurgeDead,
-    RetryDead,
-    RunCron,
     UnwatchJobs,
     WaitJobs,
     WatchJobs,
@@ -99,7 +85,7 @@ log = logging.getLogger("gotask.client")
 R = TypeVar("R")
 
 
-class AsyncClient:
+class AsyncClient(AdminRequests):
     """A connection to a GoTask cluster, for trio and asyncio code alike.
 
     Use it as an async context manager; it connects on the first request:
@@ -512,87 +498,4 @@ class AsyncClient:
         if state == "missing":
             raise JobNotFound(f"no job {job_id!r} (never enqueued, or purged after its TTL)")
         return state
-
-    # -- queues, the DLQ, nodes --------------------------------------------------------------
-
-    async def queues(self) -> dict[str, dict[str, int]]:
-        """Job counts per queue and state, e.g. {"default": {"queued": 3, "active": 1}}.
-
-        Only non-zero counts appear; a queue without jobs does not appear at all.
-        """
-        reply = await self._request(CountQueues(), retry=True)
-        out: dict[str, dict[str, int]] = {}
-        for count in reply.counts:
-            out.setdefault(count.queue, {})[count.state] = count.count
-        return out
-
-    async def dlq_list(self, queue: str | None = None, limit: int = 100,
-                       after_id: str | None = None) -> list[JobRecord]:
-        """Dead jobs ordered by id, at most `limit` (1-10000), after `after_id` to page.
-
-        Raises:
-            ValueError: `limit` out of range.
-        """
-        return await gather_pages(functools.partial(self._request, retry=True),
-                                  ListDead(queue=queue, limit=limit, cursor=after_id))
-
-    async def list_jobs(self, queue: str | None = None, state: str | None = None,
-                        limit: int = 100, after_id: str | None = None) -> list[JobRecord]:
-        """Jobs ordered by id (oldest first), filtered by queue and state, at most `limit`
-        (1-10000), after `after_id` to page.
-
-        Raises:
-            ValueError: `limit` out of range.
-        """
-        msg = ListJobs(queue=queue, state=state, limit=limit, cursor=after_id)
-        return await gather_pages(functools.partial(self._request, retry=True), msg)
-
-    async def pause(self, paused: bool = True) -> None:
-        """Stop (or with `paused=False` resume) leasing on the connected node; running
-        jobs go on."""
-        await self._request(PauseWorkers(paused), retry=True)
-
-    async def dlq_retry(self, ids: Sequence[str] | None = None, *, all_jobs: bool = False) -> int:
-        """Queue dead jobs again with fresh attempts: the ones in `ids`, or every dead
-        job with `all_jobs=True`. Returns how many were requeued.
-
-        Raises:
-            ValueError: neither or both of `ids` and `all_jobs` given.
-        """
-        return (await self._request(RetryDead(dlq_ids(ids, all_jobs)), retry=False)).count
-
-    async def dlq_purge(self, ids: Sequence[str] | None = None, *, all_jobs: bool = False) -> int:
-        """Delete dead jobs: the ones in `ids`, or all with `all_jobs=True`. Returns how
-        many were removed.
-
-        Raises:
-            ValueError: neither or both of `ids` and `all_jobs` given.
-        """
-        return (await self._request(PurgeDead(dlq_ids(ids, all_jobs)), retry=False)).count
-
-    async def nodes(self) -> list[NodeInfo]:
-        """The live nodes of the cluster, sorted by name."""
-        return list((await self._request(ListNodes(), retry=True)).nodes)
-
-    # -- cron (issue 15) ---------------------------------------------------------------
-
-    async def cron_list(self) -> list[CronEntryInfo]:
-        """The cron entries in storage, sorted by name, as the answering node sees them."""
-        return list((await self._request(ListCron(), retry=True)).entries)
-
-    async def cron_pause(self, name: str, paused: bool = True) -> None:
-        """Pause (or, with `paused=False`, resume) cron entry `name` cluster-wide.
-
-        Raises:
-            CronEntryNotFound: no entry of that name is stored.
-        """
-        await self._request(PauseCron(name, paused), retry=True)
-
-    async def cron_run(self, name: str) -> str:
-        """Enqueue one job of cron entry `name` now, outside its schedule; its id.
-
-        Raises:
-            CronEntryNotFound: the answering node's app declares no such entry.
-        """
-        return (await self._request(RunCron(name), retry=False)).job_id
 

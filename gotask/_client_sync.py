@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import anyio.from_thread
 import attrs
 
+from gotask._client_admin import QueueStatus
 from gotask._client_async import AsyncClient
 from gotask._client_conn import nodes_from_env, secret_from_env
 from gotask._client_jobs import JobTuple
@@ -182,15 +183,28 @@ class Client:
         """Job counts per queue and state. See `AsyncClient.queues`."""
         return self._run(AsyncClient.queues)
 
+    def queue_list(self) -> list[QueueStatus]:
+        """Every queue with jobs or paused. See `AsyncClient.queue_list`."""
+        return self._run(AsyncClient.queue_list)
+
+    def pause_queue(self, queue: str) -> None:
+        """Pause a queue cluster-wide. See `AsyncClient.pause_queue`."""
+        self._run(AsyncClient.pause_queue, queue)
+
+    def resume_queue(self, queue: str) -> None:
+        """Resume a paused queue. See `AsyncClient.resume_queue`."""
+        self._run(AsyncClient.resume_queue, queue)
+
     def dlq_list(self, queue: str | None = None, limit: int = 100,
                  after_id: str | None = None) -> list[JobRecord]:
         """Dead jobs. See `AsyncClient.dlq_list`."""
         return self._run(AsyncClient.dlq_list, queue, limit, after_id)
 
     def list_jobs(self, queue: str | None = None, state: str | None = None,
-                  limit: int = 100, after_id: str | None = None) -> list[JobRecord]:
+                  limit: int = 100, after_id: str | None = None,
+                  task: str | None = None) -> list[JobRecord]:
         """Jobs ordered by id. See `AsyncClient.list_jobs`."""
-        return self._run(AsyncClient.list_jobs, queue, state, limit, after_id)
+        return self._run(AsyncClient.list_jobs, queue, state, limit, after_id, task)
 
     def pause(self, paused: bool = True) -> None:
         """Stop or resume leasing on the connected node. See `AsyncClient.pause`."""

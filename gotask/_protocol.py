@@ -60,8 +60,10 @@ __all__ = [
     "NodeInfo",
     "NodesReply",
     "PauseCron",
+    "PauseQueue",
     "PauseWorkers",
     "PurgeDead",
+    "QueueAge",
     "QueueCount",
     "QueuesReply",
     "RetryDead",
@@ -136,6 +138,16 @@ class QueueCount:
     count: int
 
 
+@message("c.qage")
+@attrs.frozen
+class QueueAge:
+    """How long (seconds, on the storage's clock) the oldest ready job of `queue` has
+    been due and waiting."""
+
+    queue: str
+    age_s: float
+
+
 @message("c.node")
 @attrs.frozen
 class NodeInfo:
@@ -198,9 +210,13 @@ class CountReply:
 @message("c.queues.rep")
 @attrs.frozen
 class QueuesReply:
-    """Non-zero job counts per (queue, state), sorted by queue then state."""
+    """Non-zero job counts per (queue, state), sorted by queue then state; the paused
+    queues, sorted (a paused queue may hold no job); the age of each queue's oldest
+    ready job, for the queues with queued jobs, sorted by queue."""
 
     counts: tuple[QueueCount, ...]
+    paused: tuple[str, ...] = ()
+    oldest_ready: tuple[QueueAge, ...] = ()
 
 
 @message("c.nodes.rep")
@@ -278,12 +294,16 @@ class CancelJobs(Command[CancelReply]):
 @message("c.list")
 @attrs.frozen
 class ListJobs(Command[JobPage]):
-    """A page of jobs ordered by id, optionally of one queue and one state."""
+    """A page of jobs ordered by id, optionally of one queue, one state and one task."""
 
     queue: str | None = None
     state: str | None = None
     limit: int = attrs.field(default=100, validator=_limit)
     cursor: str | None = None
+    task: str | None = None  # issue 16
+
+    def __attrs_post_init__(self) -> None:
+        check_job_fields(queue=self.queue, task=self.task)
 
 
 @message("c.dlq.list")
@@ -316,6 +336,23 @@ class PurgeDead(Command[CountReply]):
 @attrs.frozen
 class CountQueues(Command[QueuesReply]):
     """Count jobs per queue and state."""
+
+
+@message("c.qpause")
+@attrs.frozen
+class PauseQueue(Command[Ok]):
+    """Pause (`paused=True`) or resume a queue on every node, durably: enqueue goes on,
+    running jobs finish, no job of a paused queue starts. Repeating either is harmless.
+
+    Raises:
+        ValueError: `queue` is not a valid queue name.
+    """
+
+    queue: str
+    paused: bool
+
+    def __attrs_post_init__(self) -> None:
+        check_job_fields(queue=self.queue)
 
 
 @message("c.nodes")
@@ -359,6 +396,7 @@ ClientRequest: TypeAlias = (
     | CountQueues
     | ListNodes
     | PauseWorkers
+    | PauseQueue  # issue 16
     # -- cron (issue 15) --
     | ListCron
     | PauseCron
@@ -406,4 +444,5 @@ REQUESTS: Final[tuple[type, ...]] = (
     Enqueue, GetJobs, WaitJobs, WatchJobs, UnwatchJobs, CancelJobs, ListJobs, ListDead,
     RetryDead, PurgeDead, CountQueues, ListNodes, PauseWorkers,
     ListCron, PauseCron, RunCron,  # cron (issue 15)
+    PauseQueue,  # issue 16
 )

@@ -31,6 +31,7 @@ import attrs
 import trio
 
 from gotask._errors import ConfigError, StorageUnavailable
+from gotask._job_metrics import JobMetrics
 from gotask._messages import BROKER, DISPATCHER, REAPER, SCHEDULER, STORAGE, WORKERS, Drain
 from gotask._node_name import NodeNameTaken, check_name_free, release_name
 from gotask.actors.broker import run_broker
@@ -71,6 +72,10 @@ class Server:
     http_port: int | None = None
     #: The gRPC face, None when it is off.
     grpc: GrpcFace | None = None
+    #: Job-event counts of this node, served at `/metrics`.
+    metrics: JobMetrics = attrs.field(
+        default=attrs.Factory(lambda self: JobMetrics(frozenset(self.config.app.names())),
+                              takes_self=True))
 
     @property
     def http_url(self) -> str | None:
@@ -223,11 +228,11 @@ async def _start_actors(server: Server) -> None:
     local = storage.node == node.name and config.storage.startswith("memory://")
     await node.start_actor(BROKER, functools.partial(
         run_broker, app=config.app, storage=storage, dispatcher=dispatcher,
-        args_bytes_max=config.args_bytes_max, batch_jobs_max=config.batch_jobs_max),
-        inbox_max=4096)
+        args_bytes_max=config.args_bytes_max, batch_jobs_max=config.batch_jobs_max,
+        metrics=server.metrics), inbox_max=4096)
     await node.start_actor(WORKERS, functools.partial(
         run_workers, app=config.app, storage=storage, dispatcher=dispatcher,
-        threads=server.threads,
+        threads=server.threads, metrics=server.metrics,
         config=WorkerConfig(concurrency=config.concurrency, threads=config.threads,
                             lease_timeout_s=config.lease_timeout_s,
                             heartbeat_s=config.heartbeat_s, flushers=1 if local else 3,
@@ -243,7 +248,8 @@ async def _start_actors(server: Server) -> None:
     await node.start_actor(SCHEDULER, functools.partial(
         run_scheduler, storage=storage, app=config.app))
     await node.start_actor(REAPER, functools.partial(
-        run_reaper, storage=storage, node_info=functools.partial(_node_info, server)))
+        run_reaper, storage=storage, node_info=functools.partial(_node_info, server),
+        metrics=server.metrics))
 
 
 def _node_info(server: Server) -> dict[str, Any]:
@@ -301,7 +307,8 @@ async def _open_http(server: Server) -> AsyncIterator[int]:
     async def call(cmd: Any, timeout_s: float = 30.0) -> Any:
         return await node.call(broker, cmd, timeout_s=timeout_s)
 
-    app = create_app(call, config.http_token)
+    app = create_app(call, config.http_token, server.metrics, world=node.world,
+                     tls=config.http_tls is not None)
     shutdown = trio.Event()
     port: int = await node.nursery.start(functools.partial(
         serve_http, app, config.http[0], config.http[1], tls=config.http_tls,

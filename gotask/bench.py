@@ -18,11 +18,14 @@ Rules of this module:
   speed (`python_mops`) and the share of CPU time the hypervisor gave to other guests
   during the runs (`cpu_steal_pct`, from /proc/stat): on a shared VM those tell a slow
   machine from slow code.
+- `--http-scrape` serves the node's HTTP face and reads its `/metrics` every second
+  during the run, as a Prometheus server would: compare with a run without it.
 - `gotask bench runtime` measures the actor runtime itself (gotask.bench_runtime);
   `gotask bench cron` the Scheduler with many cron entries (gotask.bench_cron).
 - `gotask bench http --url URL` measures REST enqueue on a running node (gotask.bench_http).
 - `gotask bench grpc` measures unary and streamed enqueue through the gRPC face
   (gotask.bench_grpc).
+- `gotask bench console` measures the web console's cost (gotask.bench_console).
 """
 
 from __future__ import annotations
@@ -45,6 +48,8 @@ from gotask._errors import GoTaskError
 __all__ = ["main", "run_job_bench"]
 
 LIST_PAGE = 2_000
+#: How often `--http-scrape` reads the node's /metrics.
+SCRAPE_EVERY_S = 1.0
 
 
 def _free_port() -> int:
@@ -54,10 +59,13 @@ def _free_port() -> int:
         return port
 
 
-def _start_node(storage: str, concurrency: int, port: int) -> subprocess.Popen[bytes]:
+def _start_node(storage: str, concurrency: int, port: int,
+                http_port: int | None) -> subprocess.Popen[bytes]:
     cmd = [sys.executable, "-m", "gotask.cli", "node", "--app", "examples.tasks",
            "--listen", f"127.0.0.1:{port}", "--storage", storage,
            "--concurrency", str(concurrency)]
+    if http_port is not None:
+        cmd += ["--http", f"127.0.0.1:{http_port}"]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -169,6 +177,42 @@ def _storage_cpu_s(storage: str) -> float:
     return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
 
 
+async def _scraped_run(args: argparse.Namespace, port: int, http_port: int | None, pid: int,
+                       storage: str) -> dict[str, Any]:
+    """`_one_run`, with `/metrics` of the node scraped every second meanwhile (when
+    `http_port` is set), as a Prometheus server would."""
+    if http_port is None:
+        return await _one_run(args, port, pid, storage)
+    import httpx
+
+    scrapes = 0
+
+    async def scrape(client: httpx.AsyncClient) -> None:
+        nonlocal scrapes
+        while True:
+            scrapes += await _answers(client, "/metrics")
+            await trio.sleep(SCRAPE_EVERY_S)
+
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{http_port}") as client, \
+            trio.open_nursery() as nursery:
+        with trio.fail_after(30):  # the node serves HTTP a moment after TCP
+            while not await _answers(client, "/metrics"):
+                await trio.sleep(0.1)
+        nursery.start_soon(scrape, client)
+        result = await _one_run(args, port, pid, storage)
+        nursery.cancel_scope.cancel()
+    return result | {"scrapes": scrapes}
+
+
+async def _answers(client: Any, path: str) -> bool:
+    import httpx
+
+    try:
+        return bool((await client.get(path)).status_code == 200)
+    except httpx.HTTPError:
+        return False
+
+
 async def _one_run(args: argparse.Namespace, port: int, pid: int,
                    storage: str) -> dict[str, Any]:
     client = await _connect(port)
@@ -276,11 +320,11 @@ def run_job_bench(args: argparse.Namespace) -> dict[str, Any]:
     samples = []
     speed_before, ticks_before = python_mops(), cpu_ticks()
     for run in range(args.runs):
-        port = _free_port()
+        port, http_port = _free_port(), _free_port() if args.http_scrape else None
         storage = _fresh_storage(args.storage, run)
-        node = _start_node(storage, args.concurrency, port)
+        node = _start_node(storage, args.concurrency, port, http_port)
         try:
-            samples.append(trio.run(_one_run, args, port, node.pid, storage))
+            samples.append(trio.run(_scraped_run, args, port, http_port, node.pid, storage))
         finally:
             node.terminate()
             node.wait(timeout=60)
@@ -300,13 +344,19 @@ def run_job_bench(args: argparse.Namespace) -> dict[str, Any]:
     result["cpus"] = os.cpu_count()
     result["cpu_steal_pct"] = steal_pct(ticks_before, cpu_ticks())
     result["python_mops"] = [speed_before, python_mops()]
+    if args.http_scrape:
+        result["scrapes"] = [s["scrapes"] for s in samples]
     result["samples"] = {key: [round(s[key], 2 if key.endswith("_ms") else 1) for s in samples]
                          for key in ("enqueue_jobs_per_s", "drain_jobs_per_s", "pickup_p99_ms")}
     return result
 
 
 def main(argv: list[str]) -> int:
-    """`gotask bench [runtime|runners|cron|http|grpc] ...`; returns the exit code."""
+    """`gotask bench [runtime|runners|cron|http|grpc|console] ...`; returns the exit code."""
+    if argv[:1] == ["console"]:
+        from gotask.bench_console import main as console_main
+
+        return console_main(argv[1:])
     if argv[:1] == ["http"]:
         from gotask.bench_http import main as http_main
 
@@ -336,6 +386,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--pickup-samples", type=int, default=200)
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--http-scrape", action="store_true",
+                        help="serve the node's HTTP face and scrape /metrics every second")
     args = parser.parse_args(argv)
     if args.enqueue_concurrency is None:
         args.enqueue_concurrency = args.concurrency

@@ -27,7 +27,7 @@ import trio
 from gotask import _cli_commands
 from gotask._client_conn import nodes_from_env, parse_address
 from gotask._errors import ConfigError, GoTaskError
-from gotask._job import check_job_fields
+from gotask._job import STORED_STATES, check_job_fields
 from gotask.client import AsyncClient
 from gotask.config import read_secret
 
@@ -155,7 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     job = sub.add_parser("job", parents=[client], help="show a job, or follow it live")
     job.add_argument("id", metavar="ID")
     job.add_argument("--wait", action="store_true", help="follow it live until it finishes")
-    sub.add_parser("queues", parents=[client], help="job counts per queue and state")
+    _add_queues(sub, client)
+    _add_jobs(sub, client)
     _add_dlq(sub, client)
     cancel = sub.add_parser("cancel", parents=[client], help="cancel a job")
     cancel.add_argument("id", metavar="ID")
@@ -223,6 +224,27 @@ def _add_dlq(sub: Any, client: _Parser) -> None:
         p.add_argument("--all", action="store_true", help="every dead job")
 
 
+def _add_jobs(sub: Any, client: _Parser) -> None:
+    p = sub.add_parser("jobs", parents=[client], help="list jobs, oldest first")
+    p.add_argument("--queue", metavar="Q", type=_queue_name, help="only this queue")
+    p.add_argument("--state", choices=sorted(s.value for s in STORED_STATES),
+                   help="only this state")
+    p.add_argument("--task", metavar="T", help="only this task")
+    p.add_argument("--limit", type=_positive_int, default=100, metavar="N",
+                   help="at most N (100)")
+    p.add_argument("--after", metavar="ID", help="the page after this job id")
+
+
+def _add_queues(sub: Any, client: _Parser) -> None:
+    queues = sub.add_parser("queues", parents=[client],
+                            help="job counts per queue and state; pause or resume a queue")
+    actions = queues.add_subparsers(dest="action", metavar="ACTION")
+    for name, text in (("pause", "pause a queue, cluster-wide: its jobs wait, queued"),
+                       ("resume", "resume a paused queue")):
+        p = actions.add_parser(name, parents=[client], help=text)
+        p.add_argument("name", metavar="NAME", type=_queue_name)
+
+
 def _add_cron(sub: Any, client: _Parser) -> None:
     cron = sub.add_parser("cron", help="recurring jobs (cron entries)")
     actions = cron.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -268,6 +290,14 @@ def _json(text: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise argparse.ArgumentTypeError(f"invalid JSON {text!r}: {exc.msg}") from None
+
+
+def _queue_name(text: str) -> str:
+    try:
+        check_job_fields(queue=text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def _positive_int(text: str) -> int:

@@ -1,4 +1,5 @@
-"""The benchmarks' own measuring tools (gotask/bench.py, gotask/bench_floor.py)."""
+"""The benchmarks' own measuring tools (gotask/bench.py, gotask/bench_floor.py), and
+gotask/bench_queues.py on a small store."""
 
 from __future__ import annotations
 
@@ -59,6 +60,21 @@ def test_job_bench_prints_the_keys_the_issue_names() -> None:
     assert "cpu_steal_pct" in result
 
 
+def test_job_bench_scrapes_the_node_when_asked() -> None:
+    import json
+    import subprocess
+    import sys
+
+    from tests.processes import ROOT
+
+    out = subprocess.run(
+        [sys.executable, "-m", "gotask.cli", "bench", "--jobs", "300", "--concurrency", "8",
+         "--pickup-samples", "5", "--http-scrape", "--json"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=True)
+    result = json.loads(out.stdout.splitlines()[-1])
+    assert result["scrapes"][0] >= 1 and result["drain_jobs_per_s"] > 0
+
+
 def test_runtime_bench_prints_its_three_figures() -> None:
     import json
     import subprocess
@@ -101,3 +117,13 @@ def test_cron_bench_fires_every_entry_each_minute_at_a_tiny_size() -> None:
     assert result["jobs_enqueued"] == 40  # 20 entries x 2 minutes, each tick once
     assert result["first_tick_all_enqueued_cpu_s"] is not None
     assert 0 <= result["scheduler_cpu_pct_of_core"] < 100
+
+
+def test_bench_queues_times_the_queue_listing_of_stored_jobs(capsys: pytest.CaptureFixture[str]
+                                                           ) -> None:
+    from gotask import bench_queues
+
+    result = bench_queues.main(["--jobs", "2000", "--backend", "memory"])
+    assert (result["backend"], result["jobs"], result["runs"]) == ("memory", 2000, 20)
+    assert 0 < result["median_ms"] <= result["max_ms"]
+    assert '"median_ms"' in capsys.readouterr().out

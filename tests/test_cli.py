@@ -129,11 +129,13 @@ async def test_queues_dlq_cancel_nodes(fake: FakeBroker, capsys: Any) -> None:
     run = await gotask(capsys, "queues", *node)
     assert run.out.splitlines()[0].split() == [
         "QUEUE", "SCHEDULED", "QUEUED", "ACTIVE", "SUCCEEDED", "DEAD", "CANCELLED", "TOTAL",
-        "NODES"]
-    assert run.out.splitlines()[2].split() == ["mail", "0", "1", "0", "0", "0", "0", "1", "0"]
+        "NODES", "PAUSED", "OLDEST"]
+    assert run.out.splitlines()[2].split() == [
+        "mail", "0", "1", "0", "0", "0", "0", "1", "0", "no", "-"]
     assert run.err.startswith("gotask: warning: no live node works queue 'mail'")
-    assert (await gotask(capsys, "queues", "--json", *node)).json() == {
-        "default": {"dead": 1}, "mail": {"queued": 1}}
+    assert (await gotask(capsys, "queues", "--json", *node)).json() == [
+        {"name": "default", "counts": {"dead": 1}, "paused": False, "oldest_ready_age_s": None},
+        {"name": "mail", "counts": {"queued": 1}, "paused": False, "oldest_ready_age_s": None}]
     run = await gotask(capsys, "dlq", "list", *node)
     assert "ValueError: boom" in run.out
     assert [j["id"] for j in (await gotask(capsys, "dlq", "list", "--json", *node)).json()] == [
@@ -147,6 +149,37 @@ async def test_queues_dlq_cancel_nodes(fake: FakeBroker, capsys: Any) -> None:
     run = await gotask(capsys, "nodes", *node)
     assert run.out.splitlines()[1].startswith("node-a ") and "concurrency=4" in run.out
     assert (await gotask(capsys, "nodes", "--json", *node)).json()[0]["node"] == "node-a"
+
+
+async def test_queues_pause_and_resume(fake: FakeBroker, capsys: Any) -> None:
+    node = ("--node", fake.address)
+    assert (await gotask(capsys, "queues", "pause", "mail", *node)).out == "mail: paused\n"
+    run = await gotask(capsys, "queues", *node)
+    assert run.out.splitlines()[1].split() == ["mail", *["0"] * 7, "0", "yes", "-"]
+    assert run.err == ""  # a paused queue is not warned about as unserved
+    run = await gotask(capsys, "queues", "resume", "mail", "--json", *node)
+    assert run.json() == {"name": "mail", "state": "resumed"}
+    assert (await gotask(capsys, "queues", *node)).out == "no jobs\n"
+    run = await gotask(capsys, "queues", "pause", "", *node)
+    assert run.code == 2 and "queue must be 1-128 characters" in run.err
+
+
+async def test_jobs_are_listed_by_queue_state_and_task(fake: FakeBroker, capsys: Any) -> None:
+    node = ("--node", fake.address)
+    assert (await gotask(capsys, "jobs", *node)).out == "no jobs\n"
+    slow = (await gotask(capsys, "enqueue", "slow", "--queue", "mail", *node)).out.strip()
+    await gotask(capsys, "enqueue", "boom", "--wait", *node)
+    run = await gotask(capsys, "jobs", "--task", "slow", *node)
+    assert run.out.splitlines()[0].split() == ["ID", "TASK", "QUEUE", "STATE", "ATTEMPTS",
+                                               "CREATED"]
+    assert [line.split()[:4] for line in run.out.splitlines()[1:]] == [
+        [slow, "slow", "mail", "queued"]]
+    run = await gotask(capsys, "jobs", "--state", "dead", "--json", *node)
+    assert [(j["task"], j["state"]) for j in run.json()] == [("boom", "dead")]
+    assert (await gotask(capsys, "jobs", "--queue", "mail", "--task", "boom", *node)).out == (
+        "no jobs\n")
+    run = await gotask(capsys, "jobs", "--state", "sleeping", *node)
+    assert run.code == 2 and "invalid choice" in run.err
 
 
 async def test_environment_supplies_nodes_and_secret(

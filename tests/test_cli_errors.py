@@ -180,6 +180,6 @@ def test_a_queue_no_live_node_works_is_pointed_out(node: str) -> None:
     assert (served.returncode, served.stderr) == (0, "")
     table = gotask("queues", "--node", node)
     assert table.returncode == 0
-    rows = {line.split()[0]: line.split()[-1] for line in table.stdout.splitlines()}
-    assert rows["nobody-works-this"] == "0" and rows["default"] == "1"
+    rows = {line.split()[0]: line.split()[-3:-1] for line in table.stdout.splitlines()}
+    assert rows["nobody-works-this"] == ["0", "no"] and rows["default"] == ["1", "no"]
     assert "no live node works queue 'nobody-works-this'" in one_line(table)

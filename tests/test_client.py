@@ -25,6 +25,7 @@ import pytest
 import trio
 
 from gotask._app import unpack_args
+from gotask._client_admin import QueueStatus
 from gotask._client_conn import nodes_from_env, parse_address
 from gotask._client_jobs import chunks, remote_error
 from gotask._errors import (
@@ -54,9 +55,11 @@ from gotask._protocol import (
     JobSpec,
     JobsReply,
     ListDead,
+    ListJobs,
     ListNodes,
     NodeInfo,
     NodesReply,
+    PauseQueue,
     PurgeDead,
     QueueCount,
     QueuesReply,
@@ -84,6 +87,7 @@ class JobTable:
 
     jobs: dict[str, JobRecord] = attrs.Factory(dict)
     keys: dict[str, str] = attrs.Factory(dict)
+    paused: set[str] = attrs.Factory(set)
     ids: itertools.count[int] = attrs.Factory(lambda: itertools.count(1))
 
 
@@ -209,7 +213,11 @@ class FakeBroker:
                 for job in jobs.values():
                     counts[job.queue, job.state] = counts.get((job.queue, job.state), 0) + 1
                 return QueuesReply(tuple(QueueCount(q, s, n)
-                                         for (q, s), n in sorted(counts.items())))
+                                         for (q, s), n in sorted(counts.items())),
+                                   tuple(sorted(self.table.paused)))
+            case PauseQueue(queue=queue, paused=paused):
+                (self.table.paused.add if paused else self.table.paused.discard)(queue)
+                return Ok()
             case ListDead(queue="storage-full"):
                 raise RemoteActorError("StorageFull", "the job table is full")
             case ListDead(queue=queue, limit=limit):
@@ -224,6 +232,11 @@ class FakeBroker:
                     else:
                         del jobs[job_id]
                 return CountReply(len(chosen))
+            case ListJobs(queue=queue, state=state, task=task, limit=limit):
+                found = [j for j in sorted(jobs.values(), key=lambda j: j.id)
+                         if queue in (None, j.queue) and state in (None, j.state)
+                         and task in (None, j.task)]
+                return JobPage(tuple(found[:limit]), None)
             case ListNodes():
                 info = {"pid": 1, "queues": ["default:1"], "concurrency": 4}
                 return NodesReply((NodeInfo(self.node.name, info, 1.0e9, 1.0e9 + 5, 2e9),))
@@ -420,6 +433,20 @@ async def test_queues_dlq_and_nodes(fake: FakeBroker) -> None:
         assert await client.dlq_purge(all_jobs=True) == 1
         [info] = await client.nodes()
         assert info.node == "node-a" and info.info["concurrency"] == 4
+
+
+async def test_pause_and_resume_a_queue(fake: FakeBroker) -> None:
+    async with AsyncClient([fake.address]) as client:
+        await client.enqueue("slow", queue="mail")
+        await client.pause_queue("idle")
+        await client.pause_queue("mail")
+        assert await client.queue_list() == [
+            QueueStatus("idle", {}, True), QueueStatus("mail", {"queued": 1}, True)]
+        assert await client.queues() == {"mail": {"queued": 1}}  # counts only, as before
+        await client.resume_queue("idle")
+        assert [q.name for q in await client.queue_list() if q.paused] == ["mail"]
+        with pytest.raises(ValueError, match="queue"):
+            await client.pause_queue("")
 
 
 @pytest.mark.parametrize(("node_beat_s", "client_beat_s"), [(0.1, 10.0), (10.0, 0.1)])

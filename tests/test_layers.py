@@ -43,6 +43,7 @@ LAYERS: list[tuple[str, int]] = [
     ("gotask._messages", 1),
     ("gotask._protocol", 1),
     ("gotask._protocol_cron", 1),
+    ("gotask._job_metrics", 1),
     ("gotask.runtime", 2),
     ("gotask.transports", 3),
     ("gotask.actors", 3),

@@ -69,6 +69,8 @@ def test_a_bad_spec_from_the_wire_is_refused_on_decode_naming_the_field() -> Non
         lambda: proto.WaitJobs(("x",), proto.WAIT_S_MAX + 1),
         lambda: proto.WaitJobs(("x",), float("nan")),
         lambda: proto.RetryDead(("x",) * (proto.IDS_MAX + 1)),
+        lambda: proto.PauseQueue("", True),
+        lambda: proto.PauseQueue("q" * 129, False),
     ],
 )
 def test_requests_out_of_bounds_are_refused_at_construction(build: Any) -> None:
@@ -85,7 +87,7 @@ def test_every_request_declares_its_reply_and_is_registered() -> None:
         proto.RetryDead: proto.CountReply, proto.PurgeDead: proto.CountReply,
         proto.CountQueues: proto.QueuesReply, proto.ListNodes: proto.NodesReply,
         proto.PauseWorkers: Ok, proto.ListCron: proto.CronListing, proto.PauseCron: Ok,
-        proto.RunCron: proto.RunCronReply,
+        proto.RunCron: proto.RunCronReply, proto.PauseQueue: Ok,
     }
     assert set(proto.REQUESTS) == set(expected)
     for request, reply in expected.items():

@@ -22,7 +22,7 @@ from google.protobuf import json_format, struct_pb2
 
 from gotask._app import unpack_args
 from gotask._job import JobRecord
-from gotask._protocol import JobPage, JobSpec, NodeInfo, QueueCount, check_spec
+from gotask._protocol import JobPage, JobSpec, NodeInfo, QueuesReply, check_spec
 from gotask.v1 import gotask_pb2 as pb
 from gotask.web._json import job_json, jsonable, queues_json
 from gotask.web._problems import problem_for
@@ -117,10 +117,10 @@ def page_message(page: JobPage) -> pb.JobPage:
     return pb.JobPage(jobs=[job_message(j) for j in page.jobs], cursor=page.cursor)
 
 
-def queues_message(counts: tuple[QueueCount, ...]) -> pb.ListQueuesResponse:
-    """Counts per queue and state, sorted by queue."""
+def queues_message(reply: QueuesReply) -> pb.ListQueuesResponse:
+    """Counts per queue and state, sorted by queue (paused queues without jobs too)."""
     return pb.ListQueuesResponse(queues=[pb.QueueCounts(name=q["name"], counts=q["counts"])
-                                         for q in queues_json(counts)])
+                                         for q in queues_json(reply)])
 
 
 def nodes_message(nodes: tuple[NodeInfo, ...]) -> pb.ListNodesResponse:

@@ -18,7 +18,7 @@ import msgpack
 
 from gotask._app import unpack_args
 from gotask._job import JobRecord
-from gotask._protocol import NodeInfo, QueueCount
+from gotask._protocol import NodeInfo, QueuesReply
 
 __all__ = ["job_json", "jsonable", "nodes_json", "queues_json"]
 
@@ -73,12 +73,16 @@ def job_json(job: JobRecord) -> dict[str, Any]:
     }
 
 
-def queues_json(counts: tuple[QueueCount, ...]) -> list[dict[str, Any]]:
-    """Counts per queue: `[{"name": q, "counts": {state: n}}]`, sorted by name."""
-    out: dict[str, dict[str, int]] = {}
-    for c in counts:
+def queues_json(reply: QueuesReply) -> list[dict[str, Any]]:
+    """Every queue with jobs or paused, sorted by name: `[{"name": q, "counts": {state:
+    n}, "paused": bool, "oldest_ready_age_s": seconds or None}]`."""
+    out: dict[str, dict[str, int]] = {name: {} for name in reply.paused}
+    for c in reply.counts:
         out.setdefault(c.queue, {})[c.state] = c.count
-    return [{"name": q, "counts": s} for q, s in sorted(out.items())]
+    paused = set(reply.paused)
+    ages = {a.queue: a.age_s for a in reply.oldest_ready}
+    return [{"name": q, "counts": s, "paused": q in paused, "oldest_ready_age_s": ages.get(q)}
+            for q, s in sorted(out.items())]
 
 
 def nodes_json(nodes: tuple[NodeInfo, ...]) -> list[dict[str, Any]]:

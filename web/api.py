@@ -7,6 +7,7 @@ Rules of this module:
 - Arguments arrive as JSON `args`/`kwargs` and are packed as msgpack by `check_spec`,
   the same function the Python client uses, so a task sees the same values either way.
 - A bad request gets a 4xx problem document (`web._problems`) and changes nothing.
+- Cron routes map `ListCron`, `PauseCron` and `RunCron` (issue 15) one to one.
 - Limits: a body of at most `BODY_MAX` bytes, at most `IDS_MAX` jobs per batch, pages of
   1-`LIMIT_MAX` jobs (default 100), a wait of at most `WAIT_S_MAX` seconds.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 from typing import Any, Final, Protocol
 
+import attrs
 from quart import Blueprint, Response, request
 from quart import json as qjson
 
@@ -27,11 +29,15 @@ from gotask._protocol import (
     CountQueues,
     Enqueue,
     GetJobs,
+    ListCron,
     ListDead,
     ListJobs,
     ListNodes,
+    PauseCron,
+    PauseQueue,
     PurgeDead,
     RetryDead,
+    RunCron,
     WaitJobs,
     check_spec,
 )
@@ -62,6 +68,7 @@ def api_blueprint(call: Call) -> Blueprint:
     bp = Blueprint("api", __name__, url_prefix="/api/v1")
     _job_routes(bp, call)
     _admin_routes(bp, call)
+    _cron_routes(bp, call)
     return bp
 
 
@@ -87,8 +94,12 @@ def _job_routes(bp: Blueprint, call: Call) -> None:
         state = _query_str("state")
         if state is not None and state not in STORED_STATES:
             raise BadRequest(f"state must be one of {', '.join(sorted(STORED_STATES))}")
-        return _page(await call(ListJobs(_query_str("queue"), state, _limit(),
-                                         _query_str("cursor"))))
+        try:
+            msg = ListJobs(_query_str("queue"), state, _limit(), _query_str("cursor"),
+                           _query_str("task"))
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
+        return _page(await call(msg))
 
     @bp.get("/jobs/<job_id>")
     async def get_job(job_id: str) -> Any:
@@ -111,7 +122,15 @@ def _job_routes(bp: Blueprint, call: Call) -> None:
 def _admin_routes(bp: Blueprint, call: Call) -> None:
     @bp.get("/queues")
     async def queues() -> Any:
-        return {"queues": queues_json((await call(CountQueues())).counts)}
+        return {"queues": queues_json(await call(CountQueues()))}
+
+    @bp.post("/queues/<queue>/pause")
+    async def pause_queue(queue: str) -> Any:
+        return await _set_paused(call, queue, True)
+
+    @bp.post("/queues/<queue>/resume")
+    async def resume_queue(queue: str) -> Any:
+        return await _set_paused(call, queue, False)
 
     @bp.get("/nodes")
     async def nodes() -> Any:
@@ -136,6 +155,35 @@ def _admin_routes(bp: Blueprint, call: Call) -> None:
     @bp.delete("/dlq/<job_id>")
     async def purge_one(job_id: str) -> Any:
         return {"count": (await call(PurgeDead((job_id,)))).count}
+
+
+def _cron_routes(bp: Blueprint, call: Call) -> None:
+    @bp.get("/cron")
+    async def list_cron() -> Any:
+        return {"entries": [attrs.asdict(e) for e in (await call(ListCron())).entries]}
+
+    @bp.post("/cron/<name>/pause")
+    async def pause_cron(name: str) -> Any:
+        await call(PauseCron(name, True))
+        return {"name": name, "paused": True}
+
+    @bp.post("/cron/<name>/resume")
+    async def resume_cron(name: str) -> Any:
+        await call(PauseCron(name, False))
+        return {"name": name, "paused": False}
+
+    @bp.post("/cron/<name>/run")
+    async def run_cron(name: str) -> Any:
+        return {"name": name, "id": (await call(RunCron(name))).job_id}, 201
+
+
+async def _set_paused(call: Call, queue: str, paused: bool) -> dict[str, Any]:
+    try:
+        msg = PauseQueue(queue, paused)
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+    await call(msg)
+    return {"name": queue, "paused": paused}
 
 
 async def _body() -> dict[str, Any]:

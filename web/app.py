@@ -1,13 +1,14 @@
-"""The node's HTTP face: a QuartTrio app with the REST API, health, OpenAPI, /metrics
-and auth.
+"""The node's HTTP face: a QuartTrio app with the REST API, health, OpenAPI, /metrics,
+auth and the web console (`/console`, see `web.console`).
 
 Rules of this module:
 - `create_app` builds the app from a `call` into the node's Broker and an optional
   bearer token; nothing here imports an actor or storage.
-- With a token, every route but `/healthz` and `/readyz` needs
-  `Authorization: Bearer <token>`, compared in constant time; the token never appears in
-  a log line or a response. Health answers say only "ok", "ready" or "unavailable"
-  (`/readyz` asks storage, through the Broker, for the live nodes and drops the answer).
+- With a token, every route but `/healthz`, `/readyz` and the console's (which log in
+  with the token and keep a session cookie) needs `Authorization: Bearer <token>`,
+  compared in constant time; the token never appears in a log line or a response.
+  Health answers say only "ok", "ready" or "unavailable" (`/readyz` asks storage,
+  through the Broker, for the live nodes and drops the answer).
 - Any failure becomes an RFC 9457 problem document; a 5xx never carries a traceback.
 """
 
@@ -24,9 +25,12 @@ from quart import json as qjson
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
+from gotask._job_metrics import JobMetrics
 from gotask._protocol import ListNodes
+from gotask.runtime.world import World, real_world
 from gotask.web._problems import PROBLEM_TYPE, problem, problem_for
 from gotask.web.api import BODY_MAX, Call, api_blueprint
+from gotask.web.console import console_blueprint
 from gotask.web.metrics import Metrics
 
 __all__ = ["OPENAPI_PATH", "create_app", "openapi_document"]
@@ -46,14 +50,24 @@ def openapi_document() -> dict[str, Any]:
     return doc
 
 
-def create_app(call: Call, token: bytes | None) -> QuartTrio:
-    """The HTTP app of one node."""
+def create_app(call: Call, token: bytes | None, jobs: JobMetrics | None = None, *,
+               world: World | None = None, tls: bool = False) -> QuartTrio:
+    """The HTTP app of one node.
+
+    Args:
+        call: sends one client-protocol request to the node's Broker.
+        token: the bearer token (None: open, on loopback only).
+        jobs: the node's job-event counts, for `/metrics`.
+        world: the node's clock and random source (for the console's sessions).
+        tls: whether the listener serves HTTPS (the session cookie is then Secure).
+    """
     app = QuartTrio("gotask.web")
     app.config["MAX_CONTENT_LENGTH"] = BODY_MAX
     app.config["PROPAGATE_EXCEPTIONS"] = False
     app.register_blueprint(api_blueprint(call))
+    app.register_blueprint(console_blueprint(app, call, token, world or real_world(), tls))
     _add_auth(app, token)
-    _add_meta_routes(app, call, Metrics(call))
+    _add_meta_routes(app, call, Metrics(call, jobs))
     _add_error_handlers(app)
     return app
 
@@ -65,7 +79,7 @@ def _add_auth(app: QuartTrio, token: bytes | None) -> None:
 
     @app.before_request
     async def check_token() -> Response | None:
-        if request.path in _OPEN_PATHS:
+        if request.path in _OPEN_PATHS or _is_console(request.path):
             return None
         given = request.headers.get("Authorization", "").encode("utf-8", "replace")
         if hmac.compare_digest(given, expected):
@@ -74,6 +88,10 @@ def _add_auth(app: QuartTrio, token: bytes | None) -> None:
         response.headers["WWW-Authenticate"] = 'Bearer realm="gotask"'
         response.headers["Connection"] = "close"  # its body stays unread: do not reuse
         return response
+
+
+def _is_console(path: str) -> bool:
+    return path in ("/", "/console") or path.startswith("/console/")
 
 
 def _add_meta_routes(app: QuartTrio, call: Call, metrics: Metrics) -> None:

@@ -245,7 +245,7 @@ class GoTaskService(pb_grpc.GoTaskServicer):
     @_guarded
     async def ListQueues(self, request: pb.ListQueuesRequest, context: Any
                          ) -> pb.ListQueuesResponse:
-        return queues_message((await self._call(CountQueues(), context)).counts)
+        return queues_message(await self._call(CountQueues(), context))
 
     @_guarded
     async def ListDead(self, request: pb.ListDeadRequest, context: Any) -> pb.JobPage:

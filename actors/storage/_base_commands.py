@@ -19,6 +19,7 @@ from gotask.runtime.message import Command, message
 
 from ._base_cron import CronFire, CronList, CronRegister, CronSetPaused
 from ._base_items import AckItem, NackItem, ProgressItem, QueueWeight
+from ._base_queues import QueueInfo, SetQueuePaused
 from ._base_replies import (
     AckReply,
     CancelReply,
@@ -217,12 +218,13 @@ class GetJobs(Command[GetJobsReply]):
 @message("s.list")
 @attrs.frozen
 class ListJobs(Command[ListJobsReply]):
-    """List jobs ordered by id after `after_id`, optionally of one queue and state."""
+    """List jobs ordered by id after `after_id`, optionally of one queue, state and task."""
 
     queue: str | None = None
     state: str | None = None
     limit: int = attrs.field(default=100, validator=_limit)
     after_id: str | None = None
+    task: str | None = None  # issue 16
 
 
 @message("s.count")
@@ -332,4 +334,7 @@ StorageCommand: TypeAlias = (
     | CronFire
     | CronList
     | CronSetPaused
+    # -- queues (issue 16) --
+    | SetQueuePaused
+    | QueueInfo
 )

@@ -19,6 +19,7 @@ from ._base_cron import (
     CronSetPausedReply,
 )
 from ._base_items import NodeInfo, QueueCount
+from ._base_queues import QueueInfoReply, SetQueuePausedReply
 
 __all__ = [
     "AckReply",
@@ -242,4 +243,7 @@ StorageReply: TypeAlias = (
     | CronFireReply
     | CronListReply
     | CronSetPausedReply
+    # -- queues (issue 16) --
+    | SetQueuePausedReply
+    | QueueInfoReply
 )

@@ -6,12 +6,13 @@ Rules of this module: those of `memory` (the memory backend); nothing here moves
 from __future__ import annotations
 
 from bisect import bisect_right
+from heapq import heappop
 
 from gotask._errors import StorageFull
 from gotask._job import JobRecord
 
 from . import base as b
-from ._memory_state import _PLAIN, DEAD, _MemoryState, _Node
+from ._memory_state import _PLAIN, DEAD, QUEUED, _MemoryState, _Node
 
 __all__ = ["_MemoryQueries"]
 
@@ -33,6 +34,28 @@ class _MemoryQueries(_MemoryState):
             if count
         )
 
+    def _set_paused(self, queue: str, paused: bool) -> None:
+        if paused:
+            self._paused_queues.add(queue)
+        else:
+            self._paused_queues.discard(queue)
+
+    def _paused(self) -> tuple[str, ...]:
+        return tuple(sorted(self._paused_queues))
+
+    def _ready_since(self) -> tuple[b.QueueReadySince, ...]:
+        out = []
+        for name in sorted(self._queues):
+            queue = self._queues[name]
+            if not queue.counts[QUEUED]:
+                continue
+            items, live = queue.by_due.items, self._by_due_live
+            while items and not live(items[0]):
+                heappop(items)
+            if items:
+                out.append(b.QueueReadySince(name, items[0][0]))
+        return tuple(out)
+
     def _sorted_ids(self) -> list[str]:
         """All ids in order (possibly with purged or repeated ones), compacted lazily."""
         if self._gone > len(self._order) // 2:
@@ -44,9 +67,10 @@ class _MemoryQueries(_MemoryState):
         return self._order
 
     def _list(
-        self, queue: str | None, state: str | None, limit: int, after_id: str | None
+        self, queue: str | None, state: str | None, limit: int, after_id: str | None,
+        task: str | None = None,
     ) -> tuple[tuple[JobRecord, ...], str | None]:
-        return self._page(self._sorted_ids(), queue, state, limit, after_id)
+        return self._page(self._sorted_ids(), queue, state, limit, after_id, task)
 
     def _list_dead(
         self, queue: str | None, limit: int, after_id: str | None
@@ -55,9 +79,10 @@ class _MemoryQueries(_MemoryState):
 
     def _page(
         self, ids: list[str], queue: str | None, state: str | None, limit: int,
-        after_id: str | None,
+        after_id: str | None, task: str | None = None,
     ) -> tuple[tuple[JobRecord, ...], str | None]:
-        """One page of `ids` (sorted) after `after_id`, filtered; and the next cursor."""
+        """One page of `ids` (sorted) after `after_id`, filtered (a scan from `after_id`
+        until the page is full); and the next cursor."""
         page: list[JobRecord] = []
         previous = None
         for i in range(bisect_right(ids, after_id) if after_id is not None else 0, len(ids)):
@@ -66,7 +91,8 @@ class _MemoryQueries(_MemoryState):
             previous = job_id
             if job is None or (queue is not None and job.rec.queue != queue):
                 continue
-            if state is not None and job.state != state:
+            if (state is not None and job.state != state) or (
+                    task is not None and job.rec.task != task):
                 continue
             page.append(job.record())
             if len(page) == limit:

@@ -120,9 +120,11 @@ class _Ready:
 
 @attrs.define(eq=False)
 class _Queue:
-    """One queue: its ready entries and how many of its jobs are in each state."""
+    """One queue: its ready entries (in lease order, and `by_due`: `(due_at, seq, id)`,
+    whose live head is the oldest ready job) and how many of its jobs are in each state."""
 
     ready: _Ready
+    by_due: _Heap[tuple[float, int, str]]
     counts: dict[JobState, int] = attrs.Factory(lambda: dict.fromkeys(JobState, 0))
 
 
@@ -215,6 +217,7 @@ class _MemoryState:
         self._gone = 0
         self._fair = FairCredits(nodes_max)
         self._nodes: dict[str, _Node] = {}
+        self._paused_queues: set[str] = set()
         self._seq = 0
 
     # -- moving jobs -------------------------------------------------------------------
@@ -238,7 +241,9 @@ class _MemoryState:
         """Queue a job in its place: (priority, due time, enqueue order)."""
         self._move(job, QUEUED)
         rec = job.rec
-        self._queue(rec.queue).ready.push((-rec.priority, rec.due_at, job.seq, rec.id))
+        queue = self._queue(rec.queue)
+        queue.ready.push((-rec.priority, rec.due_at, job.seq, rec.id))
+        queue.by_due.push((rec.due_at, job.seq, rec.id))
 
     def _schedule(self, job: _Job, due_at: float) -> None:
         self._move(job, SCHEDULED)
@@ -272,12 +277,17 @@ class _MemoryState:
     def _queue(self, name: str) -> _Queue:
         queue = self._queues.get(name)
         if queue is None:
-            queue = self._queues[name] = _Queue(_Ready(self._ready_live))
+            queue = self._queues[name] = _Queue(_Ready(self._ready_live),
+                                                _Heap(self._by_due_live))
         return queue
 
     def _ready_live(self, entry: _Entry) -> bool:
         job = self._jobs.get(entry[3])
         return job is not None and job.state is QUEUED
+
+    def _by_due_live(self, entry: tuple[float, int, str]) -> bool:
+        job = self._jobs.get(entry[2])
+        return job is not None and job.state is QUEUED and job.rec.due_at == entry[0]
 
     def _due_live(self, entry: tuple[float, int, str]) -> bool:
         job = self._jobs.get(entry[2])

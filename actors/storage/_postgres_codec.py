@@ -27,6 +27,7 @@ from gotask._job import JobRecord
 from . import base as b
 from ._backend import Leased, WatchRead
 from ._postgres_cron import CRON_ENCODERS
+from ._postgres_queues import QUEUE_ENCODERS
 from ._postgres_schema import JOB_COLUMNS
 from ._redis_codec import LEASE_PROMOTE_MAX
 
@@ -155,8 +156,8 @@ def _page(rows: Rows, limit: int) -> tuple[tuple[JobRecord, ...], str | None]:
 def _list(cmd: b.ListJobs, s: str, now: float | None) -> Plan:
     sql = (f"SELECT {JOB_COLUMNS} FROM {s}.jobs WHERE ($1::text IS NULL OR queue = $1) "
            "AND ($2::text IS NULL OR state = $2) AND ($3::text IS NULL OR id > $3) "
-           "ORDER BY id LIMIT $4")
-    return Plan(sql, (cmd.queue, cmd.state, cmd.after_id, cmd.limit),
+           "AND ($5::text IS NULL OR task = $5) ORDER BY id LIMIT $4")
+    return Plan(sql, (cmd.queue, cmd.state, cmd.after_id, cmd.limit, cmd.task),
                 lambda rows: b.ListJobsReply(*_page(rows, cmd.limit)))
 
 
@@ -246,7 +247,7 @@ def encode(cmd: object, schema: str, now: float | None, nodes_max: int = 10_000)
         return _scalar(f"SELECT {schema}.register_node($1, $2, $3, $4, $5)",
                        (cmd.node, msgpack.packb(cmd.info), float(cmd.ttl_s), nodes_max, now),
                        b.RegisterNodeReply)
-    cron = CRON_ENCODERS.get(type(cmd))  # cron (issue 15)
+    cron = CRON_ENCODERS.get(type(cmd)) or QUEUE_ENCODERS.get(type(cmd))  # issues 15, 16
     if cron is not None:
         return Plan(*cron(cmd, schema, now))
     encoder = _ENCODERS.get(type(cmd))

@@ -146,14 +146,18 @@ def migrations(schema: str) -> list[tuple[int, str]]:
     """Every migration as (version, SQL) for `schema`, in order."""
     from ._postgres_cron import CRON_SQL
     from ._postgres_functions import FUNCTIONS
+    from ._postgres_queues import QUEUES_SQL, READY_DUE_SQL, TASK_SQL
 
     check_schema(schema)
     return [(1, _render(_TABLES + FUNCTIONS, schema)),
-            (2, _render(CRON_SQL, schema))]  # cron (issue 15)
+            (2, _render(CRON_SQL, schema)),  # cron (issue 15)
+            (3, _render(QUEUES_SQL, schema)),  # paused queues (issue 16)
+            (4, _render(TASK_SQL, schema)),  # listing jobs by task (issue 16)
+            (5, _render(READY_DUE_SQL, schema))]  # the oldest ready job (issue 16)
 
 
 #: The newest migration's version.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 5
 
 
 def migration_script(schema: str) -> str:

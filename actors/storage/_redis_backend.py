@@ -41,13 +41,15 @@ from gotask._errors import ConfigError, StorageError, StorageFull, StorageUnavai
 from ._backend import StorageEvents
 from ._redis_codec import Plan, decode, encode
 from ._redis_cron import CRON_SCRIPTS
+from ._redis_queues import QUEUE_SCRIPTS
 from ._redis_scripts import SCRIPTS as _JOB_SCRIPTS
 
 __all__ = ["Events", "RedisBackend", "RedisSettings"]
 
 log = logging.getLogger("gotask.storage.redis")
-#: Every script the backend loads: the job lifecycle's and the cron block's (issue 15).
-SCRIPTS = {**_JOB_SCRIPTS, **CRON_SCRIPTS}
+#: Every script the backend loads: the job lifecycle's, the cron block's (issue 15) and
+#: the queue block's (issue 16).
+SCRIPTS = {**_JOB_SCRIPTS, **CRON_SCRIPTS, **QUEUE_SCRIPTS}
 
 CONNECT_TIMEOUT_S = 5.0
 SOCKET_TIMEOUT_S = 30.0

@@ -28,6 +28,7 @@ from gotask._job import JobRecord
 from . import base as b
 from ._backend import JOB_OVERHEAD_BYTES, LEASE_REPLY_BYTES_MAX, Leased, WatchRead
 from ._redis_cron import CRON_DECODERS, CRON_ENCODERS
+from ._redis_queues import QUEUE_DECODERS, QUEUE_ENCODERS
 
 __all__ = ["Leased", "Plan", "WatchRead", "decode", "encode", "record", "records"]
 
@@ -203,7 +204,7 @@ _ENCODERS: dict[type, Callable[[Any], Plan]] = {
     b.GetJobs: lambda c: Plan("get", ["", *c.ids]),
     WatchRead: lambda c: Plan("get", ["watch", *c.ids]),
     b.ListJobs: lambda c: Plan("list", [c.queue or "", c.state or "", c.limit,
-                                        c.after_id or "", "ids"]),
+                                        c.after_id or "", "ids", c.task or ""]),
     b.CountJobs: lambda c: Plan("count", []),
     b.RequeueExpired: lambda c: Plan("requeue", [c.limit]),
     b.PromoteDue: lambda c: Plan("promote", [c.limit]),
@@ -223,6 +224,7 @@ def _cron_plan(enc: Callable[[Any], tuple[str, list[Any]]]) -> Callable[[Any], P
 
 
 _ENCODERS.update({cls: _cron_plan(enc) for cls, enc in CRON_ENCODERS.items()})
+_ENCODERS.update({cls: _cron_plan(enc) for cls, enc in QUEUE_ENCODERS.items()})  # issue 16
 
 
 def encode(cmd: object, nodes_max: int = 10_000) -> Plan:
@@ -312,6 +314,7 @@ _DECODERS: dict[str, Callable[[Any, Any], Any]] = {
     "list_nodes": lambda c, r: _nodes(r),
     "expire_nodes": lambda c, r: b.ExpireNodesReply(tuple(sorted(v.decode() for v in r))),
     **CRON_DECODERS,
+    **QUEUE_DECODERS,
 }
 
 

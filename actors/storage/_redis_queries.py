@@ -38,6 +38,7 @@ return out
 
 LIST = r"""
 local queue, state, limit, after, index = ARGV[3], ARGV[4], tonumber(ARGV[5]), ARGV[6], ARGV[7]
+local task = ARGV[8] or ''
 local CHUNK = 512
 local out = {}
 local function scan(q)
@@ -46,7 +47,8 @@ local function scan(q)
     local ids = redis.call('ZRANGEBYLEX', qk(q, index), low, '+', 'LIMIT', 0, CHUNK)
     for _, id in ipairs(ids) do
       local key = qk(q, 'j:' .. id)
-      if state == '' or redis.call('HGET', key, 'state') == state then
+      if (state == '' or redis.call('HGET', key, 'state') == state)
+          and (task == '' or redis.call('HGET', key, 'task') == task) then
         out[#out + 1] = redis.call('HGETALL', key)
         found = found + 1
         if found == limit then return end

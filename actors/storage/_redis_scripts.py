@@ -348,7 +348,9 @@ end
 for _, q in ipairs(queues) do promote_queue(q[1], bound_promote) end
 local live = {}
 for _, q in ipairs(queues) do
-  if has_ready(q[1]) then live[#live + 1] = q end
+  if has_ready(q[1]) and redis.call('SISMEMBER', P .. ':paused', q[1]) == 0 then
+    live[#live + 1] = q
+  end
 end
 while #live > 0 and #out < limit and not full do
   if #live == 1 then

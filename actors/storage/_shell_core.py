@@ -217,7 +217,8 @@ class StorageShellCore(Generic[R]):
                     | b.GetJobs() | b.ListJobs() | b.CountJobs() | b.RequeueExpired() \
                     | b.PromoteDue() | b.PurgeExpired() | b.ListDead() | b.RetryDead() \
                     | b.PurgeDead() | b.RegisterNode() | b.ListNodes() | b.ExpireNodes() \
-                    | b.CronRegister() | b.CronFire() | b.CronList() | b.CronSetPaused():
+                    | b.CronRegister() | b.CronFire() | b.CronList() | b.CronSetPaused() \
+                    | b.SetQueuePaused() | b.QueueInfo():
                 self._note_sent(msg, mono)
                 batch.add(msg, _Reply(request))
             case LeaseWait():
@@ -246,6 +247,7 @@ class StorageShellCore(Generic[R]):
 
         An enqueue (or a cron fire) wakes its queues (on a shared store too, to save a
         round trip), and where no events tell, sets their timers for its delayed jobs;
+        a resumed queue wakes its waits (on a shared store too, as an enqueue does);
         other commands that make jobs ready wake every queue where no events tell which,
         and a nack sets every wait's timer for its earliest retry.
         """
@@ -258,6 +260,9 @@ class StorageShellCore(Generic[R]):
                     self.lot.due_after(job.queue, job.delay_s, mono)
             if ready:
                 self.lot.wake(ready)
+        elif isinstance(cmd, b.SetQueuePaused):
+            if not cmd.paused:
+                self.lot.wake((cmd.queue,))
         elif not self.shared and isinstance(cmd, _MAKES_READY):
             self.lot.wake_all()
             if isinstance(cmd, b.NackJobs):

@@ -222,7 +222,9 @@ class SqliteStorageCore(_SqliteMaintenance, _SqliteCron):
     def _lease(self, cmd: b.LeaseJobs, now: float) -> b.LeaseReply:
         self._promote(now, None)
         conn, limit = self._conn, cmd.limit
-        ready = {q.name: conn.execute(_READY, (q.name, limit)).fetchall() for q in cmd.queues}
+        paused = self._paused_set()
+        ready = {q.name: [] if q.name in paused else conn.execute(_READY, (q.name, limit))
+                 .fetchall() for q in cmd.queues}
         single = len(cmd.queues) == 1
         picked = ready[cmd.queues[0].name] if single else self._fair_pick(cmd, ready)
         expires_at, node = now + cmd.lease_timeout_s, cmd.node

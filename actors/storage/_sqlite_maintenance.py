@@ -149,14 +149,34 @@ class _SqliteMaintenance:
             "SELECT queue, state, n FROM counts WHERE n > 0 ORDER BY queue, state")
         return tuple(b.QueueCount(queue, state, n) for queue, state, n in rows)
 
+    def _set_paused(self, queue: str, paused: bool) -> None:
+        sql = ("INSERT INTO paused_queues (queue) VALUES (?) ON CONFLICT DO NOTHING" if paused
+               else "DELETE FROM paused_queues WHERE queue = ?")
+        self._conn.execute(sql, (queue,))
+
+    def _paused(self) -> tuple[str, ...]:
+        return tuple(sorted(self._paused_set()))
+
+    def _ready_since(self) -> tuple[b.QueueReadySince, ...]:
+        rows = self._conn.execute(
+            "SELECT c.queue, (SELECT min(due_at) FROM jobs WHERE state = 'queued' "
+            "AND queue = c.queue) FROM counts c WHERE c.state = 'queued' AND c.n > 0 "
+            "ORDER BY c.queue")
+        return tuple(b.QueueReadySince(q, since) for q, since in rows if since is not None)
+
+    def _paused_set(self) -> set[str]:
+        return {row[0] for row in self._conn.execute("SELECT queue FROM paused_queues")}
+
     def _list(
-        self, queue: str | None, state: str | None, limit: int, after_id: str | None
+        self, queue: str | None, state: str | None, limit: int, after_id: str | None,
+        task: str | None = None,
     ) -> tuple[tuple[JobRecord, ...], str | None]:
         """One page of jobs ordered by id after `after_id`, filtered; and the next cursor."""
         where, args = ["id > ?"], [after_id if after_id is not None else ""]
-        if queue is not None:
-            where.append("queue = ?")
-            args.append(queue)
+        for column, value in (("queue", queue), ("task", task)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
         if state == "dead":
             where.append("state = 'dead'")  # a literal: the DLQ's partial index applies
         elif state is not None:

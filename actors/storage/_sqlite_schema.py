@@ -40,7 +40,7 @@ __all__ = [
 
 #: `PRAGMA application_id` of a GoTask database: "GTsq".
 APPLICATION_ID = 0x47547371
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 5
 #: Where `sqlite://` (no path) keeps its file, relative to the working directory.
 DEFAULT_PATH = ".gotask/gotask.db"
 _SYNC_MODES = ("FULL", "NORMAL")
@@ -139,8 +139,26 @@ CREATE TABLE cron_entries (
 ) WITHOUT ROWID;
 """
 
+# -- paused queues (issue 16) --
+_SCHEMA_V3_PAUSED = """
+CREATE TABLE paused_queues (
+    queue TEXT PRIMARY KEY
+) WITHOUT ROWID;
+"""
+
+# -- listing jobs by task (issue 16) --
+_SCHEMA_V4_TASK = """
+CREATE INDEX jobs_task ON jobs (task, id);
+"""
+
+# -- the oldest ready job per queue (issue 16) --
+_SCHEMA_V5_READY_DUE = """
+CREATE INDEX jobs_ready_due ON jobs (queue, due_at) WHERE state = 'queued';
+"""
+
 #: Scripts that bring a database from version `i` to `i + 1`; index 0 creates it.
-MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1, _SCHEMA_V2_CRON)
+MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1, _SCHEMA_V2_CRON, _SCHEMA_V3_PAUSED,
+                               _SCHEMA_V4_TASK, _SCHEMA_V5_READY_DUE)
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 

@@ -32,7 +32,8 @@ suite (tests/storage/contract.py). The rules:
   Bigger is a ValueError at construction, so also where a command is decoded.
 
 The messages live in `_base_items` (statuses and items), `_base_replies` and
-`_base_commands` (with the limits); this module re-exports them all and defines the
+`_base_commands` (with the limits), the cron block (`_base_cron`) and the queue block
+(`_base_queues`: paused queues); this module re-exports them all and defines the
 `StorageCore` protocol.
 """
 
@@ -95,6 +96,13 @@ from ._base_items import (
     QueueCount,
     QueueWeight,
     Status,
+)
+from ._base_queues import (
+    QueueInfo,
+    QueueInfoReply,
+    QueueReadySince,
+    SetQueuePaused,
+    SetQueuePausedReply,
 )
 from ._base_replies import (
     AckReply,
@@ -178,6 +186,9 @@ __all__ = [
     "PurgeExpired",
     "PurgeExpiredReply",
     "QueueCount",
+    "QueueInfo",
+    "QueueInfoReply",
+    "QueueReadySince",
     "QueueWeight",
     "RegisterNode",
     "RegisterNodeReply",
@@ -188,6 +199,8 @@ __all__ = [
     "RequeueExpiredReply",
     "RetryDead",
     "RetryDeadReply",
+    "SetQueuePaused",
+    "SetQueuePausedReply",
     "Status",
     "StorageCommand",
     "StorageCore",

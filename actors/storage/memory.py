@@ -11,6 +11,8 @@ Rules of the memory backend (this module and the `_memory_*` modules it is split
   its live size (plus slack), so stale entries cost amortised O(1) and memory stays
   proportional to the live jobs.
   - ready, one per queue: `(-priority, due_at, seq, id)`, live while the job is queued;
+  - by due, one per queue: `(due_at, seq, id)`, live while the job is queued with that
+    due time (its head is the queue's oldest ready job, for `QueueInfo`);
   - due: `(due_at, seq, id)`, live while the job is scheduled with that due time;
   - leases: `(lease_expires_at, id, attempt)`, live while that lease is current; a
     heartbeat that extends a lease leaves the entry, which is pushed again when reached;
@@ -160,6 +162,7 @@ class MemoryStorageCore(_MemoryQueries, _MemoryMaintenance, _MemoryCron):
             self._due.push((rec.due_at, job.seq, rec.id))
         else:
             queue.ready.push((-rec.priority, rec.due_at, job.seq, rec.id))
+            queue.by_due.push((rec.due_at, job.seq, rec.id))
         return rec.id
 
     def _promote(self, now: float, limit: int) -> int:
@@ -175,7 +178,8 @@ class MemoryStorageCore(_MemoryQueries, _MemoryMaintenance, _MemoryCron):
 
     def _lease(self, cmd: b.LeaseJobs, now: float) -> b.LeaseReply:
         self._promote(now, _UNLIMITED)
-        live = [q for q in cmd.queues if self._has_ready(q.name)]
+        paused = self._paused_queues
+        live = [q for q in cmd.queues if q.name not in paused and self._has_ready(q.name)]
         credit = self._fair.of(cmd.node)
         bound = sum(q.weight for q in cmd.queues)
         leased: list[JobRecord] = []

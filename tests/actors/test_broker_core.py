@@ -12,6 +12,7 @@ from gotask import _protocol as proto
 from gotask._app import App, pack_args
 from gotask._errors import ActorNotFound, CallTimeout, RemoteProtocolError, TaskNotFound
 from gotask._job import JobRecord, NewJob
+from gotask._job_metrics import JobsEnqueued
 from gotask._messages import JobChanged, PauseWorkers
 from gotask._messages import UnwatchJobs as StorageUnwatch
 from gotask._messages import WatchJobs as StorageWatch
@@ -103,6 +104,8 @@ def test_enqueues_of_one_batch_go_to_storage_in_one_call_with_task_defaults(
     assert answered == [
         Answer(first, proto.EnqueueReply(("id1", "old"), (True, False))),
         Answer(second, proto.EnqueueReply(("id3",), (True,))),
+        # The metric event: what went to storage, and which of it was stored.
+        JobsEnqueued(call.msg.jobs, (True, False, True)),
     ]
     assert core.calls_in_flight == 0
 
@@ -173,9 +176,6 @@ def test_reads_are_translated_both_ways_and_answered_in_any_order(core: BrokerCo
          proto.CountReply(4)),
         (proto.PurgeDead(("a",)), storage.PurgeDead(("a",)), storage.PurgeDeadReply(1),
          proto.CountReply(1)),
-        (proto.CountQueues(), storage.CountJobs(),
-         storage.CountJobsReply((storage.QueueCount("q", "queued", 2),)),
-         proto.QueuesReply((proto.QueueCount("q", "queued", 2),))),
         (proto.ListNodes(), storage.ListNodes(),
          storage.ListNodesReply((storage.NodeInfo("n1", {"pid": 1}, 1.0, 2.0, 3.0),)),
          proto.NodesReply((proto.NodeInfo("n1", {"pid": 1}, 1.0, 2.0, 3.0),))),
@@ -188,6 +188,40 @@ def test_each_forwarded_request_maps_onto_storage_and_back(
     call = only_call(effects)
     assert call.msg == command
     assert core.handle(CallDone(call.key, reply), 0.0) == [Answer(env, answer)]
+
+
+def test_count_queues_joins_the_counts_with_the_paused_queues(core: BrokerCore) -> None:
+    env, effects = receive(core, proto.CountQueues())
+    call = only_call(effects)
+    assert call.msg == storage.CountJobs()
+    counted = storage.CountJobsReply((storage.QueueCount("q", "queued", 2),))
+    info = only_call(core.handle(CallDone(call.key, counted), 0.0))
+    assert info.msg == storage.QueueInfo()
+    info_reply = storage.QueueInfoReply(5.0, ("idle", "q"), (
+        storage.QueueReadySince("q", 1.5), storage.QueueReadySince("skewed", 6.0)))
+    answer = core.handle(CallDone(info.key, info_reply), 0.0)
+    ages = (proto.QueueAge("q", 3.5), proto.QueueAge("skewed", 0.0))
+    assert answer == [Answer(env, proto.QueuesReply((proto.QueueCount("q", "queued", 2),),
+                                                    ("idle", "q"), ages))]
+
+
+def test_pause_queue_is_stored_cluster_wide(core: BrokerCore) -> None:
+    env, effects = receive(core, proto.PauseQueue("mail", True))
+    call = only_call(effects)
+    assert (call.target, call.msg) == (Target.STORAGE, storage.SetQueuePaused("mail", True))
+    reply = storage.SetQueuePausedReply(("mail",))
+    assert core.handle(CallDone(call.key, reply), 0.0) == [Answer(env, Ok())]
+    env, effects = receive(core, proto.PauseQueue("mail", False))
+    (refusal,) = core.handle(CallDone(only_call(effects).key, Ok()), 0.0)
+    assert isinstance(refusal, Refuse) and isinstance(refusal.error, RemoteProtocolError)
+
+
+@pytest.mark.parametrize("request_msg", [proto.CountQueues(), proto.PauseQueue("q", True)])
+def test_queue_requests_fail_with_their_storage_call(core: BrokerCore,
+                                                    request_msg: object) -> None:
+    env, effects = receive(core, request_msg)
+    error = ValueError("storage said no")
+    assert core.handle(CallFailed(only_call(effects).key, error), 0.0) == [Refuse(env, error)]
 
 
 def test_a_storage_reply_of_the_wrong_kind_is_refused_not_relayed(core: BrokerCore) -> None:

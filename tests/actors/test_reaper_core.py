@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from gotask._job_metrics import LeasesExpired
 from gotask.actors._effects import Call, Called, CallFailed, JobEvent, Log
 from gotask.actors.reaper import EXPIRE, PURGE, REGISTER, REQUEUE, ReaperCore, ReaperTick
 from gotask.actors.storage.base import (
@@ -34,6 +35,7 @@ def test_a_round_runs_every_step_in_order_then_waits_the_interval() -> None:
     reply = RequeueExpiredReply(("a",), (), ())
     assert reaper.handle(Called(REQUEUE, reply), 50.2) == [
         JobEvent("lease expired", "a", detail="queued again"),
+        LeasesExpired(requeued=1),
         Call(STORE, PurgeExpired(1000), PURGE)]
     assert reaper.handle(Called(PURGE, None), 50.3) == [Call(STORE, ExpireNodes(), EXPIRE)]
     assert reaper.handle(Called(EXPIRE, None), 50.4) == []
@@ -50,11 +52,12 @@ def test_a_full_requeue_batch_requeues_again_and_dead_jobs_are_logged() -> None:
     assert effects[:2] == [
         JobEvent("lease expired", "a", detail="queued again"),
         JobEvent("lease expired", "b", detail="out of attempts: moved to the dead-letter queue")]
-    assert isinstance(effects[2], Log) and "b" in effects[2].text
-    assert effects[3] == Call(STORE, RequeueExpired(2), REQUEUE)
+    assert effects[2] == LeasesExpired(requeued=1, dead=1)
+    assert isinstance(effects[3], Log) and "b" in effects[3].text
+    assert effects[4] == Call(STORE, RequeueExpired(2), REQUEUE)
     effects = reaper.handle(Called(REQUEUE, RequeueExpiredReply((), (), ("c",))), 0.2)
     assert effects == [JobEvent("lease expired", "c", detail="cancelled, as was asked"),
-                       Call(STORE, PurgeExpired(2), PURGE)]
+                       LeasesExpired(cancelled=1), Call(STORE, PurgeExpired(2), PURGE)]
 
 
 def test_a_failed_step_ends_the_round_with_a_warning() -> None:

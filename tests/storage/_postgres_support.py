@@ -29,7 +29,7 @@ START_S = 1_700_000_000.0
 DSN = os.environ.get("GOTASK_TEST_POSTGRES_DSN",
                      "postgresql://postgres@127.0.0.1:5432/gotask_test")
 _schemas = itertools.count(1)
-_TABLES = ("jobs", "counts", "count_deltas", "fair", "nodes", "cron_entries")
+_TABLES = ("jobs", "counts", "count_deltas", "fair", "nodes", "cron_entries", "paused_queues")
 
 
 async def _ensure_database() -> None:

@@ -68,6 +68,7 @@ from gotask.actors.storage.base import (
 from gotask.runtime.world import encode_id
 
 from .contract_cron import CronContract
+from .contract_queues import QueueContract
 
 __all__ = ["StorageContract", "StorageHarness", "make_state_machine"]
 
@@ -155,7 +156,7 @@ def kill(s: StorageHarness, max_attempts: int = 1, queue: str = "default") -> st
     return job_id
 
 
-class StorageContract(CronContract):
+class StorageContract(CronContract, QueueContract):
     """The contract every storage backend passes; needs a `storage` fixture."""
 
     # -- enqueue and read -------------------------------------------------------------

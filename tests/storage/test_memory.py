@@ -62,7 +62,7 @@ def test_every_command_and_reply_is_a_registered_message() -> None:
     # The contract's messages are defined in base's private modules and re-exported by it.
     package = base.__name__.rpartition(".")[0]
     messages = [c for c in classes if attrs.has(c) and c.__module__.startswith(package)]
-    assert len(messages) == 56
+    assert len(messages) == 61
     for cls in messages:
         tag = tag_of(cls)
         assert tag.startswith("s.") and REGISTRY[tag] is cls

@@ -11,6 +11,7 @@ import functools
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
@@ -31,7 +32,7 @@ from gotask._messages import (
     WatchJobs,
 )
 from gotask._protocol import Enqueue, JobSpec, WaitJobs
-from gotask._server import open_server
+from gotask._server import Server, open_server
 from gotask.actors.storage._postgres_backend import PostgresBackend, parse_events
 from gotask.actors.storage._postgres_schema import SCHEMA_VERSION
 from gotask.actors.storage._postgres_settings import PostgresSettings, applied_versions
@@ -56,6 +57,7 @@ from gotask.actors.storage.postgres import (
 from gotask.config import NodeConfig
 from gotask.runtime import Address, open_node
 
+from ._cluster_pause import pause_holds_on_both_nodes
 from ._postgres_support import DSN, drop_schema, unique_schema, unreachable, url_for
 from .contract import new_job
 from .shell_contract import Actor, StorageShellContract
@@ -107,7 +109,7 @@ def test_migrations_apply_once_when_nodes_start_together(schema: str) -> None:
         return list(await asyncio.gather(*(migrate(url_for(schema)) for _ in range(4))))
 
     results = asyncio.run(main())
-    every = list(range(1, SCHEMA_VERSION + 1))  # 1: jobs, 2: cron (issue 15)
+    every = list(range(1, SCHEMA_VERSION + 1))  # 1: jobs, 2: cron, 3: paused queues, 4-5: indexes
     assert sorted(results) == [[], [], [], every]
 
     async def versions() -> set[int]:
@@ -414,12 +416,19 @@ async def add(x: int, y: int) -> int:
     return x + y
 
 
-async def test_two_nodes_share_jobs_through_postgres(schema: str) -> None:
+@asynccontextmanager
+async def two_nodes(schema: str) -> AsyncIterator[tuple[Server, Server]]:
+    """Nodes "a" and "b" working queue "sums" on one schema."""
     url = url_for(schema)
     config_a = NodeConfig(app=app, name="a", storage=url, listen=None, queues=(("sums", 1),))
     config_b = NodeConfig(app=app, name="b", storage=url, listen=None, queues=(("sums", 1),))
     async with open_server(config_a, listen=False) as a, \
             open_server(config_b, listen=False) as b:
+        yield a, b
+
+
+async def test_two_nodes_share_jobs_through_postgres(schema: str) -> None:
+    async with two_nodes(schema) as (a, b):
         item = JobSpec("add", pack_args([2, 3], {}))
         ids = (await a.node.call(a.broker, Enqueue((item,) * 200))).ids
         started = trio.current_time()
@@ -430,6 +439,11 @@ async def test_two_nodes_share_jobs_through_postgres(schema: str) -> None:
         assert {msgpack.unpackb(j.result) for j in done.jobs if j is not None} == {5}
         counts = await a.node.call(a.storage, CountJobs())
         assert counts.counts == (QueueCount("sums", "succeeded", 200),)
+
+
+async def test_a_queue_paused_through_one_node_waits_on_both_until_resumed(schema: str) -> None:
+    async with two_nodes(schema) as (a, b):
+        await pause_holds_on_both_nodes(a, b, "sums")
 
 
 def test_adjacent_enqueues_and_acks_of_a_batch_answer_as_one_by_one(schema: str) -> None:

@@ -47,11 +47,13 @@ from gotask.actors.storage.base import (
     ListNodes,
     QueueWeight,
     RegisterNode,
+    SetQueuePaused,
 )
 from gotask.actors.storage.redis import delete_prefix, open_redis_storage, run_redis_storage
 from gotask.config import NodeConfig
 from gotask.runtime import Address, open_node
 
+from ._cluster_pause import pause_holds_on_both_nodes
 from .contract import StorageContract, make_state_machine, new_job
 from .shell_contract import Actor, StorageShellContract
 
@@ -199,6 +201,26 @@ def test_events_name_only_the_jobs_a_watcher_read(harness: RedisHarness) -> None
     seen += published_ids()
     pubsub.close()
     assert seen == [watched.id, watched.id]  # leased, then succeeded; never the other
+
+
+def test_resuming_a_queue_publishes_it_as_ready(harness: RedisHarness) -> None:
+    prefix = RedisSettings.from_url(harness.url).prefix
+    pubsub = redis.Redis.from_url(REDIS_URL).pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(f"{prefix}:events")
+    pubsub.get_message(timeout=0.2)
+
+    def ready_queues() -> list[str]:
+        queues = []
+        while (message := pubsub.get_message(timeout=0.2)) is not None:
+            queues += [q.decode() for q in msgpack.unpackb(message["data"], raw=True)[2]]
+        return queues
+
+    harness.execute(SetQueuePaused("mail", True))
+    harness.execute(SetQueuePaused("sms", False))  # was not paused: nothing to tell
+    assert ready_queues() == []
+    harness.execute(SetQueuePaused("mail", False))
+    assert ready_queues() == ["mail"]
+    pubsub.close()
 
 
 def test_a_batch_runs_in_order_in_one_call(harness: RedisHarness) -> None:
@@ -377,6 +399,18 @@ app = App("redis-cluster-tests")
 @app.task(name="add")
 async def add(x: int, y: int) -> int:
     return x + y
+
+
+async def test_a_queue_paused_through_one_node_waits_on_both_until_resumed() -> None:
+    url = unique_url("pause")
+    try:
+        async with open_server(NodeConfig(app=app, name="a", storage=url, listen=None),
+                               listen=False) as a, \
+                open_server(NodeConfig(app=app, name="b", storage=url, listen=None),
+                            listen=False) as b:
+            await pause_holds_on_both_nodes(a, b, "default")
+    finally:
+        delete_prefix(url)
 
 
 async def test_two_nodes_share_jobs_through_redis() -> None:

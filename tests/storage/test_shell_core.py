@@ -47,6 +47,8 @@ from gotask.actors.storage.base import (
     NackJobs,
     QueueWeight,
     ReleaseJobs,
+    SetQueuePaused,
+    SetQueuePausedReply,
 )
 from gotask.actors.storage.memory import MemoryStorageCore
 from gotask.runtime import Address, Ok
@@ -153,6 +155,19 @@ def test_an_enqueue_to_another_queue_or_a_delayed_job_does_not_wake_it() -> None
     assert h.core.next_wakeup() == pytest.approx(4.0)
     effects = h.run(mono=4.0)
     assert len(answers(effects)["lw"].jobs) == 1
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_resuming_a_queue_relets_its_parked_leases_in_the_same_batch(shared: bool) -> None:
+    h = Harness(shared=shared)
+    h.run(("p", SetQueuePaused("q", True)), ("enq", EnqueueJobs((job("q", "j1"),))))
+    h.run(("lw", LeaseWait(lease("q"), 10.0)), ("lo", LeaseWait(lease("other"), 10.0)))
+    assert h.run(("p", SetQueuePaused("other", True)), mono=1.0) == [
+        Answer("p", SetQueuePausedReply(("other", "q")))]  # a pause wakes nothing
+    effects = h.run(("r", SetQueuePaused("q", False)), mono=2.0)
+    assert h.batches[-1].cmds == [SetQueuePaused("q", False), lease("q")]
+    assert [j.id for j in answers(effects)["lw"].jobs] == ["j1"]
+    assert "lo" not in answers(effects)
 
 
 @pytest.mark.parametrize("timed", [True, False])

@@ -273,7 +273,7 @@ def test_an_illegal_move_is_refused_by_the_schema(harness: SqliteHarness) -> Non
 
 def test_a_version_1_database_gains_the_cron_table_and_keeps_its_jobs(tmp_path: Path) -> None:
     from gotask.actors.storage._sqlite_schema import MIGRATIONS, _statements
-    from gotask.actors.storage.base import CronDef, CronList, CronRegister
+    from gotask.actors.storage.base import CronDef, CronList, CronRegister, SetQueuePaused
 
     path = tmp_path / "v1.db"
     raw = sqlite3.connect(path, isolation_level=None)
@@ -287,12 +287,32 @@ def test_a_version_1_database_gains_the_cron_table_and_keeps_its_jobs(tmp_path: 
     raw.close()
     conn, lock = open_database(SqliteSettings(path))
     try:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
         core = SqliteStorageCore(conn)
         assert core.handle(GetJobs((job.id,)), START_S).jobs[0] is not None
         core.handle(CronRegister("n1", (CronDef("e", "E"),)), START_S)
+        assert core.handle(SetQueuePaused("q", True), START_S).paused == ("q",)
         assert [s.name for s in core.handle(CronList(), START_S).states] == ["e"]
         core.commit()
+    finally:
+        conn.close()
+        lock.close()
+
+
+def test_paused_queues_survive_a_restart(tmp_path: Path) -> None:
+    from gotask.actors.storage.base import QueueInfo, SetQueuePaused
+
+    settings = SqliteSettings(tmp_path / "paused.db")
+    conn, lock = open_database(settings)
+    core = SqliteStorageCore(conn)
+    core.handle(SetQueuePaused("mail", True), START_S)
+    core.handle(EnqueueJobs((new_job("mail"),)), START_S)
+    core.commit()
+    conn.close()
+    lock.close()
+    conn, lock = open_database(settings)
+    try:
+        assert SqliteStorageCore(conn).handle(QueueInfo(), START_S).paused == ("mail",)
     finally:
         conn.close()
         lock.close()

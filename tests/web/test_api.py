@@ -89,7 +89,8 @@ async def test_queues_dlq_and_nodes(http: httpx.AsyncClient) -> None:
         job = (await http.get(f"/api/v1/jobs/{job_id}/wait")).json()
         assert job["state"] == "dead" and job["error_type"] == "ValueError"
     queues = (await http.get("/api/v1/queues")).json()["queues"]
-    assert queues == [{"name": "default", "counts": {"dead": 3}}]
+    assert queues == [{"name": "default", "counts": {"dead": 3}, "paused": False,
+                       "oldest_ready_age_s": None}]
     page = (await http.get("/api/v1/dlq", params={"queue": "default"})).json()
     assert sorted(j["id"] for j in page["jobs"]) == sorted(dead)
     assert (await http.post(f"/api/v1/dlq/{dead[0]}/retry")).json() == {"count": 1}

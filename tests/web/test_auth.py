@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import os
-import ssl
 import subprocess
 import sys
 from pathlib import Path
 
 import httpx
 import pytest
-import trustme
 
 from gotask._errors import ConfigError
 from gotask._server import Server, open_server
 from gotask.web.serve import read_token
 
-from .conftest import TOKEN, node_config
+from .conftest import TOKEN, node_config, tls_files
 
 ROUTES = [("GET", "/api/v1/queues"), ("POST", "/api/v1/jobs"), ("GET", "/api/v1/openapi.json"),
           ("DELETE", "/api/v1/dlq"), ("GET", "/api/v1/jobs/x")]
@@ -83,15 +81,8 @@ def test_the_node_process_refuses_a_public_http_bind_without_a_token() -> None:
 
 
 async def test_https_with_a_certificate(tmp_path: Path) -> None:
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1")
-    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert.cert_chain_pems[0].write_to_path(str(cert_path))
-    cert.private_key_pem.write_to_path(str(key_path))
-    config = node_config(http_tls=(str(cert_path), str(key_path)))
-    async with open_server(config) as srv:
+    files, ssl_ctx = tls_files(tmp_path)
+    async with open_server(node_config(http_tls=files)) as srv:
         assert str(srv.http_url).startswith("https://")
-        ssl_ctx = ssl.create_default_context()
-        ca.configure_trust(ssl_ctx)
         async with httpx.AsyncClient(base_url=str(srv.http_url), verify=ssl_ctx) as client:
             assert (await client.get("/healthz")).json() == {"status": "ok"}

@@ -35,3 +35,16 @@ async def test_errors_are_counted(server: Server) -> None:
     result = await bench_http.run(str(server.http_url), b"wrong-token-0123456789", rate=20,
                                   duration_s=0.25, body={"task": "add", "args": [1, 2]})
     assert (result["requests"], result["errors"]) == (5, 5)
+
+
+async def test_fill_spreads_delayed_jobs_and_gets_are_timed(server: Server,
+                                                           http: httpx.AsyncClient) -> None:
+    await bench_http.fill(str(server.http_url), TOKEN.encode(), jobs=30, queues=3,
+                          body={"task": "add", "args": [1, 2]})
+    queues = (await http.get("/api/v1/queues")).json()
+    result = await bench_http.time_gets(str(server.http_url), TOKEN.encode(),
+                                        "/api/v1/queues", count=5)
+    assert (result["requests"], result["errors"]) == (5, 0) and result["bytes"] > 0
+    assert 0 < result["p50_ms"] <= result["max_ms"]
+    ready = {q["name"]: q["counts"].get("queued") for q in queues["queues"]}
+    assert ready == {"bench-0": 10, "bench-1": 10, "bench-2": 10}  # nobody works them

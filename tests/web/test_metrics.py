@@ -36,6 +36,12 @@ async def test_metrics_match_a_known_workload(http: httpx.AsyncClient) -> None:
     assert jobs("default", "queued") == jobs("default", "scheduled") == 0
     assert jobs("other", "queued") == N_LATER  # this node does not work "other"
     assert jobs("other", "active") == jobs("other", "dead") == 0
+
+    def age(queue: str) -> float:
+        return samples[("gotask_queue_oldest_ready_age_seconds", (("queue", queue),))]
+
+    assert age("default") == 0  # nothing queued
+    assert age("other") > 0  # its jobs wait: nobody works "other"
     assert 0 < samples[("gotask_storage_roundtrip_seconds", ())] < 10
     assert samples[("process_resident_memory_bytes", ())] > 0
 

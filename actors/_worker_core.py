@@ -33,6 +33,7 @@ from typing import Any, assert_never
 
 import attrs
 
+from gotask._app import ProcessLimits
 from gotask._job import RESULT_BYTES_MAX, JobRecord, LeaseToken
 from gotask._messages import CancelRunning, Drain, PauseWorkers, RunJobs, SlotsFreed
 from gotask.runtime import Address, Envelope, Ok, Respond, Send
@@ -85,6 +86,8 @@ class WorkerConfig:
     flushers: int = 1
     #: Largest encoded result kept; a larger one fails its job (`ResultTooLarge`).
     result_bytes_max: int = RESULT_BYTES_MAX
+    #: Child processes of `isolation="process"` tasks (`_worker_process`).
+    processes: ProcessLimits = attrs.Factory(ProcessLimits)
 
 
 @attrs.frozen

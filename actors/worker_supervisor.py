@@ -6,10 +6,12 @@ Rules of this module (the shell; the decisions and their rules are in `_worker_c
   context switch (it checkpoints every few jobs so others get to run). Finishing a job
   is a plain call into the core; the core is woken by one `OutcomesReady` message per
   flush decision, not per job.
-- Async tasks run in the worker's trio task; sync tasks in threads under a capacity
-  limit. A timeout or a cancellation of a sync task abandons its thread (Python cannot
+- Async tasks run in the worker's trio task (or, with `loop="asyncio"`, in the node's
+  asyncio loop: `_worker_runners`); sync tasks in threads under a capacity limit.
+  A timeout or a cancellation of a sync task abandons its thread (Python cannot
   kill one): the job is settled at once, the thread's eventual result is ignored, and
   the thread is replaced, within bounds (`_worker_threads`).
+- Sync tasks with `isolation="process"` run in child processes (`_worker_process`).
 - A job is cancelled (a `CancelJob` effect) through the cancel scope it runs under, or
   through the flag that `current_job().cancelled` reads in a thread.
 - With the node's `JobMetrics`, each settled attempt (outcome, run time, pickup latency
@@ -40,6 +42,8 @@ from . import _job_log
 from ._shell import Shell
 from ._worker_core import WORKER_MSGS, OutcomesReady, Running, Settled, WorkerConfig, WorkerCore
 from ._worker_outcomes import ack, cancelled, nack, settled_outcome
+from ._worker_process import ChildTaskFailed
+from ._worker_runners import Runners
 from ._worker_threads import ThreadBook, run_in_thread
 from .storage.base import NackItem, Outcome, ProgressItem
 
@@ -66,6 +70,8 @@ class _Pool:
     #: The cancel scope of every attempt running now, by (job id, attempt).
     scopes: dict[tuple[str, int], trio.CancelScope] = attrs.Factory(dict)
     metrics: JobMetrics | None = None
+    runners: Runners = attrs.Factory(Runners)
+    token: trio.lowlevel.TrioToken = attrs.Factory(trio.lowlevel.current_trio_token)
 
     @property
     def world(self) -> World:
@@ -109,16 +115,20 @@ async def run_workers(
     of `config.threads` threads, as many replaceable); `metrics` counts the jobs run."""
     core = WorkerCore(ctx.node.name, storage, dispatcher, config)
     book = threads or thread_book(config.threads)
-    pool = _Pool(ctx, app, core, book, metrics=metrics)
+    pool = _Pool(ctx, app, core, book, metrics=metrics, runners=Runners(config.processes))
     if metrics is not None:
         metrics.slots_total = config.concurrency
         metrics.slots_busy = lambda: len(pool.scopes)
-    async with trio.open_nursery() as nursery:
-        for _ in range(config.concurrency):
-            nursery.start_soon(_worker, pool)
-        task_status.started()
-        await Shell(ctx, nursery, log, WORKER_MSGS, runner=pool).serve(core)
-        nursery.cancel_scope.cancel()
+    try:
+        async with trio.open_nursery() as nursery:
+            for _ in range(config.concurrency):
+                nursery.start_soon(_worker, pool)
+            task_status.started()
+            await Shell(ctx, nursery, log, WORKER_MSGS, runner=pool).serve(core)
+            nursery.cancel_scope.cancel()
+    finally:
+        with trio.CancelScope(shield=True):
+            await pool.runners.aclose()
 
 
 def thread_book(threads: int) -> ThreadBook:
@@ -194,7 +204,7 @@ async def _run(pool: _Pool, scope: trio.CancelScope, run: Running) -> Settled:
     key = (record.id, record.attempt)
     pool.scopes[key] = scope
     try:
-        result = await _call(pool, task, args, kwargs)
+        result = await _call(pool, task, args, kwargs, jctx)
     except Exception as exc:
         return _failed(pool, record, task, exc)
     except BaseException as exc:
@@ -220,25 +230,34 @@ def _only_cancelled(exc: BaseException) -> bool:
     return isinstance(exc, trio.Cancelled)
 
 
-async def _call(pool: _Pool, task: Any, args: list[Any], kwargs: dict[str, Any]) -> Any:
+async def _call(pool: _Pool, task: Any, args: list[Any], kwargs: dict[str, Any],
+                jctx: JobContext) -> Any:
+    if task.is_async and task.loop == "asyncio":
+        return await pool.runners.run_asyncio(task.fn, args, kwargs, jctx)
     if task.is_async:
         return await task.fn(*args, **kwargs)
+    if task.isolation == "process":
+        return await pool.runners.run_process(task, args, kwargs, jctx)
     return await run_in_thread(pool.threads, functools.partial(task.fn, *args, **kwargs))
 
 
 def _failed(pool: _Pool, record: JobRecord, task: Any, exc: Exception) -> NackItem:
     delay = decide(exc, record.attempt, pool.world.rng, task.retry, task.retry_rules)
     outcome = Outcome.DEAD if delay is None else Outcome.RETRY
-    return nack(record, exc, delay, outcome)
+    item = nack(record, exc, delay, outcome)
+    if isinstance(exc, ChildTaskFailed):  # keep the child's type name and traceback
+        return attrs.evolve(item, error_type=exc.type_name, traceback=exc.tb)
+    return item
 
 
 def _report(pool: _Pool, record: JobRecord, fraction: float, message: str) -> None:
-    # Called from the job: from trio directly, or from its thread through trio's token.
+    # Called from the job: from trio directly, or from its thread or the asyncio loop
+    # through trio's token (without waiting: a loop of thousands of jobs must not block).
     item = ProgressItem(record.id, record.attempt, fraction, message)
     try:
         trio.lowlevel.current_task()
     except RuntimeError:
-        trio.from_thread.run_sync(_reported, pool, item)
+        pool.token.run_sync_soon(_reported, pool, item)
         return
     _reported(pool, item)
 

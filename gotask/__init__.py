@@ -13,10 +13,12 @@ from gotask._lazy import lazy_exports
 if TYPE_CHECKING:
     from gotask._app import App as App
     from gotask._app import JobContext as JobContext
+    from gotask._app import ProcessLimits as ProcessLimits
     from gotask._app import Task as Task
     from gotask._app import current_job as current_job
     from gotask._client_async import AsyncClient as AsyncClient
     from gotask._client_sync import Client as Client
+    from gotask._errors import ChildDied as ChildDied
     from gotask._errors import ConfigError as ConfigError
     from gotask._errors import ConnectionLost as ConnectionLost
     from gotask._errors import GoTaskError as GoTaskError
@@ -44,6 +46,7 @@ __version__ = "0.1.0"
 __all__ = [
     "App",
     "AsyncClient",
+    "ChildDied",
     "Client",
     "ConfigError",
     "ConnectionLost",
@@ -59,6 +62,7 @@ __all__ = [
     "JobTimeout",
     "NodeUnavailable",
     "NonRetryable",
+    "ProcessLimits",
     "ReplyTooLarge",
     "ResultTooLarge",
     "Retry",
@@ -74,11 +78,12 @@ __all__ = [
 __getattr__ = lazy_exports(
     __name__,
     {
-        "gotask._app": ("App", "JobContext", "Task", "current_job"),
+        "gotask._app": ("App", "JobContext", "ProcessLimits", "Task", "current_job"),
         "gotask._client_async": ("AsyncClient",),
         "gotask._client_sync": ("Client",),
         "gotask._errors": (
-            "ConfigError", "ConnectionLost", "GoTaskError", "InvalidArguments", "JobCancelled",
+            "ChildDied", "ConfigError", "ConnectionLost", "GoTaskError", "InvalidArguments",
+            "JobCancelled",
             "JobError", "JobFailed", "JobNotFound", "JobTimeout", "NodeUnavailable",
             "NonRetryable", "ReplyTooLarge", "ResultTooLarge", "Retry", "StorageError",
             "TaskNotFound", "WaitTimeout",

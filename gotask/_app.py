@@ -5,8 +5,10 @@ Rules of this module:
   job or a client supplies; the operator chooses the app module when starting a node.
 - Arguments are msgpack values (nil, bool, int, float, str, bytes, lists, string-keyed
   maps). `pack_args` refuses anything else with `InvalidArguments`, before enqueue.
-- Task functions are sync (run in a thread) or `async def` (run in trio). Inside either,
-  `current_job()` gives the job's id, attempt, progress reporting and cancellation.
+- Task functions are sync (run in a thread, or a child process with
+  `isolation="process"`) or `async def` (run in trio, or in the node's asyncio loop with
+  `loop="asyncio"`). Inside any, `current_job()` gives the job's id, attempt, progress
+  reporting and cancellation.
 """
 
 from __future__ import annotations
@@ -26,13 +28,18 @@ from gotask._errors import InvalidArguments, TaskNotFound
 from gotask._job import ARGS_BYTES_MAX, check_job_fields
 from gotask._retry import RetryPolicy, RetryRule
 
-__all__ = ["App", "JobContext", "Task", "current_job", "pack_args", "unpack_args"]
+__all__ = ["App", "JobContext", "ProcessLimits", "Task", "current_job", "pack_args",
+           "unpack_args"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:-]{0,127}$")
 DEFAULT_RETRY = RetryPolicy()
 #: What a cron entry's `options` may set on its jobs.
 _CRON_JOB_OPTIONS = {"max_attempts", "timeout_s", "result_ttl_s"}
+#: Event loops an `async def` task may run on.
+LOOPS = ("trio", "asyncio")
+#: Where a sync task may run: a thread of the node, or a child process.
+ISOLATIONS = ("thread", "process")
 
 
 @attrs.frozen
@@ -49,6 +56,10 @@ class Task:
     retry_rules: tuple[RetryRule, ...] = ()
     timeout_s: float | None = None
     result_ttl_s: float = 86_400.0
+    #: The event loop of an `async def` task: "trio" or "asyncio".
+    loop: str = "trio"
+    #: Where a sync task runs: "thread" or "process".
+    isolation: str = "thread"
     signature: inspect.Signature = attrs.field(
         init=False, eq=False, repr=False,
         default=attrs.Factory(lambda task: inspect.signature(task.fn), takes_self=True))
@@ -73,6 +84,36 @@ class Task:
             raise InvalidArguments(f"task {self.name!r}: {exc}") from None
 
 
+@attrs.frozen
+class ProcessLimits:
+    """The child processes of a node's `isolation="process"` tasks.
+
+    Args:
+        children: children running jobs at once (one job each).
+        max_jobs_per_child: jobs after which a child is replaced (None: no limit).
+        max_rss_mb_per_child: resident memory in MiB past which a child is replaced
+            after its job (None: no limit).
+        kill_grace_s: seconds between SIGTERM and SIGKILL when a child is stopped, and
+            that a cancelled job's child has to answer before it is stopped.
+    """
+
+    children: int = 2
+    max_jobs_per_child: int | None = None
+    max_rss_mb_per_child: float | None = None
+    kill_grace_s: float = 2.0
+
+    def __attrs_post_init__(self) -> None:
+        if not 1 <= self.children <= 1000:
+            raise ValueError(f"children must be 1-1000, got {self.children}")
+        if self.max_jobs_per_child is not None and self.max_jobs_per_child < 1:
+            raise ValueError(f"max_jobs_per_child must be >= 1, got {self.max_jobs_per_child}")
+        if self.max_rss_mb_per_child is not None and self.max_rss_mb_per_child <= 0:
+            raise ValueError("max_rss_mb_per_child must be > 0, "
+                             f"got {self.max_rss_mb_per_child}")
+        if not 0 <= self.kill_grace_s <= 3600:
+            raise ValueError(f"kill_grace_s must be 0-3600, got {self.kill_grace_s}")
+
+
 def _positional_range(signature: inspect.Signature) -> tuple[int, int] | None:
     params = signature.parameters.values()
     if any(p.kind is not inspect.Parameter.POSITIONAL_OR_KEYWORD for p in params):
@@ -90,8 +131,12 @@ class App:
         def send_receipt(order_id: int) -> None: ...
     """
 
-    def __init__(self, name: str = "gotask") -> None:
+    def __init__(self, name: str = "gotask", *, loop: str = "trio") -> None:
+        if loop not in LOOPS:
+            raise ValueError(f"loop must be one of {', '.join(LOOPS)}, got {loop!r}")
         self.name = name
+        #: The loop of `async def` tasks that do not name one.
+        self.loop = loop
         self._tasks: dict[str, Task] = {}
         self._crons: dict[str, CronEntry] = {}
 
@@ -108,7 +153,9 @@ class App:
         (`send_receipt`), as Dramatiq names actors; two tasks with one name are refused.
 
         Options: name, queue, priority, max_attempts, retry (a RetryPolicy or None for
-        no retry), retry_rules (tuple of RetryRule), timeout_s, result_ttl_s.
+        no retry), retry_rules (tuple of RetryRule), timeout_s, result_ttl_s, loop
+        ("trio" or "asyncio", for `async def` tasks; default: the App's `loop`),
+        isolation ("thread" or "process", for sync tasks; see docs/tasks.md).
 
         Raises:
             ValueError: a bad option value or a name registered twice.
@@ -132,7 +179,11 @@ class App:
         if unknown:
             raise TypeError(f"unknown task option(s): {', '.join(sorted(unknown))}")
         _check_options(options)
-        task = Task(name=name, fn=fn, is_async=inspect.iscoroutinefunction(fn), **options)
+        is_async = inspect.iscoroutinefunction(fn)
+        _check_runner(name, fn, is_async, options)
+        if is_async:
+            options.setdefault("loop", self.loop)
+        task = Task(name=name, fn=fn, is_async=is_async, **options)
         self._tasks[name] = task
         return task
 
@@ -228,6 +279,25 @@ class App:
     def cron_entries(self) -> list[CronEntry]:
         """Declared cron entries, sorted by name."""
         return [self._crons[name] for name in sorted(self._crons)]
+
+
+def _check_runner(name: str, fn: Callable[..., Any], is_async: bool,
+                  options: Mapping[str, Any]) -> None:
+    """Refuse a loop or an isolation the function cannot run with."""
+    loop, isolation = options.get("loop", "trio"), options.get("isolation", "thread")
+    if loop not in LOOPS:
+        raise ValueError(f"task {name!r}: loop must be one of {', '.join(LOOPS)}, got {loop!r}")
+    if isolation not in ISOLATIONS:
+        raise ValueError(f"task {name!r}: isolation must be one of {', '.join(ISOLATIONS)}, "
+                         f"got {isolation!r}")
+    if loop != "trio" and not is_async:
+        raise ValueError(f"task {name!r}: loop={loop!r} needs an async def function")
+    if isolation == "process":
+        if is_async:
+            raise ValueError(f"task {name!r}: isolation='process' needs a sync function")
+        if fn.__module__ == "__main__" or "<" in fn.__qualname__:
+            raise ValueError(f"task {name!r}: isolation='process' needs a function defined "
+                             "at the top level of an importable module")
 
 
 def _check_options(options: Mapping[str, Any]) -> None:

@@ -221,7 +221,12 @@ class JobTimeout(JobError, TimeoutError):
     """A job ran longer than its task's `timeout_s`."""
 
 
-__all__ += ["JobCancelled", "JobTimeout"]
+class ChildDied(JobError):
+    """The child process running an `isolation="process"` job died (a crash, a signal,
+    `os._exit`); the attempt failed and the pool starts a new child."""
+
+
+__all__ += ["ChildDied", "JobCancelled", "JobTimeout"]
 
 
 # -- the client library -------------------------------------------------------------

@@ -24,6 +24,7 @@ from typing import Any
 
 import trio
 
+from gotask._app import ProcessLimits
 from gotask._errors import ConfigError, GoTaskError
 from gotask._logging import setup_logging
 from gotask._node_settings import resolve
@@ -80,6 +81,7 @@ def config_from_settings(s: Mapping[str, Any]) -> NodeConfig:
         grpc=parse_hostport(s["grpc"], "--grpc") if s["grpc"] else None,
         grpc_tls=_tls(s["grpc_tls_cert"], s["grpc_tls_key"], "--grpc"),
         threads=s["threads"],
+        processes=_process_limits(s),
         lease_timeout_s=s["lease_timeout"],
         heartbeat_s=s["heartbeat"],
         grace_s=s["grace"],
@@ -91,6 +93,15 @@ def config_from_settings(s: Mapping[str, Any]) -> NodeConfig:
         result_bytes_max=s["max_result_bytes"],
         batch_jobs_max=s["max_batch_jobs"],
     )
+
+
+def _process_limits(s: Mapping[str, Any]) -> ProcessLimits:
+    try:
+        return ProcessLimits(children=s["children"], max_jobs_per_child=s["max_jobs_per_child"],
+                             max_rss_mb_per_child=s["max_rss_mb_per_child"])
+    except ValueError as exc:
+        name, rest = str(exc).split(" ", 1)  # "max_jobs_per_child must be ..."
+        raise ConfigError(f"--{name.replace('_', '-')} {rest}") from None
 
 
 def _tls(cert: str | None, key: str | None, face: str) -> tuple[str, str] | None:

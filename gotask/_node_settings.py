@@ -64,6 +64,12 @@ SETTINGS: dict[str, Setting] = {
     "grpc_tls_cert": Setting(None, str, "serve gRPC over TLS with this certificate", "PATH"),
     "grpc_tls_key": Setting(None, str, "the key of --grpc-tls-cert", "PATH"),
     "threads": Setting(16, int, "threads for sync tasks (default 16)", "N"),
+    "children": Setting(2, int, "child processes for isolation=\"process\" tasks "
+                        "(default 2)", "N"),
+    "max_jobs_per_child": Setting(None, int, "replace a child after this many jobs "
+                                  "(default: never)", "N"),
+    "max_rss_mb_per_child": Setting(None, float, "replace a child whose resident memory "
+                                    "passes this after a job (default: never)", "MIB"),
     "lease_timeout": Setting(30.0, float,
                              "seconds a lease lasts without a heartbeat (default 30)", "S"),
     "heartbeat": Setting(10.0, float, "seconds between lease heartbeats (default 10)", "S"),

@@ -236,7 +236,8 @@ async def _start_actors(server: Server) -> None:
         config=WorkerConfig(concurrency=config.concurrency, threads=config.threads,
                             lease_timeout_s=config.lease_timeout_s,
                             heartbeat_s=config.heartbeat_s, flushers=1 if local else 3,
-                            result_bytes_max=config.result_bytes_max)))
+                            result_bytes_max=config.result_bytes_max,
+                            processes=config.processes)))
     await node.start_actor(DISPATCHER, functools.partial(
         run_dispatcher, storage=storage, workers=workers,
         config=DispatcherConfig(

@@ -373,7 +373,7 @@ def run_job_bench(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> int:
-    """`gotask bench [runtime|cron|http|grpc|console] ...`; returns the exit code."""
+    """`gotask bench [runtime|runners|cron|http|grpc|console] ...`; returns the exit code."""
     if argv[:1] == ["console"]:
         from gotask.bench_console import main as console_main
 
@@ -390,6 +390,10 @@ def main(argv: list[str]) -> int:
         from gotask.bench_runtime import main as runtime_main
 
         return runtime_main(argv[1:])
+    if argv[:1] == ["runners"]:
+        from gotask.bench_runners import main as runners_main
+
+        return runners_main(argv[1:])
     if argv[:1] == ["cron"]:
         from gotask.bench_cron import main as cron_main
 
@@ -419,9 +423,14 @@ def main(argv: list[str]) -> int:
         result = run_sequential_bench(args)
     else:
         result = run_job_bench(args)
-    if args.json:
+    write_result(result, args.json)
+    return 0
+
+
+def write_result(result: dict[str, Any], as_json: bool) -> None:
+    """Print a benchmark's result: one JSON line, or one `key value` line per figure."""
+    if as_json:
         sys.stdout.write(json.dumps(result) + "\n")
     else:
         for key, value in result.items():
             sys.stdout.write(f"{key:22} {value}\n")
-    return 0

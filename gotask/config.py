@@ -24,7 +24,7 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import attrs
 
-from gotask._app import App
+from gotask._app import App, ProcessLimits
 from gotask._errors import ConfigError
 from gotask._job import ARGS_BYTES_MAX, RESULT_BYTES_MAX
 from gotask._protocol import IDS_MAX
@@ -71,6 +71,8 @@ class NodeConfig:
     heartbeat_s: float = 10.0
     grace_s: float = 30.0
     threads: int = 16
+    #: Child processes of `isolation="process"` tasks (docs/tasks.md).
+    processes: ProcessLimits = attrs.Factory(ProcessLimits)
     http: tuple[str, int] | None = None
     http_token: bytes | None = attrs.field(default=None, repr=False)
     http_tls: tuple[str, str] | None = None

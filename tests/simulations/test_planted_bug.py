@@ -8,9 +8,9 @@ from simulations.sweep import run_one, sweep
 
 
 def test_a_sweep_catches_storage_accepting_stale_completions() -> None:
-    result = sweep(sorted(load()), range(100), planted=True, stop_on_failure=True)
+    result = sweep(sorted(load()), range(100), planted="stale-ack", stop_on_failure=True)
     caught = result.failures
     assert caught, "100 seeds did not catch the planted bug"
     first = caught[0]
     assert any("completion of a stale token" in v for v in first.violations), first
-    assert run_one(first.scenario, first.seed, planted=False).ok
+    assert run_one(first.scenario, first.seed, planted=None).ok

@@ -23,17 +23,17 @@ CRON_ENTRIES = (
     CronSpec("quarterly", "*/15 * * * *", misfire="skip", zone="America/New_York"),
 )
 #: Whole-cluster outages, each jumping the clocks forward by hours.
-OUTAGES = 3
-SESSION_S = (120.0, 200.0)
+OUTAGES = 2
+SESSION_S = (90.0, 150.0)
 HOUR_S = 3600
 
 
 @scenario("cron_days", skew_s=120.0, cron=CRON_ENTRIES,
           workload={"ops": 8, "end_s": 15.0, "long_fraction": 0.0})
 async def cron_days(sim: Sim) -> None:
-    """Three workers fire minutely, hourly and quarter-hourly cron entries over one to
-    three simulated days: crashes, partitions, lost fire replies and skewed clocks in
-    each session of minutes; between sessions the whole cluster is down for hours.
+    """Three workers fire minutely, hourly and quarter-hourly cron entries over about
+    one to two simulated days: crashes, partitions, lost fire replies and skewed clocks
+    in each session of minutes; between sessions the whole cluster is down for hours.
 
     The checker counts what storage fired (each compare-and-set reply and the ticks of
     its jobs): every tick exactly once, missed only while no worker could fire it.
@@ -76,9 +76,9 @@ async def _session(sim: Sim, length_s: float) -> None:
 
 async def _outage(sim: Sim) -> None:
     """Every worker down; the clocks jump to one to three minutes before an hour,
-    4 to 20 hours on; the workers come back one by one."""
+    10 to 24 hours on; the workers come back one by one."""
     now = sim.store.world.wall()
-    target = (math.floor(now / HOUR_S) + sim.rng.randint(4, 20)) * HOUR_S
+    target = (math.floor(now / HOUR_S) + sim.rng.randint(10, 24)) * HOUR_S
     await _all_down(sim, sim.rng.uniform(2.0, 10.0),
                     jump_s=target - sim.rng.uniform(60.0, 180.0) - now)
 

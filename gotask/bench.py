@@ -52,11 +52,13 @@ def _free_port() -> int:
         return port
 
 
-def _start_node(storage: str, concurrency: int, port: int) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, "-m", "gotask.cli", "node", "--app", "examples.tasks",
+def _start_node(storage: str, concurrency: int, port: int, app: str = "examples.tasks",
+                env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    cmd = [sys.executable, "-m", "gotask.cli", "node", "--app", app,
            "--listen", f"127.0.0.1:{port}", "--storage", storage,
            "--concurrency", str(concurrency)]
-    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, **(env or {})})
 
 
 def _rss_mb(pid: int) -> float:

@@ -1,0 +1,122 @@
+"""`gotask bench cron --storage URL`: the Scheduler's cost and the tick's lateness with
+many cron entries on real nodes (issue 15); the rules are in `gotask.bench_cron`."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import statistics
+import subprocess
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import trio
+
+from gotask._bench_cron_app import ENTRIES_ENV, EVERY_ENV
+from gotask._client_async import AsyncClient
+from gotask.bench import (
+    _connect,
+    _forget_storage,
+    _free_port,
+    _fresh_storage,
+    _process_cpu_s,
+    _start_node,
+    python_mops,
+)
+
+__all__ = ["run_node_bench"]
+
+#: Jobs per listing call: small enough to answer well within the client's timeout while
+#: the node is loaded.
+PAGE = 500
+
+@contextlib.contextmanager
+def _node(storage: str, entries: int, run: int,
+          period_s: int) -> Iterator[tuple[int, int, str]]:
+    """A node of `entries` entries firing every `period_s` seconds (60: minutely, by a
+    cron expression) on a fresh store: (pid, port, url)."""
+    url, port = _fresh_storage(storage, run), _free_port()
+    every = "" if period_s == 60 else str(period_s)
+    proc = _start_node(url, 1, port, app="gotask._bench_cron_app",
+                       env={ENTRIES_ENV: str(entries), EVERY_ENV: every})
+    try:
+        yield proc.pid, port, url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        _forget_storage(url)
+
+
+async def _tick_lateness(client: AsyncClient, tick: float, period_s: int,
+                         after: str | None) -> tuple[int, float, float, str | None]:
+    """How many jobs tick `tick` enqueued, its first and last job's lateness (s), and
+    the id to list from next time (ids are ordered by creation time)."""
+    created: list[float] = []
+    while True:
+        page = await client.list_jobs(state="queued", limit=PAGE, after_id=after)
+        created += [job.created_at for job in page if tick <= job.created_at < tick + period_s]
+        after = page[-1].id if page else after
+        if len(page) < PAGE:
+            break
+    if not created:
+        return 0, math.nan, math.nan, after
+    return len(created), min(created) - tick, max(created) - tick, after
+
+
+async def _sleep_until(wall: float) -> None:
+    await trio.sleep(max(0.0, wall - time.time()))
+
+
+async def _measure(cron: tuple[int, int], idle: tuple[int, int], periods: int,
+                   period_s: int) -> dict[str, Any]:
+    client = await _connect(cron[1])
+    idle_client = await _connect(idle[1])
+    try:
+        for c in (client, idle_client):
+            await c.pause(True)
+        # The first tick comes with registration and warm-up: start at the next one.
+        half = period_s / 2
+        start = (math.floor(time.time() / period_s) + 1) * period_s + half
+        pcts, firsts, lasts, counts = [], [], [], []
+        after: str | None = None
+        for i in range(periods):
+            begin = start + 2 * period_s * i
+            await _sleep_until(begin)
+            used = [_process_cpu_s(pid) for pid in (cron[0], idle[0])]
+            await _sleep_until(begin + period_s)
+            used = [_process_cpu_s(pid) - u for pid, u in zip((cron[0], idle[0]), used,
+                                                               strict=True)]
+            pcts.append(100 * (used[0] - used[1]) / period_s)
+            count, first, last, after = await _tick_lateness(client, begin + half, period_s,
+                                                             after)
+            counts.append(count)
+            firsts.append(first)
+            lasts.append(last)
+    finally:  # entered in this order: leave in the reverse one
+        for c in (idle_client, client):
+            await c.__aexit__(None, None, None)
+    return {"scheduler_cpu_pct_of_core": pcts, "tick_jobs": counts,
+            "first_job_late_s": firsts, "last_job_late_s": lasts}
+
+
+def run_node_bench(storage: str, entries: int, minutes: int,
+                   period_s: int = 60) -> dict[str, Any]:
+    """Measure `minutes` periods of `period_s` seconds (medians, and every sample) on
+    `storage`; the ticks are whole minutes unless `period_s` is less (tests)."""
+    mops = python_mops()
+    with _node(storage, entries, 0, period_s) as cron, _node(storage, 0, 1, period_s) as idle:
+        samples = trio.run(_measure, cron[:2], idle[:2], minutes, period_s)
+    out: dict[str, Any] = {"storage": storage.split("://", 1)[0], "entries": entries,
+                           "minutes": minutes, "period_s": period_s}
+    for key, values in samples.items():
+        out[key] = round(statistics.median(values), 3)
+    out["samples"] = {k: [round(v, 3) for v in vs] for k, vs in samples.items()}
+    out["load_avg_1m"] = round(os.getloadavg()[0], 2)
+    out["python_mops"] = mops
+    return out

@@ -16,6 +16,8 @@ import trio
 
 from gotask._bench_cron_app import ENTRIES_ENV, EVERY_ENV
 from gotask._client_async import AsyncClient
+from gotask._errors import GoTaskError
+from gotask._job import JobRecord
 from gotask.bench import (
     _connect,
     _forget_storage,
@@ -31,6 +33,7 @@ __all__ = ["run_node_bench"]
 #: Jobs per listing call: small enough to answer well within the client's timeout while
 #: the node is loaded.
 PAGE = 500
+TRIES = 10
 
 @contextlib.contextmanager
 def _node(storage: str, entries: int, run: int,
@@ -59,7 +62,7 @@ async def _tick_lateness(client: AsyncClient, tick: float, period_s: int,
     the id to list from next time (ids are ordered by creation time)."""
     created: list[float] = []
     while True:
-        page = await client.list_jobs(state="queued", limit=PAGE, after_id=after)
+        page = await _list_page(client, after)
         created += [job.created_at for job in page if tick <= job.created_at < tick + period_s]
         after = page[-1].id if page else after
         if len(page) < PAGE:
@@ -67,6 +70,17 @@ async def _tick_lateness(client: AsyncClient, tick: float, period_s: int,
     if not created:
         return 0, math.nan, math.nan, after
     return len(created), min(created) - tick, max(created) - tick, after
+
+
+async def _list_page(client: AsyncClient, after: str | None) -> list[JobRecord]:
+    """One page of queued jobs; a node still busy with its tick may not answer within
+    the client's timeout: ask again, a few times."""
+    for _ in range(TRIES - 1):
+        try:
+            return await client.list_jobs(state="queued", limit=PAGE, after_id=after)
+        except GoTaskError:
+            await trio.sleep(1.0)
+    return await client.list_jobs(state="queued", limit=PAGE, after_id=after)
 
 
 async def _sleep_until(wall: float) -> None:

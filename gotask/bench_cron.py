@@ -6,9 +6,8 @@ Rules of this module:
   jobs) on fresh stores of that backend. Over measured minutes, each from the middle
   of a minute to the middle of the next (so it holds one tick), the cron node's process
   CPU minus the idle node's is the Scheduler's cost (memory storage runs inside the
-  node, so its work counts too); after each, the jobs of its tick are listed: lateness
-  is `created_at - tick` of the tick's first and last job. Measured minutes alternate
-  with unmeasured ones in which the listing runs.
+  node, so its work counts too). After the measured minutes, the jobs of each one's
+  tick are listed: lateness is `created_at - tick` of the tick's first and last job.
 - Without `--storage`, in-process and deterministic in its work: N minutely entries on
   one Scheduler core (`SchedulerCore` with its cron duties) over a memory storage core,
   on a simulated clock that starts half a second before a minute. Every `Call` is

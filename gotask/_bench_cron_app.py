@@ -21,7 +21,7 @@ def noop() -> None:
     """Never run: the bench's nodes are paused."""
 
 
-_every = int(os.environ.get(EVERY_ENV, "0"))
+_every = int(os.environ.get(EVERY_ENV) or "0")
 for _i in range(int(os.environ.get(ENTRIES_ENV, "0"))):
     if _every:
         app.add_cron(f"e{_i:06d}", "noop", every_s=_every)

@@ -56,20 +56,23 @@ def _node(storage: str, entries: int, run: int,
         _forget_storage(url)
 
 
-async def _tick_lateness(client: AsyncClient, tick: float, period_s: int,
-                         after: str | None) -> tuple[int, float, float, str | None]:
-    """How many jobs tick `tick` enqueued, its first and last job's lateness (s), and
-    the id to list from next time (ids are ordered by creation time)."""
-    created: list[float] = []
+async def _lateness(client: AsyncClient, ticks: list[float],
+                   period_s: int) -> tuple[list[int], list[float], list[float]]:
+    """Per tick: how many jobs it enqueued, its first and last job's lateness (s)."""
+    created: list[list[float]] = [[] for _ in ticks]
+    after: str | None = None
     while True:
         page = await _list_page(client, after)
-        created += [job.created_at for job in page if tick <= job.created_at < tick + period_s]
-        after = page[-1].id if page else after
+        for job in page:
+            for i, tick in enumerate(ticks):
+                if tick <= job.created_at < tick + period_s:
+                    created[i].append(job.created_at)
         if len(page) < PAGE:
             break
-    if not created:
-        return 0, math.nan, math.nan, after
-    return len(created), min(created) - tick, max(created) - tick, after
+        after = page[-1].id
+    return ([len(c) for c in created],
+            [min(c) - t if c else math.nan for c, t in zip(created, ticks, strict=True)],
+            [max(c) - t if c else math.nan for c, t in zip(created, ticks, strict=True)])
 
 
 async def _list_page(client: AsyncClient, after: str | None) -> list[JobRecord]:
@@ -116,14 +119,9 @@ async def _measure(cron: tuple[int, int], idle: tuple[int, int], periods: int,
             now = [_process_cpu_s(pid) for pid in (cron[0], idle[0])]
             pcts.append(100 * ((now[0] - used[0]) - (now[1] - used[1])) / period_s)
             used = now
-        counts, firsts, lasts = [], [], []
-        after: str | None = None
-        for i in range(periods):  # after the windows: listing costs the node CPU
-            count, first, last, after = await _tick_lateness(
-                client, begin + half + i * period_s, period_s, after)
-            counts.append(count)
-            firsts.append(first)
-            lasts.append(last)
+        # After the windows: listing costs the node CPU.
+        ticks = [begin + half + i * period_s for i in range(periods)]
+        counts, firsts, lasts = await _lateness(client, ticks, period_s)
     finally:  # entered in this order: leave in the reverse one
         for c in (idle_client, client):
             await c.__aexit__(None, None, None)

@@ -65,14 +65,16 @@ def free_port() -> int:
         return port
 
 
-def _start_node(storage: str, concurrency: int, port: int,
-                http_port: int | None) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, "-m", "gotask.cli", "node", "--app", "examples.tasks",
+def _start_node(storage: str, concurrency: int, port: int, http_port: int | None = None,
+                app: str = "examples.tasks",
+                env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    cmd = [sys.executable, "-m", "gotask.cli", "node", "--app", app,
            "--listen", f"127.0.0.1:{port}", "--storage", storage,
            "--concurrency", str(concurrency)]
     if http_port is not None:
         cmd += ["--http", f"127.0.0.1:{http_port}"]
-    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, **(env or {})})
 
 
 @contextmanager

@@ -1,10 +1,17 @@
 """`gotask bench cron`: the Scheduler's cost with many cron entries (issue 15).
 
 Rules of this module:
-- In-process and deterministic in its work: N minutely entries on one Scheduler core
-  (`SchedulerCore` with its cron duties) over a memory storage core, on a simulated
-  clock that starts half a second before a minute. Every `Call` is applied to storage at
-  once and answered, as the storage actor would.
+- With `--storage URL`, real nodes (`bench_cron_nodes`): one node whose app declares N
+  minutely entries and an idle node without entries, both paused (nothing leases the
+  jobs) on fresh stores of that backend. Over measured minutes, each from the middle
+  of a minute to the middle of the next (so it holds one tick), the cron node's process
+  CPU minus the idle node's is the Scheduler's cost (memory storage runs inside the
+  node, so its work counts too). After the measured minutes, the jobs of each one's
+  tick are listed: lateness is `created_at - tick` of the tick's first and last job.
+- Without `--storage`, in-process and deterministic in its work: N minutely entries on
+  one Scheduler core (`SchedulerCore` with its cron duties) over a memory storage core,
+  on a simulated clock that starts half a second before a minute. Every `Call` is
+  applied to storage at once and answered, as the storage actor would.
 - Two figures, as the issue states them: the CPU seconds the Scheduler core spends per
   minute of steady state (registration excluded), as a share of one core; and, for the
   first full minute, the CPU time from the minute until every entry's job is enqueued
@@ -101,13 +108,19 @@ def run_cron_bench(entries: int, minutes: int, step_s: float = 0.1) -> dict[str,
 
 
 def main(argv: list[str]) -> int:
-    """`gotask bench cron [--entries N] [--minutes M] [--json]`."""
+    """`gotask bench cron [--entries N] [--minutes M] [--storage URL] [--json]`."""
     parser = argparse.ArgumentParser(prog="gotask bench cron")
     parser.add_argument("--entries", type=int, default=10_000)
     parser.add_argument("--minutes", type=int, default=3)
+    parser.add_argument("--storage", help="real nodes on this backend (memory://, redis://…)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    result = run_cron_bench(args.entries, args.minutes)
+    if args.storage:
+        from gotask.bench_cron_nodes import run_node_bench
+
+        result = run_node_bench(args.storage, args.entries, args.minutes)
+    else:
+        result = run_cron_bench(args.entries, args.minutes)
     if args.json:
         sys.stdout.write(json.dumps(result) + "\n")
     else:

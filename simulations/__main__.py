@@ -16,7 +16,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from .harness import RunResult, simulate
+from .harness import PLANTED, RunResult, simulate
 from .invariants import Report, check
 from .scenarios import load
 from .sweep import Outcome, SweepResult, replay_command, sweep
@@ -28,7 +28,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "list":
         return _list()
     if args.command == "run":
-        return _run(args.scenario, args.seed, args.verbose, args.plant_stale_ack_bug)
+        return _run(args.scenario, args.seed, args.verbose, args.plant)
     return _sweep(args)
 
 
@@ -41,7 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("scenario", choices=sorted(load()))
     run.add_argument("--seed", type=int, required=True)
     run.add_argument("-v", "--verbose", action="store_true", help="print every event")
-    run.add_argument("--plant-stale-ack-bug", action="store_true", help=argparse.SUPPRESS)
+    run.add_argument("--plant", choices=PLANTED, help=argparse.SUPPRESS)
     many = sub.add_parser("sweep", help="run many seeds")
     many.add_argument("--seeds", type=int, required=True, help="how many seeds")
     many.add_argument("--start", type=int, default=0, help="first seed (default 0)")
@@ -51,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
                       help="worker processes (default: one per CPU)")
     many.add_argument("--stop-on-failure", action="store_true",
                       help="stop starting runs after the first failure")
-    many.add_argument("--plant-stale-ack-bug", action="store_true", help=argparse.SUPPRESS)
+    many.add_argument("--plant", choices=PLANTED, help=argparse.SUPPRESS)
     return parser
 
 
@@ -61,11 +61,11 @@ def _list() -> int:
     return 0
 
 
-def _run(name: str, seed: int, verbose: bool, planted: bool) -> int:
+def _run(name: str, seed: int, verbose: bool, planted: str | None) -> int:
     print(f"seed {seed}", flush=True)
     scenario = load()[name]
     print(f"scenario {name}: {scenario.doc}")
-    result = simulate(scenario, seed, plant_stale_ack_bug=planted)
+    result = simulate(scenario, seed, planted=planted)
     if verbose:
         for line in result.history.lines():
             print(line)
@@ -100,7 +100,7 @@ def _sweep(args: argparse.Namespace) -> int:
           f"scenario(s) in {args.jobs} process(es)", flush=True)
     progress = _Progress()
     result = sweep(names, seeds, jobs=args.jobs, time_budget_s=args.time_budget_s,
-                   planted=args.plant_stale_ack_bug, stop_on_failure=args.stop_on_failure,
+                   planted=args.plant, stop_on_failure=args.stop_on_failure,
                    on_outcome=progress)
     _sweep_summary(result)
     return 1 if result.failures else 0

@@ -31,15 +31,15 @@ from gotask._errors import ActorError
 from gotask._messages import STORAGE
 from gotask._server import Server, open_server
 from gotask.config import NodeConfig
-from gotask.runtime import Address, Node, open_node, sim_world
+from gotask.runtime import Address, Node, World, open_node, sim_world
 from gotask.transports.sim import SimNetwork
 
 from .clients import ClientEnv, OpState, run_client_ops
 from .history import Event, Fault, History
 from .recorder import STORE, NetListener, RecordingCore, StorageHook
-from .workload import TaskEnv, WorkloadSpec, make_app
+from .workload import CronSpec, TaskEnv, WorkloadSpec, make_app
 
-__all__ = ["STORE", "Member", "Sim", "SimSpec", "Window", "derive"]
+__all__ = ["STORE", "ClockJumps", "Member", "Sim", "SimSpec", "Window", "derive"]
 
 
 def derive(seed: int, *parts: object) -> int:
@@ -65,6 +65,23 @@ class SimSpec:
     restart_after_s: tuple[float, float] = (1.0, 4.0)
     settle_s: float = 12.0
     workload: WorkloadSpec = attrs.Factory(WorkloadSpec)
+    cron: tuple[CronSpec, ...] = ()
+
+
+@attrs.define
+class ClockJumps:
+    """How far every wall clock of the run has jumped forward (`Sim.jump_clocks`)."""
+
+    jumped_s: float = 0.0
+    #: Every jump: (trio time, seconds).
+    log: list[tuple[float, float]] = attrs.Factory(list)
+
+    def world(self, seed: int, skew_s: float) -> World:
+        """A simulated World whose wall clock follows the jumps."""
+        world = sim_world(seed, skew_s=skew_s)
+        base = world.wall
+        world.wall = lambda: base() + self.jumped_s
+        return world
 
 
 @attrs.define
@@ -114,6 +131,7 @@ class Sim:
     failures: list[str] = attrs.Factory(list)
     stalled: set[str] = attrs.Factory(set)
     peak_in_flight: int = 0
+    clocks: ClockJumps = attrs.Factory(ClockJumps)
     _cut: int | None = None
 
     # -- what scenarios read ---------------------------------------------------------
@@ -227,6 +245,20 @@ class Sim:
         self.record("stall", name, "heartbeats lost")
         self.open_window("stall", name)
 
+    def jump_clocks(self, seconds: float) -> None:
+        """Move every wall clock (storage's and every node's) forward by `seconds`: time
+        passes that the cluster does not live through. Only with every worker down, as
+        after a whole-cluster outage: storage sees their leases expire at once.
+
+        Raises:
+            RuntimeError: a worker is up.
+        """
+        if self.workers_up():
+            raise RuntimeError("jump_clocks with workers up: their leases would expire")
+        self.clocks.jumped_s += seconds
+        self.clocks.log.append((trio.current_time(), seconds))
+        self.record("clock-jump", "*", f"+{seconds:.0f}s")
+
     def heal(self) -> None:
         """Remove every partition, isolation and stall."""
         self.net.heal()
@@ -311,7 +343,8 @@ class Sim:
         spec = self.spec
         env = TaskEnv(member.name, member.life, self.history, self.crash)
         return NodeConfig(
-            app=make_app(env), name=member.name, listen=None, concurrency=spec.concurrency,
+            app=make_app(env, spec.cron), name=member.name, listen=None,
+            concurrency=spec.concurrency,
             lease_timeout_s=spec.lease_timeout_s, heartbeat_s=spec.heartbeat_s,
             grace_s=spec.grace_s, threads=1,
         )
@@ -319,7 +352,7 @@ class Sim:
     async def _worker_life(
         self, member: Member, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        world = sim_world(self._world_seed(member), skew_s=member.skew_s)
+        world = self.clocks.world(self._world_seed(member), member.skew_s)
         started = False
         try:
             with trio.CancelScope() as member.scope:
@@ -348,7 +381,7 @@ class Sim:
     async def _client_life(
         self, member: Member, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        world = sim_world(self._world_seed(member), skew_s=member.skew_s)
+        world = self.clocks.world(self._world_seed(member), member.skew_s)
         try:
             with trio.CancelScope() as member.scope:
                 async with open_node(member.name, world) as node:

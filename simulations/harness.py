@@ -21,7 +21,7 @@ import math
 import random
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 import trio
@@ -29,25 +29,37 @@ import trio
 from gotask._job import JobRecord
 from gotask._messages import STORAGE
 from gotask.actors.storage.actor import run_storage
-from gotask.actors.storage.base import CountJobs, CountJobsReply, ListJobs, ListJobsReply
+from gotask.actors.storage.base import (
+    CountJobs,
+    CountJobsReply,
+    CronList,
+    CronListReply,
+    CronState,
+    ListJobs,
+    ListJobsReply,
+)
 from gotask.actors.storage.memory import MemoryStorageCore
 from gotask.runtime import Node, open_node, sim_world
 from gotask.testing.sim import run_deterministic
 from gotask.transports.sim import SimConfig, SimNetwork
 
 from .clients import CALL_TIMEOUT_S, TRIES, OpState
-from .cluster import STORE, Sim, SimSpec, Window, derive
+from .cluster import STORE, ClockJumps, Sim, SimSpec, Window, derive
 from .history import History
 from .recorder import NetListener, RecordingCore, RecordingLog, record_net
 from .workload import make_ops
 
-__all__ = ["RunResult", "Scenario", "liveness_budget_s", "simulate"]
+__all__ = ["PLANTED", "RunResult", "Scenario", "liveness_budget_s", "simulate"]
 
+T = TypeVar("T")
 REAPER_INTERVAL_S = 1.0
 LEASE_CALL_S = 15.0  # the Dispatcher's LeaseWait: wait_s + 10
 ACK_CALL_S = 30.0  # the WorkerSupervisor's storage call timeout
 POLL_S = 0.5
 _LIVE = frozenset({"scheduled", "queued", "active"})
+#: TEST-ONLY storage bugs the checker must catch: a stale completion accepted (fencing
+#: checks the state, not the attempt); a cron fire applied without its compare-and-set.
+PLANTED = ("stale-ack", "cron-no-cas")
 
 
 @attrs.frozen
@@ -76,6 +88,9 @@ class RunResult:
     drained_at: float | None
     bound_at: float
     peak_in_flight: int
+    cron_final: tuple[CronState, ...] = ()
+    store_now: float = 0.0
+    jumps: tuple[tuple[float, float], ...] = ()
 
 
 def liveness_budget_s(spec: SimSpec) -> float:
@@ -92,15 +107,20 @@ def liveness_budget_s(spec: SimSpec) -> float:
     return work.max_attempts[1] * per_attempt + backlog + max(work.delay_s)
 
 
-def simulate(scenario: Scenario, seed: int, *, plant_stale_ack_bug: bool = False) -> RunResult:
+def simulate(scenario: Scenario, seed: int, *, planted: str | None = None) -> RunResult:
     """Run `scenario` with `seed`; the same arguments give the same result.
 
     Args:
-        plant_stale_ack_bug: TEST-ONLY: storage accepts stale completions (the checker's
-            self-test).
+        planted: TEST-ONLY: one of `PLANTED`, a storage bug the checker must catch (its
+            self-test), or None.
+
+    Raises:
+        ValueError: `planted` is not one of `PLANTED`.
     """
+    if planted is not None and planted not in PLANTED:
+        raise ValueError(f"unknown planted bug {planted!r}; one of {', '.join(PLANTED)}")
     with _recording_logs() as history:
-        main = functools.partial(_main, scenario, seed, history, plant_stale_ack_bug)
+        main = functools.partial(_main, scenario, seed, history, planted)
         return run_deterministic(main, seed)
 
 
@@ -121,17 +141,22 @@ def _recording_logs() -> Iterator[History]:
         logger.propagate = saved[1]
 
 
-async def _main(scenario: Scenario, seed: int, history: History, plant: bool) -> RunResult:
+async def _main(scenario: Scenario, seed: int, history: History,
+                planted: str | None) -> RunResult:
     spec = scenario.spec
-    core = RecordingCore(MemoryStorageCore(accept_stale_acks=plant), history)
+    memory = MemoryStorageCore(accept_stale_acks=planted == "stale-ack",
+                               fire_without_cas=planted == "cron-no-cas")
+    core = RecordingCore(memory, history)
     skew = random.Random(derive(seed, "store-skew")).uniform(-spec.skew_s, spec.skew_s)
-    async with open_node(STORE, sim_world(derive(seed, STORE), skew_s=skew)) as store:
+    clocks = ClockJumps()
+    async with open_node(STORE, clocks.world(derive(seed, STORE), skew)) as store:
         await store.start_actor(STORAGE, functools.partial(run_storage, core=core),
                                 inbox_max=spec.storage_inbox_max)
         config = SimConfig(latency_s=spec.latency_s, outbound_max=spec.outbound_max)
         net = SimNetwork(sim_world(derive(seed, "net")), config)
         async with trio.open_nursery() as nursery:
             sim = _make_sim(scenario, seed, history, net, core, store, nursery)
+            sim.clocks = clocks
             hooks = [sim.drop_stalled_heartbeats, sim.track_in_flight, *_relay(sim)]
             net.on_event = record_net(history, hooks)
             result = await _run_phases(scenario, sim)
@@ -181,6 +206,8 @@ async def _run_phases(scenario: Scenario, sim: Sim) -> RunResult:
         final=_final_jobs(sim), windows=tuple(sim.windows),
         failures=tuple(sim.failures), quiet_at=quiet_at, drained_at=drained_at,
         bound_at=bound_at, peak_in_flight=sim.peak_in_flight,
+        cron_final=_store_query(sim, CronList(), CronListReply).states,
+        store_now=sim.store.world.wall(), jumps=tuple(sim.clocks.log),
     )
 
 
@@ -216,9 +243,15 @@ async def _wait_drained(sim: Sim, bound_at: float) -> float | None:
     return None
 
 
+def _store_query(sim: Sim, cmd: Any, kind: type[T]) -> T:
+    """Ask the memory core directly (not recorded), at storage time."""
+    reply = sim.core.inner.handle(cmd, sim.store.world.wall())
+    assert isinstance(reply, kind)
+    return reply
+
+
 def _live_jobs(sim: Sim) -> int:
-    reply = sim.core.inner.handle(CountJobs(), sim.store.world.wall())
-    assert isinstance(reply, CountJobsReply)
+    reply = _store_query(sim, CountJobs(), CountJobsReply)
     return sum(c.count for c in reply.counts if c.state in _LIVE)
 
 

@@ -24,6 +24,8 @@ __all__ = [
     "Beat",
     "CancelDone",
     "Cancelled",
+    "CronFired",
+    "CronRegistered",
     "EnqueueDone",
     "EnqueueSent",
     "Event",
@@ -228,6 +230,38 @@ class Cancelled(Event):
 
     def text(self) -> str:
         return f"cancel         job={short(self.job_id)} -> {self.state}"
+
+
+@attrs.frozen
+class CronRegistered(Event):
+    """Storage registered a cron entry: its last fired tick after the registration."""
+
+    name: str
+    last_tick: int
+    now: float
+
+    def text(self) -> str:
+        return f"cron-register  {self.name} last={_s(self.last_tick)} at={_s(self.now)}"
+
+
+@attrs.frozen
+class CronFired(Event):
+    """Storage answered a cron fire (compare-and-set from `expected` to `tick`): the
+    outcome, the last fired tick after it, and the ticks and job ids it enqueued."""
+
+    name: str
+    expected: int
+    tick: int
+    outcome: str
+    last_tick: int | None
+    ticks: tuple[int, ...]
+    ids: tuple[str, ...]
+    now: float
+
+    def text(self) -> str:
+        jobs = ",".join(short(i) for i in self.ids) or "-"
+        return (f"cron-{self.outcome:<9} {self.name} {_s(self.expected)}->{_s(self.tick)} "
+                f"ticks={len(self.ticks)} jobs={jobs} at={_s(self.now)}")
 
 
 @attrs.frozen

@@ -29,16 +29,20 @@ from typing import Any
 
 import attrs
 
+from .cron_check import CronModel
 from .harness import RunResult
 from .history import (
     Acked,
     Beat,
     Cancelled,
+    CronFired,
+    CronRegistered,
     EnqueueDone,
     Event,
     ExecEnded,
     ExecStarted,
     Expired,
+    History,
     Leased,
     LogLine,
     Nacked,
@@ -48,6 +52,7 @@ from .history import (
 )
 from .model import TERMINAL, Exec, JobModel, Lease, op_of
 from .verdict import final_checks
+from .workload import TaskEnv, make_app
 
 __all__ = ["Report", "check"]
 
@@ -74,6 +79,9 @@ class Report:
 def check(result: RunResult) -> Report:
     """Judge one run; see the module docstring for the rules."""
     checker = _Checker(result)
+    env = TaskEnv("checker", 0, History(), lambda _name: None)
+    entries = {e.name: e for e in make_app(env, result.spec.cron).cron_entries()}
+    checker.cron = CronModel(entries, checker.fail_event)
     for event in result.history.events:
         checker.apply(event)
     checker.finish()
@@ -95,6 +103,11 @@ class _Checker:
     violations: list[str] = attrs.Factory(list)
     dups: Counter[str] = attrs.Factory(Counter)
     log_errors: list[str] = attrs.Factory(list)
+    cron: CronModel | None = None
+
+    def fail_event(self, event: Event | None, text: str) -> None:
+        at = f"t={event.time:.6f} " if event is not None else ""
+        self.violations.append(f"{at}{text}")
 
     def fail(self, event: Event | None, job_id: str | None, text: str) -> None:
         at = f"t={event.time:.6f} " if event is not None else ""
@@ -253,6 +266,14 @@ class _Checker:
     def enqueue_done(self, ev: EnqueueDone) -> None:
         self.enqueues.setdefault(ev.op, []).append(ev)
 
+    def cron_registered(self, ev: CronRegistered) -> None:
+        assert self.cron is not None
+        self.cron.registered(ev)
+
+    def cron_fired(self, ev: CronFired) -> None:
+        assert self.cron is not None
+        self.cron.fire(ev)
+
     def log_line(self, ev: LogLine) -> None:
         self.log_errors.append(ev.line())
 
@@ -290,4 +311,6 @@ _HANDLERS: dict[type, Any] = {
     ExecEnded: _Checker.exec_ended,
     EnqueueDone: _Checker.enqueue_done,
     LogLine: _Checker.log_line,
+    CronRegistered: _Checker.cron_registered,
+    CronFired: _Checker.cron_fired,
 }

@@ -26,6 +26,10 @@ from gotask.actors.storage.base import (
     CancelJobs,
     CancelReply,
     Command,
+    CronFire,
+    CronFireReply,
+    CronRegister,
+    CronRegisterReply,
     EnqueueJobs,
     EnqueueReply,
     Heartbeat,
@@ -45,6 +49,8 @@ from .history import (
     Acked,
     Beat,
     Cancelled,
+    CronFired,
+    CronRegistered,
     Event,
     Expired,
     History,
@@ -127,6 +133,26 @@ def _control_events(cmd: Any, reply: Any, now: float, t: float) -> list[Event]:
         case CancelJobs(), CancelReply():
             return [Cancelled(t, STORE, job_id, state, now)
                     for job_id, state in zip(cmd.ids, reply.states, strict=True)]
+        case _:
+            return _cron_events(cmd, reply, now, t)
+
+
+def _cron_events(cmd: Any, reply: Any, now: float, t: float) -> list[Event]:
+    """A registration: each entry's last fired tick. A fire: its outcome, the ticks of
+    the jobs it enqueued (from their keys, `cron:NAME:TICK`), then the jobs as `Stored`
+    (created when storage answered with the new job's own id, else a repeat)."""
+    match cmd, reply:
+        case CronRegister(), CronRegisterReply():
+            return [CronRegistered(t, STORE, s.name, s.last_tick, now) for s in reply.states]
+        case CronFire(), CronFireReply():
+            jobs = cmd.jobs if reply.ids else ()
+            ticks = tuple(int((job.idempotency_key or "").rsplit(":", 1)[-1]) for job in jobs)
+            fired: list[Event] = [CronFired(t, STORE, cmd.name, cmd.expected, cmd.tick,
+                                            reply.outcome, reply.last_tick, ticks, reply.ids,
+                                            now)]
+            return fired + [Stored(t, STORE, job_id, new.idempotency_key, new.args, now,
+                                   now + new.delay_s, new.max_attempts, job_id == new.id)
+                            for new, job_id in zip(jobs, reply.ids, strict=True)]
         case _:
             return []
 

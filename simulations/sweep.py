@@ -38,7 +38,7 @@ class Outcome:
     executions: int
     duplicates: dict[str, int]
     wall_s: float
-    planted: bool = False
+    planted: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -61,17 +61,17 @@ class SweepResult:
         return tuple(o for o in self.outcomes if not o.ok)
 
 
-def replay_command(scenario: str, seed: int, *, planted: bool = False) -> str:
+def replay_command(scenario: str, seed: int, *, planted: str | None = None) -> str:
     """The command that replays one run exactly, printing every event."""
-    bug = " --plant-stale-ack-bug" if planted else ""
+    bug = f" --plant {planted}" if planted else ""
     return f"python -m simulations run {scenario} --seed {seed} -v{bug}"
 
 
-def run_one(scenario: str, seed: int, planted: bool = False) -> Outcome:
+def run_one(scenario: str, seed: int, planted: str | None = None) -> Outcome:
     """Simulate and check one run; a run that raises is a failed run, not a crash."""
     started = time.perf_counter()
     try:
-        result = simulate(load()[scenario], seed, plant_stale_ack_bug=planted)
+        result = simulate(load()[scenario], seed, planted=planted)
     except Exception as exc:
         text = "".join(traceback.format_exception_only(exc)).strip()
         return Outcome(scenario, seed, (f"the run raised {text}",), "-", 0, 0, {},
@@ -94,7 +94,7 @@ def sweep(
     *,
     jobs: int = 1,
     time_budget_s: float | None = None,
-    planted: bool = False,
+    planted: str | None = None,
     stop_on_failure: bool = False,
     on_outcome: Callable[[Outcome], None] | None = None,
 ) -> SweepResult:
@@ -103,7 +103,7 @@ def sweep(
     Args:
         jobs: worker processes (1: run in this process).
         time_budget_s: stop starting runs after this many seconds (None: no limit).
-        planted: TEST-ONLY: storage accepts stale completions.
+        planted: TEST-ONLY: a planted storage bug (`harness.PLANTED`), or None.
         stop_on_failure: stop starting runs once one has failed.
         on_outcome: called with each outcome as it arrives (progress, early reports).
     """
@@ -132,7 +132,7 @@ class _Limits:
 
 
 def _sweep_here(
-    pairs: Iterator[tuple[str, int]], limits: _Limits, planted: bool
+    pairs: Iterator[tuple[str, int]], limits: _Limits, planted: str | None
 ) -> tuple[list[Outcome], bool]:
     outcomes: list[Outcome] = []
     for name, seed in pairs:
@@ -144,7 +144,7 @@ def _sweep_here(
 
 
 def _sweep_pool(
-    pairs: Iterator[tuple[str, int]], limits: _Limits, planted: bool, jobs: int
+    pairs: Iterator[tuple[str, int]], limits: _Limits, planted: str | None, jobs: int
 ) -> tuple[list[Outcome], bool]:
     outcomes: list[Outcome] = []
     context = multiprocessing.get_context("spawn")

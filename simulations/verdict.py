@@ -45,6 +45,8 @@ def final_checks(checker: _Checker) -> None:
         checker.fail(None, None, f"production logged an error: {line.strip()}")
     for job in checker.jobs.values():
         _classify_duplicates(checker, job)
+    if checker.cron is not None:
+        checker.cron.finish(result, result.history.events)
 
 
 def _check_ops(checker: _Checker) -> None:
@@ -52,9 +54,11 @@ def _check_ops(checker: _Checker) -> None:
     for job in checker.jobs.values():
         by_op[job.op].append(job)
     known = {state.op.op_id for state in checker.result.ops}
+    fired = checker.cron.jobs if checker.cron is not None else set()
     for job in checker.jobs.values():
-        if job.op not in known:
-            checker.fail(None, job.id, "stored but no client asked for it (phantom)")
+        if job.op not in known and job.id not in fired:
+            checker.fail(None, job.id, "stored but neither a client nor a cron fire asked "
+                                       "for it (phantom)")
     for state in checker.result.ops:
         _check_op(checker, state, by_op.get(state.op.op_id, []))
 

@@ -25,9 +25,13 @@ from gotask._retry import RetryPolicy
 
 from .history import ExecEnded, ExecStarted, History
 
-__all__ = ["Op", "TaskEnv", "WorkloadSpec", "duration_of", "make_app", "make_ops"]
+__all__ = ["CronSpec", "Op", "TaskEnv", "WorkloadSpec", "cron_args", "duration_of", "make_app",
+           "make_ops"]
 
 RETRY = RetryPolicy(kind="exponential", base_s=0.5, cap_s=4.0, jitter=0.5)
+#: Results outlive the clock jumps of the cron scenario, so storage's final snapshot
+#: holds every job the checker looks for.
+RESULT_TTL_S = 30 * 86_400.0
 #: Characters arguments are drawn from: ASCII, accents, CJK, an emoji, a NUL.
 _CHARS = "abcxyz0129 _-éüßñ漢字かな\u2603\U0001f600\x00"
 
@@ -55,6 +59,23 @@ class WorkloadSpec:
     cancel_fraction: float = 0.08
     poison: int = 0
     max_attempts: tuple[int, int] = (3, 5)
+
+
+@attrs.frozen
+class CronSpec:
+    """A cron entry every worker's app declares: it enqueues a short "work" job."""
+
+    name: str
+    schedule: str
+    misfire: str = "once"
+    misfire_limit: int = 100
+    zone: str = "UTC"
+
+
+def cron_args(name: str) -> list[Any]:
+    """The "work" arguments of entry `name`'s jobs: a 0.2 s run that never fails; the
+    op id `cron-NAME` is no client's."""
+    return [f"cron-{name}", b"", {}, 0.2, 0]
 
 
 @attrs.frozen
@@ -143,11 +164,11 @@ class TaskEnv:
     crash_node: Callable[[str], None]
 
 
-def make_app(env: TaskEnv) -> App:
-    """The tasks of one node incarnation: "work" and "poison"."""
+def make_app(env: TaskEnv, cron: tuple[CronSpec, ...] = ()) -> App:
+    """The tasks of one node incarnation: "work" and "poison", and the cron entries."""
     app = App(f"sim-{env.node}-{env.life}")
 
-    @app.task(name="work", retry=RETRY)
+    @app.task(name="work", retry=RETRY, result_ttl_s=RESULT_TTL_S)
     async def work(op: str, blob: bytes, meta: dict[str, Any], duration_s: float,
                    fail_times: int) -> dict[str, Any]:
         attempt = _started(env, pack_args([op, blob, meta, duration_s, fail_times]))
@@ -162,7 +183,7 @@ def make_app(env: TaskEnv) -> App:
         finally:
             _ended(env, outcome)
 
-    @app.task(name="poison", retry=RETRY)
+    @app.task(name="poison", retry=RETRY, result_ttl_s=RESULT_TTL_S)
     async def poison(op: str, blob: bytes) -> None:
         _started(env, pack_args([op, blob]))
         try:
@@ -171,6 +192,10 @@ def make_app(env: TaskEnv) -> App:
         finally:
             _ended(env, "stopped")
 
+    for entry in cron:
+        app.add_cron(entry.name, "work", entry.schedule, args=cron_args(entry.name),
+                     misfire=entry.misfire, misfire_limit=entry.misfire_limit,
+                     zone=entry.zone)
     return app
 
 

@@ -164,3 +164,16 @@ def test_idle_pickup_bench_reports_pickup_and_done_latency() -> None:
     assert result["idle_pickup_p99_ms"] <= result["idle_done_p99_ms"]
     assert len(result["samples"]["idle_done_p50_ms"]) == 2
     assert "python_mops" in result and "cpu_steal_pct" in result
+
+
+def test_cron_node_bench_measures_real_nodes_at_a_tiny_size() -> None:
+    """Two real node processes on memory storage, 20 entries every 6 s instead of 10,000
+    minutely ones: the measured tick enqueued all 20 jobs, none before its tick."""
+    from gotask.bench_cron_nodes import run_node_bench
+
+    result = run_node_bench("memory://", entries=20, minutes=1, period_s=6)
+    assert result["tick_jobs"] == 20
+    assert 0 <= result["first_job_late_s"] <= result["last_job_late_s"] < 6
+    assert set(result["samples"]) == {"scheduler_cpu_pct_of_core", "tick_jobs",
+                                      "first_job_late_s", "last_job_late_s"}
+    assert result["python_mops"] > 0 and result["load_avg_1m"] >= 0

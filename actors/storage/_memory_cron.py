@@ -54,7 +54,7 @@ class _MemoryCron(_MemoryState):
             return b.CronFireReply(b.CRON_MISSING, None, (), now)
         if cmd.tick > now:
             return b.CronFireReply(b.CRON_EARLY, state.last_tick, (), now)
-        if state.last_tick != cmd.expected:
+        if state.last_tick != cmd.expected and not self.fire_without_cas:
             return b.CronFireReply(b.CRON_STALE, state.last_tick, (), now)
         if state.paused:
             table[cmd.name] = attrs.evolve(state, last_tick=cmd.tick)

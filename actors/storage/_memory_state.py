@@ -201,12 +201,14 @@ class _MemoryState:
     def __init__(
         self, jobs_max: int = 10_000_000, nodes_max: int = 10_000, *,
         bytes_max: int = BYTES_MAX, accept_stale_acks: bool = False,
+        fire_without_cas: bool = False,
     ) -> None:
         self.jobs_max = jobs_max
         self.bytes_max = bytes_max
         self.bytes_held = 0
         self.nodes_max = nodes_max
         self.accept_stale_acks = accept_stale_acks
+        self.fire_without_cas = fire_without_cas
         self._jobs: dict[str, _Job] = {}
         self._keys: dict[str, str] = {}
         self._queues: dict[str, _Queue] = {}

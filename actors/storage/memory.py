@@ -104,6 +104,9 @@ class MemoryStorageCore(_MemoryQueries, _MemoryMaintenance, _MemoryCron):
         accept_stale_acks: TEST-ONLY planted bug, never set outside the simulation's
             self-test: an ack of a stale token is accepted while the job is active (the
             fencing checks the state but not the attempt).
+        fire_without_cas: TEST-ONLY planted bug, likewise: `CronFire` ignores its
+            `expected` last fired tick (no compare-and-set), so racing nodes fire one
+            tick more than once.
     """
 
     def handle(self, cmd: Command[R], now: float) -> R:

@@ -46,10 +46,10 @@ def test_verbose_run_prints_one_line_per_event_and_the_same_trace() -> None:
 
 
 def test_a_violation_exits_1_and_prints_the_replay_command() -> None:
-    done = _cli("run", "zombie_worker", "--seed", "0", "--plant-stale-ack-bug")
+    done = _cli("run", "zombie_worker", "--seed", "0", "--plant", "stale-ack")
     assert done.returncode == 1
     assert "VIOLATION" in done.stdout
-    replay = "replay: python -m simulations run zombie_worker --seed 0 -v --plant-stale-ack-bug"
+    replay = "replay: python -m simulations run zombie_worker --seed 0 -v --plant stale-ack"
     assert replay in done.stdout
     assert done.stdout.splitlines()[-1].startswith("trace ")
 

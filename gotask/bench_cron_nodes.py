@@ -21,10 +21,10 @@ from gotask._job import JobRecord
 from gotask.bench import (
     _connect,
     _forget_storage,
-    _free_port,
     _fresh_storage,
     _process_cpu_s,
     _start_node,
+    free_port,
     python_mops,
 )
 
@@ -40,7 +40,7 @@ def _node(storage: str, entries: int, run: int,
           period_s: int) -> Iterator[tuple[int, int, str]]:
     """A node of `entries` entries firing every `period_s` seconds (60: minutely, by a
     cron expression) on a fresh store: (pid, port, url)."""
-    url, port = _fresh_storage(storage, run), _free_port()
+    url, port = _fresh_storage(storage, run), free_port()
     every = "" if period_s == 60 else str(period_s)
     proc = _start_node(url, 1, port, app="gotask._bench_cron_app",
                        env={ENTRIES_ENV: str(entries), EVERY_ENV: every})

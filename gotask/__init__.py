@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from gotask._errors import StorageError as StorageError
     from gotask._errors import TaskNotFound as TaskNotFound
     from gotask._errors import WaitTimeout as WaitTimeout
+    from gotask._job import AttemptRecord as AttemptRecord
     from gotask._job import JobRecord as JobRecord
     from gotask._job import JobState as JobState
     from gotask._retry import RetryPolicy as RetryPolicy
@@ -42,6 +43,7 @@ __version__ = "0.1.0"
 __all__ = [
     "App",
     "AsyncClient",
+    "AttemptRecord",
     "Client",
     "ConfigError",
     "ConnectionLost",
@@ -78,7 +80,7 @@ __getattr__ = lazy_exports(
             "JobError", "JobFailed", "JobNotFound", "JobTimeout", "NodeUnavailable",
             "NonRetryable", "Retry", "StorageError", "TaskNotFound", "WaitTimeout",
         ),
-        "gotask._job": ("JobRecord", "JobState"),
+        "gotask._job": ("AttemptRecord", "JobRecord", "JobState"),
         "gotask._retry": ("RetryPolicy", "RetryRule"),
     },
 )

@@ -162,15 +162,18 @@ def attempt_error(error_type: str | None, error: str | None) -> str | None:
     return f"{error_type}: {error or ''}"[:ATTEMPT_ERROR_CHARS_MAX]
 
 
-def expiry(rec: JobRecord) -> tuple[str, str | None, str | None]:
-    """How the expiry of `rec`'s current lease ends the attempt: its outcome, and the
-    error type and text the job records (None, None: the attempt does not count)."""
-    where = f"attempt {rec.attempt} on node {rec.lease_node!r}"
-    if rec.started_attempt == rec.attempt:
+def expiry(
+    attempt: int, node: str | None, started_attempt: int, unstarted_expiries: int
+) -> tuple[str, str | None, str | None]:
+    """How the expiry of a job's current lease (`attempt`, held by `node`) ends the
+    attempt: its outcome, and the error type and text the job records (None, None: the
+    attempt does not count)."""
+    where = f"attempt {attempt} on node {node!r}"
+    if started_attempt == attempt:
         return (AttemptOutcome.NODE_LOST.value, "NodeLost",
                 f"{where} was running when its node stopped renewing the lease "
                 "(the node died, hung or lost storage)")
-    if rec.unstarted_expiries < UNSTARTED_FREE_MAX:
+    if unstarted_expiries < UNSTARTED_FREE_MAX:
         return AttemptOutcome.NOT_STARTED.value, None, None
     return (AttemptOutcome.LEASE_EXPIRED.value, "LeaseExpired",
             f"lease of {where} expired before the job was known to start "

@@ -65,7 +65,8 @@ class _MemoryMaintenance(_MemoryState):
 
     def _expire_lease(self, job: _Job, now: float) -> None:
         rec = job.rec
-        outcome, error_type, error = expiry(rec)
+        outcome, error_type, error = expiry(rec.attempt, rec.lease_node, rec.started_attempt,
+                                            rec.unstarted_expiries)
         if error_type is None:
             job.rec = _evolve(rec, releases=rec.releases + 1,
                               unstarted_expiries=rec.unstarted_expiries + 1,

@@ -17,10 +17,11 @@ Rules of this module:
   `Heartbeat(started=True)` names the jobs that started since the last one and still
   run. A job that ends sooner needs none (its ack or nack says it ran), so a drain of
   short jobs adds one small command a second, not one per job. Storage counts an
-  expired lease as an attempt only when its start was stored (issue 22). A "stale" or "missing" answer
-  means another worker may own the job: it is cancelled here and never settled. A
-  "cancel" answer (or `CancelRunning`) cancels it cooperatively and it is nacked
-  CANCELLED. A new lease of a job this node still runs proves the old attempt stale.
+  expired lease as an attempt only when its start was stored (issue 22).
+- A "stale" or "missing" heartbeat answer means another worker may own the job: it is
+  cancelled here and never settled. A "cancel" answer (or `CancelRunning`) cancels it
+  cooperatively and it is nacked CANCELLED. A new lease of a job this node still runs
+  proves the old attempt stale.
 - `Drain` pauses the Dispatcher, releases every job not started (and any lease that
   arrives later), lets running jobs finish until the grace period ends, then cancels
   the rest and releases their leases. It is answered, and the actor stops, once every

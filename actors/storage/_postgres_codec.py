@@ -26,8 +26,8 @@ from gotask._job import JobRecord
 
 from . import base as b
 from ._backend import Leased, WatchRead
-from ._postgres_cron import CRON_ENCODERS
 from ._history import history_from_json
+from ._postgres_cron import CRON_ENCODERS
 from ._postgres_schema import JOB_COLUMNS
 from ._redis_codec import LEASE_PROMOTE_MAX
 
@@ -49,8 +49,9 @@ class Plan:
 
 def record(row: Any, start: int = 0) -> JobRecord:
     """A job record from the 32 columns of `JOB_COLUMNS` starting at `start`."""
-    fields = tuple(row)[start:start + 32]
-    return JobRecord(*fields[:30], history_from_json(fields[30]), fields[31])
+    fields = list(row)[start:start + 32]
+    fields[30] = history_from_json(fields[30])
+    return JobRecord(*fields)
 
 
 def _f(value: float | None) -> float | None:

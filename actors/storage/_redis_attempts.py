@@ -16,7 +16,7 @@ from gotask._job import HISTORY_MAX
 __all__ = ["HEARTBEAT", "HISTORY", "PROGRESS", "RELEASE"]
 
 HISTORY = r"""
-local HISTORY_MAX = %d
+local HISTORY_MAX = @HISTORY_MAX@
 -- The history of `key` (text `h`, `n` entries) with the attempt that ends now appended;
 -- an entry dropped past HISTORY_MAX is counted in `history_dropped`.
 local function appended(key, attempt, node, leased_at, outcome, err, h, n)
@@ -38,7 +38,7 @@ local function ended(j, outcome, err)
   local h, n = appended(j.key, j.attempt, j.lease_node, v[1], outcome, err, v[2], v[3])
   redis.call('HSET', j.key, 'history', h, 'history_n', n)
 end
-""" % HISTORY_MAX
+""".replace("@HISTORY_MAX@", str(HISTORY_MAX))
 
 HEARTBEAT = r"""
 local expires = now + tonumber(ARGV[3])

@@ -76,7 +76,7 @@ return out
 """
 
 REQUEUE = r"""
-local UNSTARTED_FREE_MAX = %d
+local UNSTARTED_FREE_MAX = @UNSTARTED_FREE_MAX@
 local moved = {queued = {}, dead = {}, cancelled = {}}
 local limit = tonumber(ARGV[3])
 local function none(m) return 0 end
@@ -112,7 +112,7 @@ for n, e in ipairs(earliest('leases', limit, none)) do
 end
 flush()
 return {moved.queued, moved.dead, moved.cancelled}
-""" % UNSTARTED_FREE_MAX
+""".replace("@UNSTARTED_FREE_MAX@", str(UNSTARTED_FREE_MAX))
 
 PROMOTE = r"""
 local limit = tonumber(ARGV[3])

@@ -29,8 +29,8 @@ from ._sqlite_cron import _SqliteCron
 from ._sqlite_maintenance import (
     _COLS,
     CANCEL,
-    ENDED,
     DUPLICATE,
+    ENDED,
     MISSING,
     OK,
     STALE,

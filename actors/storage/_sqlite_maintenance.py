@@ -24,11 +24,11 @@ from .base import Status
 __all__ = [
     "CANCEL",
     "DUPLICATE",
+    "ENDED",
     "MISSING",
     "OK",
     "STALE",
     "_COLS",
-    "ENDED",
     "_SqliteMaintenance",
     "record",
 ]
@@ -46,7 +46,8 @@ _FINISH = ("UPDATE jobs SET state = ?, finished_at = ?, lease_expires_at = NULL,
 _PROMOTE = ("UPDATE jobs SET state = 'queued' WHERE seq IN (SELECT seq FROM jobs "
             "WHERE state = 'scheduled' AND due_at <= ? ORDER BY due_at, seq LIMIT ?)")
 _EXPIRED = ("SELECT id, attempt, releases, attempt_base, max_attempts, cancel_requested, "
-            "lease_node, started_attempt, unstarted_expiries FROM jobs WHERE state = 'active' AND lease_expires_at <= ? "
+            "lease_node, started_attempt, unstarted_expiries FROM jobs "
+            "WHERE state = 'active' AND lease_expires_at <= ? "
             "ORDER BY lease_expires_at, id LIMIT ?")
 _PURGE = ("DELETE FROM jobs WHERE seq IN (SELECT seq FROM jobs WHERE expires_at <= ? "
           "AND state IN ('succeeded', 'cancelled') ORDER BY expires_at LIMIT ?)")
@@ -58,11 +59,11 @@ _REVIVE = ("UPDATE jobs SET state = 'queued', attempt_base = attempt - releases,
 #: SET clauses that end the current attempt: its `_history` entry appended (the oldest
 #: dropped past `HISTORY_MAX`). Parameters: the end time, the outcome and the error.
 ENDED = (
-    "history = json_insert(CASE WHEN json_array_length(history) >= {n} "
+    f"history = json_insert(CASE WHEN json_array_length(history) >= {HISTORY_MAX} "
     "THEN json_remove(history, '$[0]') ELSE history END, '$[#]', "
     "json_array(attempt, lease_node, leased_at, ?, ?, ?)), "
-    "history_dropped = history_dropped + (json_array_length(history) >= {n})"
-).format(n=HISTORY_MAX)
+    f"history_dropped = history_dropped + (json_array_length(history) >= {HISTORY_MAX})"
+)
 
 
 def record(row: Any) -> JobRecord:

@@ -145,7 +145,7 @@ def started_on_worker(client: gotask.Client, ids: list[str]) -> None:
 def test_kill_9_records_node_lost_for_running_jobs_and_spares_waiting_ones(
     cluster: Cluster,
 ) -> None:
-    client, owner, worker = cluster
+    client, _owner, worker = cluster
     ids = [client.enqueue("slow", 3) for _ in range(JOBS)]  # 8 run, 4 wait (prefetched)
     started_on_worker(client, ids)
     worker.kill()

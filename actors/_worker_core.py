@@ -12,10 +12,16 @@ Rules of this module:
   `SlotsFreed`. A command that fails is retried after a jittered backoff, never dropped;
   one storage rejects is logged (its leases expire and the jobs run again).
 - Every `heartbeat_s` one `Heartbeat` per chunk extends every lease this node holds,
-  including finished jobs whose outcome is not stored yet. A "stale" or "missing" answer
-  means another worker may own the job: it is cancelled here and never settled. A
-  "cancel" answer (or `CancelRunning`) cancels it cooperatively and it is nacked
-  CANCELLED. A new lease of a job this node still runs proves the old attempt stale.
+  including finished jobs whose outcome is not stored yet.
+- Starts are stored in batches: every `start_report_s` while jobs run, one
+  `Heartbeat(started=True)` names the jobs that started since the last one and still
+  run. A job that ends sooner needs none (its ack or nack says it ran), so a drain of
+  short jobs adds one small command a second, not one per job. Storage counts an
+  expired lease as an attempt only when its start was stored (issue 22).
+- A "stale" or "missing" heartbeat answer means another worker may own the job: it is
+  cancelled here and never settled. A "cancel" answer (or `CancelRunning`) cancels it
+  cooperatively and it is nacked CANCELLED. A new lease of a job this node still runs
+  proves the old attempt stale.
 - `Drain` pauses the Dispatcher, releases every job not started (and any lease that
   arrives later), lets running jobs finish until the grace period ends, then cancels
   the rest and releases their leases. It is answered, and the actor stops, once every
@@ -81,6 +87,9 @@ class WorkerConfig:
     lease_timeout_s: float = 30.0
     heartbeat_s: float = 10.0
     retry_backoff_s: float = 0.5
+    #: How often the starts of running jobs are stored (seconds): a lease that expires
+    #: before its job's start is stored costs no attempt (a few times per job at most).
+    start_report_s: float = 1.0
     #: Outcome groups at storage at once: 1 suits local memory storage; a remote
     #: store (Redis: a thread hop and a network round trip) gains from 3.
     flushers: int = 1
@@ -110,6 +119,8 @@ class Running:
     cancel_requested: bool = False
     stale: bool = False
     released: bool = False
+    started: bool = False  # a worker runs it
+    start_sent: bool = False  # its start went to storage
 
 
 @attrs.frozen
@@ -120,6 +131,11 @@ class _Store:
 
 @attrs.frozen
 class _Beat:
+    tokens: tuple[LeaseToken, ...]
+
+
+@attrs.frozen
+class _Starts:
     tokens: tuple[LeaseToken, ...]
 
 
@@ -160,6 +176,7 @@ class WorkerCore:
     next_group: int = 0
     retries: list[tuple[float, Call]] = attrs.Factory(list)
     heartbeat_at: float = -math.inf
+    starts_at: float = -math.inf
     beats: int = 0  # heartbeat calls in flight
     drain: _Drain | None = None
     nudged: bool = False
@@ -179,7 +196,10 @@ class WorkerCore:
         run = self.running.get(record.id)
         if run is None or run.record.attempt != record.attempt or run.stale or run.released:
             return None
-        return cancelled(record) if run.cancel_requested else run
+        if run.cancel_requested:
+            return cancelled(record)
+        run.started = True
+        return run
 
     def finished(self, record: JobRecord, item: Settled) -> bool:
         """A job ended; `item` is its outcome, None when it must not be settled.
@@ -224,6 +244,8 @@ class WorkerCore:
         if self._buffered() and len(self.groups) < self.config.flushers:
             return -math.inf
         at = math.inf if self.beats else self.heartbeat_at
+        if self.running:
+            at = min(at, self.starts_at)
         if self.retries:
             at = min(at, min(when for when, _ in self.retries))
         if self.drain is not None and not self.drain.cancelled:
@@ -294,6 +316,8 @@ class WorkerCore:
         effects: list[Effect] = []
         if not self.beats and now >= self.heartbeat_at:
             effects += self._heartbeat(now)
+        if now >= self.starts_at:
+            effects += self._report_starts(now)
         if self.retries:
             due = [call for when, call in self.retries if when <= now]
             self.retries = [(when, call) for when, call in self.retries if when > now]
@@ -318,6 +342,21 @@ class WorkerCore:
             cmd = Heartbeat(self.node, chunk, self.config.lease_timeout_s)
             effects.append(Call(self.storage, cmd, _Beat(chunk), self.config.heartbeat_s))
         self.beats = len(effects)
+        return effects
+
+    def _report_starts(self, now: float) -> list[Effect]:
+        """Store the starts of jobs that run and whose start storage does not know."""
+        self.starts_at = now + self.config.start_report_s
+        runs = [r for r in self.running.values()
+                if r.started and not (r.start_sent or r.stale or r.released)]
+        effects: list[Effect] = []
+        for i in range(0, len(runs), BATCH_MAX):
+            chunk = runs[i:i + BATCH_MAX]
+            for run in chunk:
+                run.start_sent = True
+            tokens = tuple(run.record.token for run in chunk)
+            cmd = Heartbeat(self.node, tokens, self.config.lease_timeout_s, started=True)
+            effects.append(Call(self.storage, cmd, _Starts(tokens), self.config.heartbeat_s))
         return effects
 
     # -- flushing -------------------------------------------------------------------------
@@ -380,8 +419,8 @@ class WorkerCore:
         match tag:
             case _Store():
                 return self._stored(tag, now)
-            case _Beat(tokens=tokens):
-                self.beats = max(0, self.beats - 1)
+            case _Beat(tokens=tokens) | _Starts(tokens=tokens):
+                self.beats = max(0, self.beats - 1) if isinstance(tag, _Beat) else self.beats
                 if isinstance(reply, HeartbeatReply):
                     return self._answers(tokens, reply.statuses)
                 return [Log(logging.WARNING, f"heartbeat answered with {type(reply).__name__}")]
@@ -403,6 +442,12 @@ class WorkerCore:
             case _Beat():
                 self.beats = max(0, self.beats - 1)
                 return [Log(logging.WARNING, f"heartbeat to {self.storage} failed: {text}")]
+            case _Starts(tokens=tokens):
+                for token in tokens:  # sent again with the next report
+                    run = self.running.get(token.job_id)
+                    if run is not None and run.record.attempt == token.attempt:
+                        run.start_sent = False
+                return [Log(logging.WARNING, f"storing job starts failed: {text}")]
             case "pause":
                 return [Log(logging.WARNING, f"pausing the dispatcher failed: {text}"),
                         *self._paused()]

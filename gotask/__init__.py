@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from gotask._errors import StorageError as StorageError
     from gotask._errors import TaskNotFound as TaskNotFound
     from gotask._errors import WaitTimeout as WaitTimeout
+    from gotask._job import AttemptRecord as AttemptRecord
     from gotask._job import JobRecord as JobRecord
     from gotask._job import JobState as JobState
     from gotask._retry import RetryPolicy as RetryPolicy
@@ -46,6 +47,7 @@ __version__ = "0.1.0"
 __all__ = [
     "App",
     "AsyncClient",
+    "AttemptRecord",
     "ChildDied",
     "Client",
     "ConfigError",
@@ -88,7 +90,7 @@ __getattr__ = lazy_exports(
             "NonRetryable", "ReplyTooLarge", "ResultTooLarge", "Retry", "StorageError",
             "TaskNotFound", "WaitTimeout",
         ),
-        "gotask._job": ("JobRecord", "JobState"),
+        "gotask._job": ("AttemptRecord", "JobRecord", "JobState"),
         "gotask._retry": ("RetryPolicy", "RetryRule"),
     },
 )

@@ -121,7 +121,23 @@ def format_job(job: JobRecord) -> str:
         rows.append(("error", f"{job.error_type}: {job.error}"))
     if job.cancel_requested and not job.is_terminal:
         rows.append(("cancel", "requested"))
-    return "\n".join(f"{name + ':':<10} {value}" for name, value in rows)
+    lines = [f"{name + ':':<10} {value}" for name, value in rows]
+    return "\n".join(lines + _history_lines(job))
+
+
+def _history_lines(job: JobRecord) -> list[str]:
+    """The job's attempts, one line each (its running attempt last), under "history:"."""
+    rows = [[f"#{a.attempt}", _when(a.leased_at), a.node or "-", a.outcome,
+             f"{a.ended_at - a.leased_at:.1f}s" if a.leased_at is not None else "-",
+             _short(a.error or "", 60)] for a in job.history]
+    if job.state == "active":
+        rows.append([f"#{job.attempt}", _when(job.leased_at), job.lease_node or "-",
+                     "running", "-", ""])
+    if not rows:
+        return []
+    older = f" ({job.history_dropped} older not kept)" if job.history_dropped else ""
+    table = format_table(["attempt", "leased", "node", "outcome", "took", "error"], rows)
+    return [f"history:{older}", *("  " + line for line in table.splitlines())]
 
 
 def format_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

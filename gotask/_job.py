@@ -12,6 +12,9 @@ Rules of this module:
 - All times are float seconds on the storage's clock; all durations are seconds.
 - The lease token of a job is `(id, attempt)`. Attempts that count against
   `max_attempts` are `attempt - releases - attempt_base`.
+- Every finished attempt leaves an `AttemptRecord` on its job, written by storage in the
+  same write that ends the attempt; a job keeps the last `HISTORY_MAX` of them and counts
+  the older ones in `history_dropped`.
 """
 
 from __future__ import annotations
@@ -28,18 +31,26 @@ from gotask.runtime.message import message
 __all__ = [
     "ARGS_BYTES_MAX",
     "ATTEMPTS_MAX",
+    "ATTEMPT_ERROR_CHARS_MAX",
     "DURATION_S_MAX",
+    "HISTORY_MAX",
     "NAME_CHARS_MAX",
     "RESULT_BYTES_MAX",
     "STORED_STATES",
     "TERMINAL",
     "TRANSITIONS",
+    "UNSTARTED_FREE_MAX",
+    "AttemptOutcome",
+    "AttemptRecord",
     "JobRecord",
     "JobState",
     "LeaseToken",
     "NewJob",
+    "attempt_error",
     "check_job_fields",
     "check_transition",
+    "expiry",
+    "with_attempt",
 ]
 
 #: Longest task or queue name, in characters; names must also be printable.
@@ -56,6 +67,12 @@ ARGS_BYTES_MAX = 512 * 1024
 RESULT_BYTES_MAX = 256 * 1024
 #: Longest idempotency key, in characters.
 KEY_CHARS_MAX = 256
+#: Finished attempts a job keeps in its history; older ones are only counted.
+HISTORY_MAX = 10
+#: Longest error text an `AttemptRecord` keeps (the job keeps the last one in full).
+ATTEMPT_ERROR_CHARS_MAX = 200
+#: Lease expiries of a job never known to start that cost no attempt; later ones count.
+UNSTARTED_FREE_MAX = 3
 
 
 class JobState(enum.StrEnum):
@@ -112,6 +129,71 @@ class LeaseToken:
     attempt: int
 
 
+class AttemptOutcome(enum.StrEnum):
+    """How one attempt ended. Values are the strings stored and sent."""
+
+    SUCCEEDED = "succeeded"  # acked
+    FAILED = "failed"  # nacked for a retry or to the DLQ
+    CANCELLED = "cancelled"  # nacked after honouring a cancellation
+    RELEASED = "released"  # given back by a graceful shutdown: not counted
+    NODE_LOST = "node_lost"  # the job ran, and its node stopped renewing the lease
+    NOT_STARTED = "not_started"  # the lease expired before the job was known to start
+    LEASE_EXPIRED = "lease_expired"  # as not_started, past UNSTARTED_FREE_MAX: counted
+
+
+@message("attempt")
+@attrs.frozen
+class AttemptRecord:
+    """One finished attempt of a job, as storage wrote it when the attempt ended.
+
+    `leased_at` and `ended_at` are seconds on the storage clock: the attempt began when
+    storage leased it to `node`. `outcome` is an `AttemptOutcome` value; `error` is
+    `"ErrorType: message"` cut to `ATTEMPT_ERROR_CHARS_MAX` characters, or None.
+    """
+
+    attempt: int
+    node: str | None
+    leased_at: float | None
+    ended_at: float
+    outcome: str
+    error: str | None = None
+
+
+def attempt_error(error_type: str | None, error: str | None) -> str | None:
+    """The error text an `AttemptRecord` keeps, or None when there is no error."""
+    if error_type is None:
+        return None
+    return f"{error_type}: {error or ''}"[:ATTEMPT_ERROR_CHARS_MAX]
+
+
+def expiry(
+    attempt: int, node: str | None, started_attempt: int, unstarted_expiries: int
+) -> tuple[str, str | None, str | None]:
+    """How the expiry of a job's current lease (`attempt`, held by `node`) ends the
+    attempt: its outcome, and the error type and text the job records (None, None: the
+    attempt does not count)."""
+    where = f"attempt {attempt} on node {node!r}"
+    if started_attempt == attempt:
+        return (AttemptOutcome.NODE_LOST.value, "NodeLost",
+                f"{where} was running when its node stopped renewing the lease "
+                "(the node died, hung or lost storage)")
+    if unstarted_expiries < UNSTARTED_FREE_MAX:
+        return AttemptOutcome.NOT_STARTED.value, None, None
+    return (AttemptOutcome.LEASE_EXPIRED.value, "LeaseExpired",
+            f"lease of {where} expired before the job was known to start "
+            f"({UNSTARTED_FREE_MAX} such expiries were free already)")
+
+
+def with_attempt(
+    history: tuple[AttemptRecord, ...], dropped: int, entry: AttemptRecord
+) -> tuple[tuple[AttemptRecord, ...], int]:
+    """`history` and its `dropped` count after appending `entry` (keeps `HISTORY_MAX`)."""
+    kept = (*history, entry)
+    if len(kept) <= HISTORY_MAX:
+        return kept, dropped
+    return kept[-HISTORY_MAX:], dropped + len(kept) - HISTORY_MAX
+
+
 @message("job")
 @attrs.frozen(slots=False)
 class JobRecord:
@@ -123,6 +205,11 @@ class JobRecord:
     retry; `settled_attempt` is the attempt whose ack or nack was accepted last (0: none).
     Times (`*_at`) are seconds on the storage clock, durations (`*_s`) seconds.
     `expires_at` is when the finished job and its result are purged (None: never).
+    `started_attempt` is the latest attempt whose worker told storage it started the job
+    (0: none); `unstarted_expiries` counts leases that expired before their job was known
+    to start and cost no attempt (they are counted in `releases` too). `history` holds
+    the last `HISTORY_MAX` finished attempts, oldest first; `history_dropped` counts the
+    older ones.
 
     Not slotted on purpose: attrs initialises a frozen dict-based instance by writing its
     `__dict__`, twice as fast as slots, and storage builds one record per leased job.
@@ -157,6 +244,10 @@ class JobRecord:
     idempotency_key: str | None = None
     cancel_requested: bool = False
     expires_at: float | None = None
+    started_attempt: int = 0
+    unstarted_expiries: int = 0
+    history: tuple[AttemptRecord, ...] = ()
+    history_dropped: int = 0
 
     @property
     def token(self) -> LeaseToken:

@@ -156,10 +156,12 @@ class Beat(Event):
     status: str
     now: float
     expires_at: float
+    started: bool = False
 
     def text(self) -> str:
+        started = " started" if self.started else ""
         return (f"heartbeat      job={short(self.job_id)} attempt={self.attempt} "
-                f"{self.status} expires={_s(self.expires_at)}")
+                f"{self.status}{started} expires={_s(self.expires_at)}")
 
 
 @attrs.frozen

@@ -157,6 +157,7 @@ class _Checker:
             self.fail(ev, ev.job_id, f"heartbeat of the current lease answered {ev.status}")
         elif current and job is not None and job.open is not None:
             job.open.expires_at = ev.expires_at
+            job.open.start_stored = job.open.start_stored or ev.started
             if (ev.status == "cancel") != job.cancel_requested:
                 self.fail(ev, job.id, f"heartbeat answered {ev.status} but cancellation "
                                       f"requested={job.cancel_requested}")

@@ -8,7 +8,9 @@ Rules of this module:
   expiry closes it. Only the open lease's token is current: a lease past its expiry stays
   current until the Reaper handles it (the contract), so late heartbeats and acks count.
 - Attempts that count against `max_attempts` are `attempt - releases` (no DLQ retries
-  happen in simulations, so `attempt_base` is 0).
+  happen in simulations, so `attempt_base` is 0). An expiry of a lease whose start no
+  accepted `Heartbeat(started=True)` announced counts as a release, the first
+  `UNSTARTED_FREE_MAX` times per job; every other expiry counts.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import attrs
 
 from gotask._app import unpack_args
+from gotask._job import UNSTARTED_FREE_MAX
 
 __all__ = ["TERMINAL", "Exec", "JobModel", "Lease", "op_of"]
 
@@ -42,6 +45,7 @@ class Lease:
     closed_by: str | None = None
     closed_at: float | None = None
     executed: bool = False
+    start_stored: bool = False
 
 
 @attrs.define
@@ -76,6 +80,7 @@ class JobModel:
     terminal: list[str] = attrs.Factory(list)
     cancel_requested: bool = False
     execs: list[Exec] = attrs.Factory(list)
+    free_expiries: int = 0
 
     @property
     def attempt(self) -> int:
@@ -127,7 +132,12 @@ class JobModel:
         return "scheduled"
 
     def state_after_expiry(self) -> str:
-        """Where the Reaper sends a job whose lease expired."""
+        """Where the Reaper sends a job whose lease expired (an unstarted lease's expiry
+        is counted as a release here while it is free)."""
+        if (self.open is not None and not self.open.start_stored
+                and self.free_expiries < UNSTARTED_FREE_MAX):
+            self.free_expiries += 1
+            self.releases += 1
         if self.cancel_requested:
             return "cancelled"
         return "dead" if self.exhausted() else "queued"

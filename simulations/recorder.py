@@ -106,7 +106,7 @@ def _events(cmd: Any, reply: Any, now: float, t: float) -> list[Event]:
                            job.lease_expires_at or now) for job in reply.jobs]
         case Heartbeat(), HeartbeatReply():
             return [Beat(t, cmd.node, token.job_id, token.attempt, status, now,
-                         reply.lease_expires_at)
+                         reply.lease_expires_at, cmd.started)
                     for token, status in zip(cmd.tokens, reply.statuses, strict=True)]
         case AckJobs(), AckReply():
             return [Acked(t, STORE, item.job_id, item.attempt, status, now)

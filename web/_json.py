@@ -17,10 +17,10 @@ from typing import Any
 import msgpack
 
 from gotask._app import unpack_args
-from gotask._job import JobRecord
+from gotask._job import AttemptRecord, JobRecord
 from gotask._protocol import NodeInfo, QueuesReply
 
-__all__ = ["job_json", "jsonable", "nodes_json", "queues_json"]
+__all__ = ["attempt_json", "job_json", "jsonable", "nodes_json", "queues_json"]
 
 
 def jsonable(value: Any) -> Any:
@@ -70,7 +70,15 @@ def job_json(job: JobRecord) -> dict[str, Any]:
         "progress": job.progress, "progress_message": job.progress_message,
         "idempotency_key": job.idempotency_key, "cancel_requested": job.cancel_requested,
         "expires_at": job.expires_at,
+        "history": [attempt_json(a) for a in job.history],
+        "history_dropped": job.history_dropped,
     }
+
+
+def attempt_json(attempt: AttemptRecord) -> dict[str, Any]:
+    """One finished attempt of a job (times are seconds on the storage's clock)."""
+    return {"attempt": attempt.attempt, "node": attempt.node, "leased_at": attempt.leased_at,
+            "ended_at": attempt.ended_at, "outcome": attempt.outcome, "error": attempt.error}
 
 
 def queues_json(reply: QueuesReply) -> list[dict[str, Any]]:

@@ -155,11 +155,16 @@ class LeaseJobs(Command[LeaseReply]):
 @message("s.beat")
 @attrs.frozen
 class Heartbeat(Command[HeartbeatReply]):
-    """Extend current leases to `now + lease_timeout_s`; `node` is informational."""
+    """Extend current leases to `now + lease_timeout_s`; `node` is informational.
+
+    With `started`, the worker also says these jobs started running: storage sets
+    `started_attempt = attempt`, so a later expiry of that lease counts as `node_lost`.
+    """
 
     node: str
     tokens: tuple[LeaseToken, ...] = attrs.field(validator=_batch)
     lease_timeout_s: float = attrs.field(validator=_duration)
+    started: bool = False
 
 
 @message("s.ack")
@@ -236,9 +241,13 @@ class CountJobs(Command[CountJobsReply]):
 @message("s.requeue")
 @attrs.frozen
 class RequeueExpired(Command[RequeueExpiredReply]):
-    """Handle up to `limit` expired leases, earliest first: the attempt was counted at
-    lease, so the job is queued again (keeping its place), or dead when out of attempts
-    (error_type "LeaseExpired"), or cancelled when cancellation was requested."""
+    """Handle up to `limit` expired leases, earliest first. A lease whose job was known
+    to start (`started_attempt == attempt`) ends `node_lost` (error_type "NodeLost") and
+    counts. One never known to start ends `not_started` and costs no attempt
+    (`releases` and `unstarted_expiries` += 1), unless `UNSTARTED_FREE_MAX` such expiries
+    were free already: then it ends `lease_expired` (error_type "LeaseExpired") and
+    counts. The job is queued again (keeping its place), or dead when out of attempts,
+    or cancelled when cancellation was requested."""
 
     limit: int = attrs.field(default=1000, validator=_limit)
 

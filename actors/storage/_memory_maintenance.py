@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from heapq import heappop, heappush
 
-from gotask._job import TERMINAL, JobState
+from gotask._job import TERMINAL, JobState, attempt_error, expiry
 
 from . import base as b
 from ._memory_state import (
@@ -22,6 +22,7 @@ from ._memory_state import (
     _evolve,
     _Job,
     _MemoryState,
+    ended,
 )
 
 __all__ = ["_MemoryMaintenance"]
@@ -64,8 +65,16 @@ class _MemoryMaintenance(_MemoryState):
 
     def _expire_lease(self, job: _Job, now: float) -> None:
         rec = job.rec
-        job.rec = _evolve(rec, error_type="LeaseExpired", traceback=None, error=(
-            f"lease of attempt {rec.attempt} on node {rec.lease_node!r} expired"))
+        outcome, error_type, error = expiry(rec.attempt, rec.lease_node, rec.started_attempt,
+                                            rec.unstarted_expiries)
+        if error_type is None:
+            job.rec = _evolve(rec, releases=rec.releases + 1,
+                              unstarted_expiries=rec.unstarted_expiries + 1,
+                              **ended(rec, now, outcome))
+        else:
+            job.rec = _evolve(rec, error_type=error_type, traceback=None, error=error,
+                              **ended(rec, now, outcome, attempt_error(error_type, error)))
+        self._resize(job)
         if job.exhausted() and not job.rec.cancel_requested:
             self._finish(job, DEAD, now)
         else:

@@ -14,7 +14,15 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import attrs
 
-from gotask._job import TRANSITIONS, JobRecord, JobState, NewJob, check_transition
+from gotask._job import (
+    TRANSITIONS,
+    AttemptRecord,
+    JobRecord,
+    JobState,
+    NewJob,
+    check_transition,
+    with_attempt,
+)
 
 from ._fairness import FairCredits
 from .base import Status
@@ -39,6 +47,7 @@ __all__ = [
     "_Node",
     "_evolve",
     "_new_job",
+    "ended",
     "job_bytes",
 ]
 
@@ -55,6 +64,8 @@ _HEAP_SLACK = 1024
 BYTES_MAX = 1 << 30
 #: Bytes a job counts for beyond its data (record, indexes).
 JOB_BYTES_OVERHEAD = 512
+#: Bytes an entry of a job's attempt history counts for beyond its error text.
+ATTEMPT_BYTES = 96
 _new_record = object.__new__
 _set_fields = object.__setattr__
 
@@ -178,9 +189,18 @@ else:
 
 def job_bytes(rec: JobRecord) -> int:
     """What the memory core counts a job as holding: a fixed overhead, its arguments,
-    result, error, traceback and progress message."""
+    result, error, traceback, progress message and attempt history."""
     return (JOB_BYTES_OVERHEAD + len(rec.args) + len(rec.result or b"") + len(rec.error or "")
-            + len(rec.traceback or "") + len(rec.progress_message))
+            + len(rec.traceback or "") + len(rec.progress_message)
+            + sum(ATTEMPT_BYTES + len(a.error or "") for a in rec.history))
+
+
+def ended(rec: JobRecord, now: float, outcome: str, error: str | None = None) -> dict[str, Any]:
+    """The record changes that end `rec`'s current attempt with `outcome` at `now`: its
+    `AttemptRecord` appended to the history (for `_evolve`)."""
+    entry = AttemptRecord(rec.attempt, rec.lease_node, rec.leased_at, now, outcome, error)
+    history, dropped = with_attempt(rec.history, rec.history_dropped, entry)
+    return {"history": history, "history_dropped": dropped}
 
 
 def _new_job(new: NewJob, now: float, seq: int) -> _Job:

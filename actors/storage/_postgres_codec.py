@@ -26,6 +26,7 @@ from gotask._job import JobRecord
 
 from . import base as b
 from ._backend import Leased, WatchRead
+from ._history import history_from_json
 from ._postgres_cron import CRON_ENCODERS
 from ._postgres_queues import QUEUE_ENCODERS
 from ._postgres_schema import JOB_COLUMNS
@@ -48,8 +49,10 @@ class Plan:
 
 
 def record(row: Any, start: int = 0) -> JobRecord:
-    """A job record from the 28 columns of `JOB_COLUMNS` starting at `start`."""
-    return JobRecord(*tuple(row)[start:start + 28])
+    """A job record from the 32 columns of `JOB_COLUMNS` starting at `start`."""
+    fields = list(row)[start:start + 32]
+    fields[30] = history_from_json(fields[30])
+    return JobRecord(*fields)
 
 
 def _f(value: float | None) -> float | None:
@@ -94,8 +97,8 @@ def _tokens(tokens: tuple[b.LeaseToken, ...]) -> tuple[list[str], list[int]]:
 
 def _heartbeat(cmd: b.Heartbeat, s: str, now: float | None) -> Plan:
     ids, attempts = _tokens(cmd.tokens)
-    return Plan(f"SELECT statuses, t_now FROM {s}.heartbeat($1, $2, $3, $4)",
-                (ids, attempts, float(cmd.lease_timeout_s), now),
+    return Plan(f"SELECT statuses, t_now FROM {s}.heartbeat($1, $2, $3, $4, $5)",
+                (ids, attempts, float(cmd.lease_timeout_s), now, cmd.started),
                 lambda rows: b.HeartbeatReply(
                     tuple(rows[0][0]), rows[0][1] + float(cmd.lease_timeout_s)))
 

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 from ._postgres_control import CONTROL
 
-__all__ = ["FUNCTIONS"]
+__all__ = ["FUNCTIONS", "NOW", "settle_functions"]
 
-_NOW = "coalesce(p_now, extract(epoch FROM clock_timestamp()))"
+_NOW = NOW = "coalesce(p_now, extract(epoch FROM clock_timestamp()))"
 
 _HELPERS = """
 CREATE FUNCTION @S@.clock(p_now double precision) RETURNS double precision
@@ -255,7 +255,7 @@ BEGIN
         UPDATE @S@.jobs j SET state = 'succeeded', settled_attempt = u.attempt,
             result = u.result, error_type = NULL, error = NULL, traceback = NULL,
             progress = 1.0, finished_at = v_now, lease_expires_at = NULL,
-            expires_at = v_now + j.result_ttl_s
+            expires_at = v_now + j.result_ttl_s@ACK_ENDED@
         FROM u WHERE j.id = u.id AND j.state = 'active' AND j.attempt = u.attempt
         RETURNING u.ord, j.id, j.watched, j.queue, j.state
     ), moved AS (
@@ -305,7 +305,7 @@ BEGIN
                 ELSE j.due_at END,
             finished_at = CASE WHEN p.next = 'scheduled' THEN j.finished_at ELSE v_now END,
             expires_at = CASE WHEN p.next = 'cancelled' THEN v_now + j.result_ttl_s
-                ELSE NULL END
+                ELSE NULL END@NACK_ENDED@
         FROM plan p WHERE j.id = p.id
         RETURNING p.ord, j.id, j.queue, j.state, j.due_at, j.watched
     ), moved AS (
@@ -341,7 +341,7 @@ BEGIN
             state = CASE WHEN j.cancel_requested THEN 'cancelled' ELSE 'queued' END,
             finished_at = CASE WHEN j.cancel_requested THEN v_now ELSE j.finished_at END,
             expires_at = CASE WHEN j.cancel_requested THEN v_now + j.result_ttl_s
-                ELSE j.expires_at END
+                ELSE j.expires_at END@RELEASE_ENDED@
         FROM u WHERE j.id = u.id AND j.state = 'active' AND j.attempt = u.attempt
         RETURNING u.ord, j.id, j.queue, j.state, j.watched
     ), moved AS (
@@ -360,12 +360,12 @@ BEGIN
 END $$;
 
 CREATE FUNCTION @S@.heartbeat(p_ids text[], p_attempts integer[], p_timeout double precision,
-                              p_now double precision)
+                              p_now double precision@BEAT_ARGS@)
 RETURNS TABLE (statuses text[], t_now double precision) LANGUAGE plpgsql AS $$
 DECLARE
     v_now double precision := @S@.clock(p_now);
 BEGIN
-    UPDATE @S@.jobs j SET lease_expires_at = v_now + p_timeout
+    UPDATE @S@.jobs j SET lease_expires_at = v_now + p_timeout@BEAT_SET@
     FROM (SELECT DISTINCT id, attempt FROM unnest(p_ids, p_attempts) AS i(id, attempt)) u
     WHERE j.id = u.id AND j.state = 'active' AND j.attempt = u.attempt;
     RETURN QUERY SELECT ARRAY(
@@ -393,5 +393,20 @@ BEGIN
 END $$;
 """
 
+#: What migration 1 (the functions as first released) puts at each mark of `_SETTLE`.
+_V1_MARKS = dict.fromkeys(
+    ("@ACK_ENDED@", "@NACK_ENDED@", "@RELEASE_ENDED@", "@BEAT_ARGS@", "@BEAT_SET@"), "")
+
+
+def settle_functions(marks: dict[str, str]) -> str:
+    """The ack, nack, release and heartbeat functions with `marks` filled in (migration 1
+    leaves them empty; migration 3 adds the attempt history, `_postgres_attempts`)."""
+    text = _SETTLE
+    for mark, sql in marks.items():
+        text = text.replace(mark, sql)
+    return text.replace("@NOW@", _NOW)
+
+
 #: Every function, as one migration's text.
-FUNCTIONS = (_HELPERS + _ENQUEUE + _LEASE + _SETTLE + CONTROL).replace("@NOW@", _NOW)
+FUNCTIONS = (_HELPERS + _ENQUEUE + _LEASE).replace("@NOW@", _NOW) + settle_functions(
+    _V1_MARKS) + CONTROL.replace("@NOW@", _NOW)

@@ -39,7 +39,8 @@ JOB_COLUMNS = (
     "id, task, queue, args, priority, state, created_at, due_at, max_attempts, result_ttl_s, "
     "attempt, releases, attempt_base, settled_attempt, leased_at, finished_at, "
     "lease_expires_at, lease_node, timeout_s, result, error_type, error, traceback, "
-    "progress, progress_message, idempotency_key, cancel_requested, expires_at"
+    "progress, progress_message, idempotency_key, cancel_requested, expires_at, "
+    "started_attempt, unstarted_expiries, history, history_dropped"
 )
 
 _TABLES = """
@@ -144,6 +145,7 @@ def _render(sql: str, schema: str) -> str:
 
 def migrations(schema: str) -> list[tuple[int, str]]:
     """Every migration as (version, SQL) for `schema`, in order."""
+    from ._postgres_attempts import ATTEMPTS_SQL
     from ._postgres_cron import CRON_SQL
     from ._postgres_functions import FUNCTIONS
     from ._postgres_queues import QUEUES_SQL, READY_DUE_SQL, TASK_SQL
@@ -153,11 +155,12 @@ def migrations(schema: str) -> list[tuple[int, str]]:
             (2, _render(CRON_SQL, schema)),  # cron (issue 15)
             (3, _render(QUEUES_SQL, schema)),  # paused queues (issue 16)
             (4, _render(TASK_SQL, schema)),  # listing jobs by task (issue 16)
-            (5, _render(READY_DUE_SQL, schema))]  # the oldest ready job (issue 16)
+            (5, _render(READY_DUE_SQL, schema)),  # the oldest ready job (issue 16)
+            (6, _render(ATTEMPTS_SQL, schema))]  # attempt history (issues 21, 22)
 
 
 #: The newest migration's version.
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 
 def migration_script(schema: str) -> str:

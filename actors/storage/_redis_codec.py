@@ -23,10 +23,11 @@ from typing import Any
 import attrs
 import msgpack
 
-from gotask._job import JobRecord
+from gotask._job import AttemptRecord, JobRecord, attempt_error
 
 from . import base as b
 from ._backend import JOB_OVERHEAD_BYTES, LEASE_REPLY_BYTES_MAX, Leased, WatchRead
+from ._history import history_from_json
 from ._redis_cron import CRON_DECODERS, CRON_ENCODERS
 from ._redis_queues import QUEUE_DECODERS, QUEUE_ENCODERS
 
@@ -56,6 +57,11 @@ def _text(value: bytes) -> str:
 
 def _opt_float(value: bytes | None) -> float | None:
     return None if value is None else float(value)
+
+
+def _history(text: bytes | None) -> tuple[AttemptRecord, ...]:
+    """A job hash's `history` (entries joined by newlines, `_redis_attempts`)."""
+    return history_from_json(b"[" + text.replace(b"\n", b",") + b"]") if text else ()
 
 
 def _opt_memo_float(memo: _Memo, value: bytes | None) -> float | None:
@@ -149,6 +155,8 @@ def record(pairs: list[bytes], memo: _Memo | None = None,
         "" if message is None else message.decode(),
         None if key is None else key.decode(), get(b"cancel_requested") == b"1",
         None if expires_at is None else m.float(expires_at),
+        int(get(b"started_attempt", 0)), int(get(b"unstarted_expiries", 0)),
+        _history(get(b"history")), int(get(b"history_dropped", 0)),
     )  # fmt: skip
 
 
@@ -179,7 +187,8 @@ def _tokens(tokens: tuple[b.LeaseToken, ...]) -> list[Any]:
 def _nack_args(cmd: b.NackJobs) -> list[Any]:
     return [v for i in cmd.items for v in (
         i.job_id, i.attempt, i.error_type, i.error, i.traceback,
-        "" if i.retry_in_s is None else float(i.retry_in_s), i.outcome)]
+        "" if i.retry_in_s is None else float(i.retry_in_s), i.outcome,
+        attempt_error(i.error_type, i.error))]
 
 
 def _targets(ids: tuple[str, ...] | None) -> list[Any]:
@@ -193,7 +202,8 @@ def _register_args(cmd: b.RegisterNode, nodes_max: int) -> list[Any]:
 _ENCODERS: dict[type, Callable[[Any], Plan]] = {
     b.EnqueueJobs: lambda c: Plan("enqueue", _enqueue_args(c)),
     b.LeaseJobs: lambda c: Plan("lease", _lease_args(c), resend=False),
-    b.Heartbeat: lambda c: Plan("heartbeat", [float(c.lease_timeout_s), *_tokens(c.tokens)]),
+    b.Heartbeat: lambda c: Plan("heartbeat", [float(c.lease_timeout_s), int(c.started),
+                                              *_tokens(c.tokens)]),
     b.AckJobs: lambda c: Plan(
         "ack", [v for i in c.items for v in (i.job_id, i.attempt, i.result, i.queue or "")]),
     b.NackJobs: lambda c: Plan("nack", _nack_args(c)),

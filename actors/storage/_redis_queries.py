@@ -7,6 +7,8 @@ one script and return candidates per queue, which Python merges in id order.
 
 from __future__ import annotations
 
+from gotask._job import UNSTARTED_FREE_MAX
+
 __all__ = [
     "COUNT",
     "EXPIRE_NODES",
@@ -76,6 +78,7 @@ return out
 """
 
 REQUEUE = r"""
+local UNSTARTED_FREE_MAX = @UNSTARTED_FREE_MAX@
 local moved = {queued = {}, dead = {}, cancelled = {}}
 local limit = tonumber(ARGV[3])
 local function none(m) return 0 end
@@ -83,9 +86,27 @@ for n, e in ipairs(earliest('leases', limit, none)) do
   if n > limit then break end
   local j = load(e[3])
   unlease(j)
-  redis.call('HSET', j.key, 'error_type', 'LeaseExpired', 'error', 'lease of attempt '
-    .. j.attempt .. " on node '" .. tostring(j.lease_node) .. "' expired")
-  redis.call('HDEL', j.key, 'traceback')
+  local v = redis.call('HMGET', j.key, 'started_attempt', 'unstarted_expiries')
+  local where = 'attempt ' .. j.attempt .. " on node '" .. tostring(j.lease_node) .. "'"
+  local etype, err = nil, nil
+  if tonumber(v[1] or 0) == j.attempt then
+    etype, err = 'NodeLost', where .. ' was running when its node stopped renewing the '
+      .. 'lease (the node died, hung or lost storage)'
+    ended(j, 'node_lost', etype .. ': ' .. err)
+  elseif tonumber(v[2] or 0) < UNSTARTED_FREE_MAX then
+    ended(j, 'not_started', nil)
+    redis.call('HINCRBY', j.key, 'unstarted_expiries', 1)
+    redis.call('HINCRBY', j.key, 'releases', 1)
+    j.releases = j.releases + 1
+  else
+    etype, err = 'LeaseExpired', 'lease of ' .. where .. ' expired before the job was known '
+      .. 'to start (' .. UNSTARTED_FREE_MAX .. ' such expiries were free already)'
+    ended(j, 'lease_expired', etype .. ': ' .. err)
+  end
+  if etype then
+    redis.call('HSET', j.key, 'error_type', etype, 'error', err)
+    redis.call('HDEL', j.key, 'traceback')
+  end
   if exhausted(j) and not j.cancel then finish(j, 'dead') else requeue(j) end
   local list = moved[j.state]
   list[#list + 1] = j.id
@@ -93,7 +114,7 @@ for n, e in ipairs(earliest('leases', limit, none)) do
 end
 flush()
 return {moved.queued, moved.dead, moved.cancelled}
-"""
+""".replace("@UNSTARTED_FREE_MAX@", str(UNSTARTED_FREE_MAX))
 
 PROMOTE = r"""
 local limit = tonumber(ARGV[3])

@@ -1,8 +1,8 @@
 """The Lua scripts of the Redis backend: every command of the storage contract, atomic.
 
-This module holds the prelude and the job lifecycle (enqueue, lease, heartbeat, ack,
-nack, release, progress, cancel); `_redis_queries` the reads, maintenance, DLQ and node
-registry.
+This module holds the prelude and the job lifecycle (enqueue, lease, ack, nack,
+cancel); `_redis_attempts` the attempt history and the running attempt (heartbeat,
+release, progress); `_redis_queries` the reads, maintenance, DLQ and node registry.
 
 Rules of this module:
 - One script per storage command; each is `PRELUDE + body` and runs atomically.
@@ -35,6 +35,7 @@ Rules of this module:
 
 from __future__ import annotations
 
+from ._redis_attempts import HEARTBEAT, HISTORY, PROGRESS, RELEASE
 from ._redis_queries import (
     COUNT,
     EXPIRE_NODES,
@@ -381,26 +382,6 @@ flush()
 return {out, next_due, snow}
 """
 
-HEARTBEAT = r"""
-local expires = now + tonumber(ARGV[3])
-local sexp = fmt(expires)
-local statuses = {}
-for i = 4, #ARGV, 2 do
-  local id, status = ARGV[i], 'stale'
-  local q = redis.call('HGET', IDX, id)
-  if q then
-    local key = qk(q, 'j:' .. id)
-    local v = redis.call('HMGET', key, 'state', 'attempt', 'cancel_requested')
-    if v[1] == 'active' and tonumber(v[2] or 0) == tonumber(ARGV[i + 1]) then
-      redis.call('HSET', key, 'lease_expires_at', sexp)
-      redis.call('ZADD', qk(q, 'leases'), sexp, id)
-      status = (v[3] == '1') and 'cancel' or 'ok'
-    end
-  end
-  statuses[#statuses + 1] = status
-end
-return {statuses, sexp}
-"""
 
 ACK = r"""
 local statuses, unleased, expiring, expiry_of, jkeys, acked = {}, {}, {}, {}, {}, {}
@@ -414,7 +395,7 @@ local function jkey(q)
 end
 local function read(key)
   return redis.call('HMGET', key, 'state', 'attempt', 'settled_attempt', 'result_ttl_s',
-    'watched', 'id', 'queue')
+    'watched', 'id', 'queue', 'lease_node', 'leased_at', 'history', 'history_n')
 end
 for i = 3, #ARGV, 4 do
   local id, attempt, q = ARGV[i], ARGV[i + 1], ARGV[i + 3]
@@ -441,8 +422,10 @@ for i = 3, #ARGV, 4 do
         expiry_of[v[4]] = exp
       end
       -- lease_expires_at stays: it is read only while a job is active (one call less)
+      local h, hn = appended(key, v[2], v[8], v[9], 'succeeded', nil, v[10], v[11])
       redis.call('HSET', key, 'settled_attempt', attempt, 'result', ARGV[i + 2],
-        'progress', '1', 'state', 'succeeded', 'finished_at', snow, 'expires_at', exp)
+        'progress', '1', 'state', 'succeeded', 'finished_at', snow, 'expires_at', exp,
+        'history', h, 'history_n', hn)
       redis.call('HDEL', key, 'error_type', 'error', 'traceback')  -- no stale error
       local u, e = unleased[q], expiring[q]
       u[#u + 1] = id
@@ -477,16 +460,18 @@ return statuses
 
 NACK = r"""
 local statuses, states = {}, {}
-for i = 3, #ARGV, 7 do
+for i = 3, #ARGV, 8 do
   local j = load(ARGV[i])
   local status = fence(j, tonumber(ARGV[i + 1]))
   if status == 'ok' then
     local outcome = ARGV[i + 6]
+    local cancelled = outcome == 'cancelled' or (outcome == 'retry' and j.cancel)
+    ended(j, cancelled and 'cancelled' or 'failed', ARGV[i + 7])
     unlease(j)
     redis.call('HSET', j.key, 'settled_attempt', ARGV[i + 1], 'error_type', ARGV[i + 2],
       'error', ARGV[i + 3], 'traceback', ARGV[i + 4])
     redis.call('HDEL', j.key, 'lease_expires_at')
-    if outcome == 'cancelled' or (outcome == 'retry' and j.cancel) then
+    if cancelled then
       finish(j, 'cancelled')
     elseif outcome == 'dead' or exhausted(j) then
       finish(j, 'dead')
@@ -502,43 +487,7 @@ flush()
 return {statuses, states}
 """
 
-RELEASE = r"""
-local statuses, states = {}, {}
-for i = 3, #ARGV, 2 do
-  local j = load(ARGV[i])
-  local status = fence(j, tonumber(ARGV[i + 1]))
-  if status == 'ok' then
-    unlease(j)
-    redis.call('HINCRBY', j.key, 'releases', 1)
-    requeue(j)
-  end
-  statuses[#statuses + 1] = status
-  states[#states + 1] = j and j.state or 'missing'
-  if status == 'ok' then ev_id(j.id, j.watched) end
-end
-flush()
-return {statuses, states}
-"""
 
-PROGRESS = r"""
-local accepted = {}
-for i = 3, #ARGV, 4 do
-  local id, ok = ARGV[i], 0
-  local q = redis.call('HGET', IDX, id)
-  if q then
-    local key = qk(q, 'j:' .. id)
-    local v = redis.call('HMGET', key, 'state', 'attempt', 'watched')
-    if v[1] == 'active' and tonumber(v[2] or 0) == tonumber(ARGV[i + 1]) then
-      redis.call('HSET', key, 'progress', ARGV[i + 2], 'progress_message', ARGV[i + 3])
-      ok = 1
-      ev_id(id, v[3])
-    end
-  end
-  accepted[#accepted + 1] = ok
-end
-flush()
-return accepted
-"""
 
 CANCEL = r"""
 local states = {}
@@ -571,7 +520,7 @@ return states
 
 #: Script name -> full Lua source (prelude included).
 SCRIPTS: dict[str, str] = {
-    name: PRELUDE + body
+    name: PRELUDE + HISTORY + body
     for name, body in {
         "enqueue": ENQUEUE, "lease": LEASE, "heartbeat": HEARTBEAT, "ack": ACK,
         "nack": NACK, "release": RELEASE, "progress": PROGRESS, "cancel": CANCEL,

@@ -19,16 +19,18 @@ import sqlite3
 from typing import Any, NoReturn, TypeVar, cast
 
 from gotask._errors import IllegalTransition, StorageFull, StorageUnavailable
-from gotask._job import JobRecord
+from gotask._job import AttemptOutcome, JobRecord, attempt_error
 
 from . import base as b
 from ._core_dispatch import dispatch
 from ._fairness import FairCredits, swrr
+from ._history import history_from_json
 from ._sqlite_cron import _SqliteCron
 from ._sqlite_maintenance import (
     _COLS,
     CANCEL,
     DUPLICATE,
+    ENDED,
     MISSING,
     OK,
     STALE,
@@ -53,12 +55,16 @@ _LEASE = ("UPDATE jobs SET state = 'active', attempt = attempt + 1, leased_at = 
           "lease_expires_at = ?, lease_node = ? WHERE seq = ?")
 _BEAT = ("UPDATE jobs SET lease_expires_at = ? WHERE id = ? AND state = 'active' "
          "AND attempt = ? RETURNING cancel_requested")
+_BEAT_STARTED = ("UPDATE jobs SET lease_expires_at = ?, started_attempt = attempt "
+                 "WHERE id = ? AND state = 'active' AND attempt = ? RETURNING cancel_requested")
 _ACK = (
     "UPDATE jobs SET state = 'succeeded', settled_attempt = attempt, result = ?, "
     "error_type = NULL, error = NULL, traceback = NULL, progress = 1.0, finished_at = ?, "
-    "lease_expires_at = NULL, expires_at = ? + result_ttl_s "
+    f"lease_expires_at = NULL, expires_at = ? + result_ttl_s, {ENDED} "
     "WHERE id = ? AND state = 'active' AND attempt = ?"
 )
+_SUCCEEDED, _FAILED = AttemptOutcome.SUCCEEDED.value, AttemptOutcome.FAILED.value
+_CANCELLED, _RELEASED = AttemptOutcome.CANCELLED.value, AttemptOutcome.RELEASED.value
 _FENCE = ("SELECT state, attempt, settled_attempt, releases, attempt_base, max_attempts, "
           "cancel_requested FROM jobs WHERE id = ?")
 _PROGRESS = ("UPDATE jobs SET progress = ?, progress_message = ? "
@@ -73,6 +79,7 @@ def _leased(row: Any, now: float, expires_at: float, node: str) -> JobRecord:
         row[1], row[2], row[3], row[4], row[5], "active", row[7], row[8], row[9], row[10],
         row[11] + 1, row[12], row[13], row[14], now, row[16], expires_at, node, row[19],
         row[20], row[21], row[22], row[23], row[24], row[25], row[26], bool(row[27]), row[28],
+        row[29], row[30], history_from_json(row[31]), row[32],
     )  # fmt: skip
 
 
@@ -254,10 +261,10 @@ class SqliteStorageCore(_SqliteMaintenance, _SqliteCron):
 
     def _heartbeat(self, cmd: b.Heartbeat, now: float) -> b.HeartbeatReply:
         expires_at = now + cmd.lease_timeout_s
-        execute = self._conn.execute
+        execute, sql = self._conn.execute, _BEAT_STARTED if cmd.started else _BEAT
         statuses: list[str] = []
         for token in cmd.tokens:
-            row = execute(_BEAT, (expires_at, token.job_id, token.attempt)).fetchone()
+            row = execute(sql, (expires_at, token.job_id, token.attempt)).fetchone()
             statuses.append(STALE if row is None else CANCEL if row[0] else OK)
         return b.HeartbeatReply(tuple(statuses), expires_at)
 
@@ -265,7 +272,7 @@ class SqliteStorageCore(_SqliteMaintenance, _SqliteCron):
         execute = self._conn.execute
         statuses: list[str] = []
         for item in cmd.items:
-            args = (item.result, now, now, item.job_id, item.attempt)
+            args = (item.result, now, now, now, _SUCCEEDED, None, item.job_id, item.attempt)
             if execute(_ACK, args).rowcount == 1:
                 statuses.append(OK)
             else:
@@ -298,13 +305,15 @@ class SqliteStorageCore(_SqliteMaintenance, _SqliteCron):
     def _fail(self, item: b.NackItem, row: Any, now: float) -> str:
         """Record a failed attempt and move the job on; returns its new state."""
         _, attempt, _, releases, base, max_attempts, cancel_requested = row
+        cancel = item.outcome == b.Outcome.CANCELLED or (
+            item.outcome == b.Outcome.RETRY and cancel_requested)
         self._conn.execute(
             "UPDATE jobs SET settled_attempt = ?, error_type = ?, error = ?, traceback = ?, "
-            "lease_expires_at = NULL WHERE id = ?",
-            (item.attempt, item.error_type, item.error, item.traceback, item.job_id))
-        if item.outcome == b.Outcome.CANCELLED or (
-            item.outcome == b.Outcome.RETRY and cancel_requested
-        ):
+            f"lease_expires_at = NULL, {ENDED} WHERE id = ?",
+            (item.attempt, item.error_type, item.error, item.traceback, now,
+             _CANCELLED if cancel else _FAILED, attempt_error(item.error_type, item.error),
+             item.job_id))
+        if cancel:
             return self._finish(item.job_id, "cancelled", now)
         if item.outcome == b.Outcome.DEAD or attempt - releases - base >= max_attempts:
             return self._finish(item.job_id, "dead", now)
@@ -319,8 +328,8 @@ class SqliteStorageCore(_SqliteMaintenance, _SqliteCron):
             status, row = self._judge(token.job_id, token.attempt)
             state = MISSING if row is None else row[0]
             if status == OK:
-                self._conn.execute("UPDATE jobs SET releases = releases + 1 WHERE id = ?",
-                                   (token.job_id,))
+                self._conn.execute(f"UPDATE jobs SET releases = releases + 1, {ENDED} "
+                                   "WHERE id = ?", (now, _RELEASED, None, token.job_id))
                 state = self._hand_back(token.job_id, bool(row[6]), now)
             statuses.append(status)
             states.append(state)

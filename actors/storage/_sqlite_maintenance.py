@@ -14,15 +14,17 @@ from typing import Any
 import msgpack
 
 from gotask._errors import StorageFull
-from gotask._job import JobRecord
+from gotask._job import HISTORY_MAX, JobRecord, attempt_error, expiry
 
 from . import base as b
+from ._history import history_from_json
 from ._sqlite_schema import JOB_COLUMNS
 from .base import Status
 
 __all__ = [
     "CANCEL",
     "DUPLICATE",
+    "ENDED",
     "MISSING",
     "OK",
     "STALE",
@@ -44,7 +46,8 @@ _FINISH = ("UPDATE jobs SET state = ?, finished_at = ?, lease_expires_at = NULL,
 _PROMOTE = ("UPDATE jobs SET state = 'queued' WHERE seq IN (SELECT seq FROM jobs "
             "WHERE state = 'scheduled' AND due_at <= ? ORDER BY due_at, seq LIMIT ?)")
 _EXPIRED = ("SELECT id, attempt, releases, attempt_base, max_attempts, cancel_requested, "
-            "lease_node FROM jobs WHERE state = 'active' AND lease_expires_at <= ? "
+            "lease_node, started_attempt, unstarted_expiries FROM jobs "
+            "WHERE state = 'active' AND lease_expires_at <= ? "
             "ORDER BY lease_expires_at, id LIMIT ?")
 _PURGE = ("DELETE FROM jobs WHERE seq IN (SELECT seq FROM jobs WHERE expires_at <= ? "
           "AND state IN ('succeeded', 'cancelled') ORDER BY expires_at LIMIT ?)")
@@ -53,9 +56,19 @@ _REVIVE = ("UPDATE jobs SET state = 'queued', attempt_base = attempt - releases,
            "WHERE state = 'dead'")
 
 
+#: SET clauses that end the current attempt: its `_history` entry appended (the oldest
+#: dropped past `HISTORY_MAX`). Parameters: the end time, the outcome and the error.
+ENDED = (
+    f"history = json_insert(CASE WHEN json_array_length(history) >= {HISTORY_MAX} "
+    "THEN json_remove(history, '$[0]') ELSE history END, '$[#]', "
+    "json_array(attempt, lease_node, leased_at, ?, ?, ?)), "
+    f"history_dropped = history_dropped + (json_array_length(history) >= {HISTORY_MAX})"
+)
+
+
 def record(row: Any) -> JobRecord:
     """A `JobRecord` from a row of `JOB_COLUMNS`."""
-    fields = (*row[:26], bool(row[26]), row[27])
+    fields = (*row[:26], bool(row[26]), *row[27:30], history_from_json(row[30]), row[31])
     return JobRecord(*fields)
 
 
@@ -109,11 +122,20 @@ class _SqliteMaintenance:
 
     def _requeue_expired(self, limit: int, now: float) -> b.RequeueExpiredReply:
         moved: dict[str, list[str]] = {"queued": [], "dead": [], "cancelled": []}
-        for job_id, attempt, releases, base, max_attempts, cancel, node in \
+        for job_id, attempt, releases, base, max_attempts, cancel, node, started, free in \
                 self._conn.execute(_EXPIRED, (now, limit)).fetchall():
-            self._conn.execute(
-                "UPDATE jobs SET error_type = 'LeaseExpired', error = ?, traceback = NULL "
-                "WHERE id = ?", (f"lease of attempt {attempt} on node {node!r} expired", job_id))
+            outcome, error_type, error = expiry(attempt, node, started, free)
+            if error_type is None:
+                releases += 1
+                self._conn.execute(
+                    "UPDATE jobs SET releases = releases + 1, "
+                    f"unstarted_expiries = unstarted_expiries + 1, {ENDED} WHERE id = ?",
+                    (now, outcome, None, job_id))
+            else:
+                self._conn.execute(
+                    f"UPDATE jobs SET error_type = ?, error = ?, traceback = NULL, {ENDED} "
+                    "WHERE id = ?", (error_type, error, now, outcome,
+                                     attempt_error(error_type, error), job_id))
             if attempt - releases - base >= max_attempts and not cancel:
                 state = self._finish(job_id, "dead", now)
             else:

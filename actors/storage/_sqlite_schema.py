@@ -40,7 +40,7 @@ __all__ = [
 
 #: `PRAGMA application_id` of a GoTask database: "GTsq".
 APPLICATION_ID = 0x47547371
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 #: Where `sqlite://` (no path) keeps its file, relative to the working directory.
 DEFAULT_PATH = ".gotask/gotask.db"
 _SYNC_MODES = ("FULL", "NORMAL")
@@ -50,7 +50,8 @@ JOB_COLUMNS = (
     "id, task, queue, args, priority, state, created_at, due_at, max_attempts, result_ttl_s, "
     "attempt, releases, attempt_base, settled_attempt, leased_at, finished_at, "
     "lease_expires_at, lease_node, timeout_s, result, error_type, error, traceback, progress, "
-    "progress_message, idempotency_key, cancel_requested, expires_at"
+    "progress_message, idempotency_key, cancel_requested, expires_at, started_attempt, "
+    "unstarted_expiries, history, history_dropped"
 )
 
 _EDGES = ", ".join(f"'{old.value}>{new.value}'" for old, news in TRANSITIONS.items()
@@ -156,9 +157,17 @@ _SCHEMA_V5_READY_DUE = """
 CREATE INDEX jobs_ready_due ON jobs (queue, due_at) WHERE state = 'queued';
 """
 
+# -- attempt history (issues 21 and 22): the JSON array of `_history` --
+_SCHEMA_V6_ATTEMPTS = """
+ALTER TABLE jobs ADD COLUMN started_attempt INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE jobs ADD COLUMN unstarted_expiries INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE jobs ADD COLUMN history TEXT NOT NULL DEFAULT '[]';
+ALTER TABLE jobs ADD COLUMN history_dropped INTEGER NOT NULL DEFAULT 0;
+"""
+
 #: Scripts that bring a database from version `i` to `i + 1`; index 0 creates it.
 MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1, _SCHEMA_V2_CRON, _SCHEMA_V3_PAUSED,
-                               _SCHEMA_V4_TASK, _SCHEMA_V5_READY_DUE)
+                               _SCHEMA_V4_TASK, _SCHEMA_V5_READY_DUE, _SCHEMA_V6_ATTEMPTS)
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 

@@ -23,6 +23,11 @@ suite (tests/storage/contract.py). The rules:
   would return to queued or scheduled (retry, release, lease expiry) it is cancelled.
 - Exhaustion: a job is out of attempts when `attempt - releases - attempt_base >=
   max_attempts`; a retry or a lease expiry then sends it to the DLQ (`dead`).
+- Attempts count only what ran: a lease that expires before a heartbeat said its job
+  started costs no attempt, at most `UNSTARTED_FREE_MAX` times per job (so a job that
+  kills its process before its start is stored still ends in the DLQ).
+- History: the write that ends an attempt (ack, nack, release, lease expiry) appends its
+  `AttemptRecord` to the job, keeping the last `HISTORY_MAX`.
 - Retention: succeeded and cancelled jobs are purged `result_ttl_s` after they finish,
   with their idempotency keys. Dead jobs stay in the DLQ until purged from it.
 - Bounded: a command holds at most `BATCH_MAX` items, a `limit` is 1..`LIMIT_MAX`, a

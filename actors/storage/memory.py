@@ -37,7 +37,7 @@ from heapq import heappop
 from typing import Protocol, TypeVar, cast
 
 from gotask._errors import StorageFull
-from gotask._job import JobRecord, LeaseToken, NewJob
+from gotask._job import AttemptOutcome, JobRecord, LeaseToken, NewJob, attempt_error
 
 from . import base as b
 from ._core_dispatch import dispatch
@@ -62,12 +62,15 @@ from ._memory_state import (
     _evolve,
     _Job,
     _new_job,
+    ended,
 )
 from .base import Command, NackItem, StorageCommand
 
 __all__ = ["MemoryStorageCore"]
 
 _UNLIMITED = sys.maxsize
+_SUCCEEDED, _FAILED = AttemptOutcome.SUCCEEDED.value, AttemptOutcome.FAILED.value
+_CANCELLED, _RELEASED = AttemptOutcome.CANCELLED.value, AttemptOutcome.RELEASED.value
 
 R = TypeVar("R")
 
@@ -241,7 +244,8 @@ class MemoryStorageCore(_MemoryQueries, _MemoryMaintenance, _MemoryCron):
             if job.rec.lease_expires_at is None or expires_at < job.rec.lease_expires_at:
                 # The heap entry is later than the new expiry; add the earlier one.
                 self._leases.push((expires_at, job.rec.id, job.rec.attempt))
-            job.rec = _evolve(job.rec, lease_expires_at=expires_at)
+            job.rec = (_evolve(job.rec, lease_expires_at=expires_at, started_attempt=token.attempt)
+                       if cmd.started else _evolve(job.rec, lease_expires_at=expires_at))
             statuses.append(CANCEL if job.rec.cancel_requested else OK)
         return b.HeartbeatReply(tuple(statuses), expires_at)
 
@@ -257,7 +261,7 @@ class MemoryStorageCore(_MemoryQueries, _MemoryMaintenance, _MemoryCron):
                 assert job is not None
                 self._finish(job, SUCCEEDED, now, settled_attempt=item.attempt,
                              result=item.result, progress=1.0, error_type=None, error=None,
-                             traceback=None)
+                             traceback=None, **ended(job.rec, now, _SUCCEEDED))
             statuses.append(status)
         return b.AckReply(tuple(statuses))
 
@@ -268,12 +272,15 @@ class MemoryStorageCore(_MemoryQueries, _MemoryMaintenance, _MemoryCron):
         return b.NackReply(*self._each_current(cmd.items, fail))
 
     def _fail(self, job: _Job, item: NackItem, now: float) -> None:
+        cancel = item.outcome == b.Outcome.CANCELLED or (
+            item.outcome == b.Outcome.RETRY and job.rec.cancel_requested)
+        outcome = _CANCELLED if cancel else _FAILED
         job.rec = _evolve(job.rec, settled_attempt=item.attempt, error_type=item.error_type,
-                          error=item.error, traceback=item.traceback, lease_expires_at=None)
+                          error=item.error, traceback=item.traceback, lease_expires_at=None,
+                          **ended(job.rec, now, outcome,
+                                  attempt_error(item.error_type, item.error)))
         self._resize(job)
-        if item.outcome == b.Outcome.CANCELLED or (
-            item.outcome == b.Outcome.RETRY and job.rec.cancel_requested
-        ):
+        if cancel:
             self._finish(job, CANCELLED, now)
         elif item.outcome == b.Outcome.DEAD or job.exhausted():
             self._finish(job, DEAD, now)
@@ -282,7 +289,8 @@ class MemoryStorageCore(_MemoryQueries, _MemoryMaintenance, _MemoryCron):
 
     def _release(self, cmd: b.ReleaseJobs, now: float) -> b.ReleaseReply:
         def give_back(job: _Job, _token: LeaseToken) -> None:
-            job.rec = _evolve(job.rec, releases=job.rec.releases + 1)
+            job.rec = _evolve(job.rec, releases=job.rec.releases + 1,
+                              **ended(job.rec, now, _RELEASED))
             self._requeue(job, now)
 
         return b.ReleaseReply(*self._each_current(cmd.tokens, give_back))

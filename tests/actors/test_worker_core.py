@@ -40,7 +40,10 @@ DISPATCHER = Address("n1", "dispatcher")
 
 
 def make(**kw: object) -> WorkerCore:
-    config = WorkerConfig(**{"heartbeat_s": 10.0, "lease_timeout_s": 30.0, **kw})  # type: ignore[arg-type]
+    """A core at time 0; it stores no starts unless `start_report_s` is given, so the
+    tests of other duties see only their own effects."""
+    config = WorkerConfig(**{"heartbeat_s": 10.0, "lease_timeout_s": 30.0,  # type: ignore[arg-type]
+                             "start_report_s": math.inf, **kw})
     core = WorkerCore("n1", STORE, DISPATCHER, config)
     assert core.deadline() == -math.inf
     assert core.handle(Tick(0.0), 0.0) == []  # arms the first heartbeat
@@ -368,3 +371,39 @@ def test_outcomes_after_a_flush_wake_the_core_again() -> None:
     assert fourth is not None
     core.start(fourth)
     assert core.finished(fourth, ok(fourth)) is True
+
+
+def test_starts_of_running_jobs_are_stored_in_one_batch_per_period() -> None:
+    core = make(start_report_s=1.0)
+    core.handle(RunJobs((job(1), job(2), job(3))), 0.5)
+    assert core.deadline() == 1.0  # jobs run: the next start report is due
+    for _ in range(2):
+        record = core.next_job()
+        assert record is not None and isinstance(core.start(record), Running)
+    assert core.next_job() is not None  # j3 was taken but never started
+    report = only_call(core.handle(Tick(1.0), 1.0))
+    tokens = (job(1).token, job(2).token)
+    assert report.msg == Heartbeat("n1", tokens, 30.0, started=True)
+    assert core.handle(Tick(2.0), 2.0) == []  # each start is stored once
+    assert core.handle(Called(report.tag, HeartbeatReply((Status.OK, Status.STALE), 40.0)),
+                       2.1) == [CancelJob("j2", 1)]
+
+
+def test_a_job_that_ends_before_the_report_costs_no_start_write() -> None:
+    core = make(start_report_s=1.0)
+    core.handle(RunJobs((job(1),)), 0.5)
+    assert len(run_all(core)) == 1
+    only_call(core.handle(OutcomesReady(), 0.6))  # the ack
+    assert core.handle(Tick(1.0), 1.0) == []
+
+
+def test_a_failed_start_report_is_sent_again() -> None:
+    core = make(start_report_s=1.0)
+    core.handle(RunJobs((job(1),)), 0.5)
+    record = core.next_job()
+    assert record is not None and isinstance(core.start(record), Running)
+    report = only_call(core.handle(Tick(1.0), 1.0))
+    failed = CallFailed(report.tag, "CallTimeout", "no answer", remote=False, jitter=1.0)
+    core.handle(failed, 2.0)
+    again = only_call(core.handle(Tick(3.0), 3.0))
+    assert again.msg == report.msg

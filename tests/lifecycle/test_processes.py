@@ -127,3 +127,43 @@ def test_cancelling_a_running_sync_task_stops_it() -> None:
     finally:
         node.kill()
         node.wait()
+
+
+def started_on_worker(client: gotask.Client, ids: list[str]) -> None:
+    """Wait until the worker node holds every job and has stored the start of one."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        jobs = [client.get(i) for i in ids]
+        if all(j.state == "active" and j.lease_node == "worker" for j in jobs) and any(
+                j.started_attempt == j.attempt for j in jobs):
+            return
+        time.sleep(0.05)
+    raise AssertionError("the worker node never ran the jobs")
+
+
+@pytest.mark.slow
+def test_kill_9_records_node_lost_for_running_jobs_and_spares_waiting_ones(
+    cluster: Cluster,
+) -> None:
+    client, _owner, worker = cluster
+    ids = [client.enqueue("slow", 3) for _ in range(JOBS)]  # 8 run, 4 wait (prefetched)
+    started_on_worker(client, ids)
+    worker.kill()
+    worker.wait()
+    at_death = [client.get(i) for i in ids]  # nothing changes them until leases expire
+    ran = {j.id for j in at_death if j.started_attempt == j.attempt}
+    waited = set(ids) - ran
+    assert ran and waited, at_death
+    client.pause(False)
+    for job in all_done(client, ids):
+        first, *between, last = job.history
+        assert (first.attempt, first.node) == (1, "worker"), job.history
+        assert (job.state, last.node, last.outcome) == ("succeeded", "owner", "succeeded")
+        # A lease the dead node had asked for may still be granted to it once: never
+        # started, it expires without counting.
+        assert all(a.outcome == "not_started" for a in between), job.history
+        if job.id in ran:
+            assert (first.outcome, job.attempts_counted) == ("node_lost", 2), job
+            assert first.error is not None and "NodeLost" in first.error
+        else:  # leased but never started: the expiry costs no attempt
+            assert (first.outcome, job.attempts_counted) == ("not_started", 1), job

@@ -6,13 +6,14 @@ import math
 from typing import Any
 
 from gotask._app import pack_args
-from gotask._job import JobRecord
+from gotask._job import UNSTARTED_FREE_MAX, JobRecord
 from gotask.runtime.world import SIM_EPOCH_S
 from simulations.clients import OpState
 from simulations.cluster import SimSpec, Window
 from simulations.harness import RunResult
 from simulations.history import (
     Acked,
+    Beat,
     EnqueueDone,
     Event,
     ExecEnded,
@@ -47,6 +48,11 @@ def ran(t: float, attempt: int, node: str = "w1", outcome: str = "ok",
 
 def acked(t: float, attempt: int, status: str = "ok") -> Acked:
     return Acked(t, "store", JOB, attempt, status, T0 + t)
+
+
+def started(t: float, attempt: int) -> Beat:
+    """An accepted `Heartbeat(started=True)` of that attempt, extending it by 5 s."""
+    return Beat(t, "w1", JOB, attempt, "ok", T0 + t, T0 + t + 5.0, True)
 
 
 def expired(t: float, state: str = "queued") -> Expired:
@@ -125,8 +131,18 @@ def test_nothing_is_leased_before_it_is_due() -> None:
 def test_dlq_exactly_when_attempts_are_exhausted() -> None:
     early = verdict([stored(max_attempts=2), leased(1.0, 1), expired(6.5, "dead")])
     assert any("DLQ exactly when" in v for v in early)
-    late = verdict([stored(max_attempts=1), leased(1.0, 1), expired(6.5, "queued")])
+    late = verdict([stored(max_attempts=1), leased(1.0, 1), started(1.5, 1),
+                    expired(6.5, "queued")])
     assert any("DLQ exactly when" in v for v in late)
+    # A lease that expires before its start was stored is free, a few times per job.
+    free = [stored(max_attempts=1), leased(1.0, 1), expired(6.5, "queued")]
+    assert not any("DLQ exactly when" in v for v in verdict(free))
+    spent = [stored(max_attempts=1)]
+    for attempt in range(1, UNSTARTED_FREE_MAX + 1):
+        spent += [leased(attempt * 10.0, attempt), expired(attempt * 10.0 + 6, "queued")]
+    last = UNSTARTED_FREE_MAX + 1
+    spent += [leased(last * 10.0, last), expired(last * 10.0 + 6, "queued")]
+    assert any("DLQ exactly when" in v for v in verdict(spent))
     retry = [stored(max_attempts=1), leased(1.0, 1), *ran(1.1, 1, outcome="raised"),
              Nacked(1.7, "store", JOB, 1, "ok", "retry", 1.0, "scheduled", T0 + 1.7)]
     assert any("DLQ exactly when" in v for v in verdict(retry))

